@@ -1,0 +1,204 @@
+"""The seed's baseline: spaCy step -> TF-IDF -> RBF SVC, fitted on 90% of dev.tsv, saved without pickle.
+
+    python -m tsinfer.train.svc --data data --out artifacts/svc [--tune]
+
+The model folder holds config.json (hyperparameters, gamma, intercept, Platt calibration), vocabulary.json (the
+terms in column order) and arrays.npz (idf, the sparse support vectors as CSR arrays, dual coefficients):
+everything export needs to build the ONNX graph, and nothing ever unpickles.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+import scipy.sparse as sp
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import Pipeline
+from sklearn.svm import SVC
+
+from tsinfer.infer.metrics import binary_metrics
+from tsinfer.infer.preprocess import preprocess
+from tsinfer.train.data import SPLIT_SEED, dev_split, holdout
+from tsinfer.train.report import write_report
+
+SEED_PARAMS = {"C": 1.0, "gamma": "scale", "ngram_range": [1, 1], "sublinear_tf": False, "min_df": 1}
+TUNE_GRID = {
+    "svc__C": [1.0, 3.0],
+    "tfidf__ngram_range": [(1, 1), (1, 2)],
+    "tfidf__sublinear_tf": [False, True],
+}
+
+
+def make_vectorizer(ngram_range=(1, 1), sublinear_tf=False, min_df=1) -> TfidfVectorizer:
+    # Texts arrive lower-cased and tokenized by the spaCy step; lowercase=False keeps skl2onnx from adding a
+    # StringNormalizer, which fails to load in onnxruntime without the en_US.UTF-8 locale.
+    return TfidfVectorizer(
+        token_pattern=r"\S+", lowercase=False, ngram_range=tuple(ngram_range), sublinear_tf=sublinear_tf,
+        min_df=min_df,
+    )
+
+
+class SvcModel:
+    """TF-IDF + RBF SVC over preprocessed texts, with fit / decision_function / predict / save / load."""
+
+    def __init__(self, params: dict | None = None):
+        self.params = dict(SEED_PARAMS, **(params or {}))
+        self.vectorizer: TfidfVectorizer | None = None
+        self.support_vectors: sp.csr_matrix | None = None
+        self.dual_coef: np.ndarray | None = None
+        self.intercept = 0.0
+        self.gamma = 0.0
+        self.platt = (1.0, 0.0)  # P(positive) = sigmoid(a * decision + b), fitted on validation
+
+    def fit(self, docs: list[str], labels: list[int]) -> "SvcModel":
+        p = self.params
+        self.vectorizer = make_vectorizer(p["ngram_range"], p["sublinear_tf"], p["min_df"])
+        x = self.vectorizer.fit_transform(docs)
+        svc = SVC(kernel="rbf", C=p["C"], gamma=p["gamma"], random_state=SPLIT_SEED).fit(x, labels)
+        if list(svc.classes_) != [0, 1]:
+            raise ValueError(f"training labels must hold both classes 0 and 1, got {list(svc.classes_)}")
+        self.support_vectors = sp.csr_matrix(svc.support_vectors_, dtype=np.float64)
+        self.support_vectors.sort_indices()
+        dual = svc.dual_coef_.toarray() if sp.issparse(svc.dual_coef_) else svc.dual_coef_  # sparse after a sparse fit
+        self.dual_coef = np.asarray(dual, dtype=np.float64).ravel()
+        self.intercept = float(svc.intercept_[0])
+        self.gamma = float(svc._gamma)
+        self._sklearn = svc  # kept for the equality check in the tests, never saved
+        return self
+
+    def transform(self, docs: list[str]) -> sp.csr_matrix:
+        return self.vectorizer.transform(docs)
+
+    def decision_function(self, docs: list[str], batch: int = 2048) -> np.ndarray:
+        """The SVC decision value in float64, by sklearn's own formula: sum_i a_i exp(-g |x - s_i|^2) + b."""
+        s = self.support_vectors
+        s_sq = np.asarray(s.multiply(s).sum(axis=1)).ravel()
+        out = []
+        for i in range(0, len(docs), batch):  # the kernel matrix is dense: bound its memory
+            x = self.transform(docs[i:i + batch]).astype(np.float64)
+            sq = np.asarray(x.multiply(x).sum(axis=1)).ravel()[:, None] + s_sq[None, :] - 2.0 * (x @ s.T).toarray()
+            out.append(np.exp(-self.gamma * np.maximum(sq, 0.0)) @ self.dual_coef + self.intercept)
+        return np.concatenate(out) if out else np.zeros(0)
+
+    def probability(self, decision: np.ndarray) -> np.ndarray:
+        a, b = self.platt
+        return 1.0 / (1.0 + np.exp(-(a * decision + b)))
+
+    def calibrate(self, decision: np.ndarray, labels: list[int]) -> None:
+        """Platt scaling on held-out decision values, so that `score` is a probability."""
+        lr = LogisticRegression(C=1e6).fit(decision.reshape(-1, 1), labels)
+        self.platt = (float(lr.coef_[0, 0]), float(lr.intercept_[0]))
+
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        vocab = sorted(self.vectorizer.vocabulary_, key=self.vectorizer.vocabulary_.get)
+        (folder / "vocabulary.json").write_text(json.dumps(vocab, ensure_ascii=False))
+        s = self.support_vectors
+        np.savez_compressed(
+            folder / "arrays.npz", idf=self.vectorizer.idf_, sv_data=s.data, sv_indices=s.indices,
+            sv_indptr=s.indptr, sv_shape=np.asarray(s.shape), dual_coef=self.dual_coef,
+        )
+        config = {"kind": "svc", "params": self.params, "gamma": self.gamma, "intercept": self.intercept,
+                  "platt": list(self.platt), "labels": ["negative", "positive"]}
+        (folder / "config.json").write_text(json.dumps(config, indent=2))
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "SvcModel":
+        folder = Path(folder)
+        config = json.loads((folder / "config.json").read_text())
+        vocab = json.loads((folder / "vocabulary.json").read_text())
+        with np.load(folder / "arrays.npz", allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        model = cls(config["params"])
+        p = model.params
+        model.vectorizer = make_vectorizer(p["ngram_range"], p["sublinear_tf"], p["min_df"])
+        model.vectorizer.vocabulary_ = {term: i for i, term in enumerate(vocab)}
+        model.vectorizer.idf_ = arrays["idf"]
+        model.support_vectors = sp.csr_matrix(
+            (arrays["sv_data"], arrays["sv_indices"], arrays["sv_indptr"]), shape=tuple(arrays["sv_shape"])
+        )
+        model.dual_coef = arrays["dual_coef"]
+        model.gamma, model.intercept = config["gamma"], config["intercept"]
+        model.platt = tuple(config["platt"])
+        return model
+
+
+def tune(docs: list[str], labels: list[int], grid: dict = TUNE_GRID, folds: int = 3) -> tuple[dict, list[dict]]:
+    """Grid search with cross-validation on the training part only; returns the best params and every row."""
+    pipe = Pipeline([("tfidf", make_vectorizer()), ("svc", SVC(kernel="rbf", gamma="scale", random_state=SPLIT_SEED))])
+    search = GridSearchCV(pipe, grid, cv=folds, scoring="accuracy", n_jobs=-1, verbose=2)
+    search.fit(docs, labels)
+    rows = [{"params": {k.split("__")[1]: v for k, v in p.items()}, "cv_accuracy": float(m)}
+            for p, m in zip(search.cv_results_["params"], search.cv_results_["mean_test_score"])]
+    best = {k.split("__")[1]: (list(v) if isinstance(v, tuple) else v) for k, v in search.best_params_.items()}
+    return best, rows
+
+
+def train_svc(data_dir: str | Path, out_dir: str | Path, report_path: str | Path, do_tune: bool = False,
+              limit: int | None = None, params: dict | None = None) -> dict:
+    """Fit (optionally tune), calibrate on validation, score test.tsv once, save the model and the report."""
+    start = time.perf_counter()
+    train, val = dev_split(data_dir)
+    train, val = train.head(limit), val.head(limit)
+    click.echo(f"svc: spaCy step over {len(train.texts) + len(val.texts):,} texts", err=True)
+    train_docs, val_docs = preprocess(train.texts), preprocess(val.texts)
+    tuning = None
+    if do_tune:
+        best, rows = tune(train_docs, train.labels)
+        params = dict(params or {}, **best)
+        tuning = {"grid": {k: [list(v) if isinstance(v, tuple) else v for v in vs] for k, vs in TUNE_GRID.items()},
+                  "folds": 3, "results": rows}
+    click.echo(f"svc: fitting SVC on {len(train_docs):,} rows", err=True)
+    model = SvcModel(params).fit(train_docs, train.labels)
+    val_dec = model.decision_function(val_docs)
+    model.calibrate(val_dec, val.labels)
+    train_seconds = time.perf_counter() - start
+    model.save(out_dir)
+
+    test = holdout(data_dir).head(limit)
+    test_dec = model.decision_function(preprocess(test.texts))
+    val_m = binary_metrics(val.labels, (val_dec > 0).astype(int), val_dec)
+    test_m = binary_metrics(test.labels, (test_dec > 0).astype(int), test_dec)
+    report = {
+        "model": "svc",
+        "base_model": "tfidf+svc-rbf",
+        "val_accuracy": val_m["accuracy"], "val_mcc": val_m["mcc"], "val_roc_auc": val_m["roc_auc"],
+        "test_accuracy": test_m["accuracy"], "test_mcc": test_m["mcc"], "test_roc_auc": test_m["roc_auc"],
+        "train_seconds": round(train_seconds, 2),
+        "n_train": len(train_docs), "n_val": len(val_docs), "n_test": len(test.texts),
+        "hyperparameters": model.params,
+        "n_support_vectors": int(model.support_vectors.shape[0]),
+        "vocabulary_size": int(model.support_vectors.shape[1]),
+        "platt": list(model.platt),
+        "val_metrics": val_m, "test_metrics": test_m,
+        "tuning": tuning,
+    }
+    write_report(report_path, report)
+    return report
+
+
+@click.command()
+@click.option("--data", "data_dir", default="data", show_default=True, help="Folder with dev.tsv and test.tsv.")
+@click.option("--out", "out_dir", default="artifacts/svc", show_default=True, help="Model folder to write.")
+@click.option("--report", "report_path", default="artifacts/reports/train_svc.json", show_default=True)
+@click.option("--tune/--no-tune", default=False, help="Grid-search C, n-grams and sublinear TF with 3-fold CV first.")
+@click.option("--limit", type=int, default=None, help="Use only the first N rows of each split (smoke runs).")
+def main(data_dir, out_dir, report_path, tune, limit):
+    """Fit the seed's TF-IDF + RBF SVC baseline and write its report."""
+    try:
+        r = train_svc(data_dir, out_dir, report_path, do_tune=tune, limit=limit)
+    except (FileNotFoundError, ValueError) as e:
+        raise click.ClickException(str(e))
+    click.echo(f"svc: validation accuracy {r['val_accuracy']:.4f} MCC {r['val_mcc']:.4f} AUC {r['val_roc_auc']:.4f}; "
+               f"test accuracy {r['test_accuracy']:.4f} MCC {r['test_mcc']:.4f} AUC {r['test_roc_auc']:.4f}; "
+               f"{r['n_support_vectors']:,} support vectors, {r['vocabulary_size']:,} terms -> {out_dir}")
+
+
+if __name__ == "__main__":
+    main()
