@@ -51,6 +51,7 @@ class Chunk:
     labels: list[int] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
+    bytes_read: int = 0  # input position after this chunk (for progress), 0 when unknown
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -94,7 +95,21 @@ def open_text(path: str | Path) -> IO[str]:
 def iter_chunks(path: str | Path, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Iterator[Chunk]:
     """Yield Chunks of at most chunk_rows accepted rows; memory stays flat in the file's size."""
     with open_text(path) as fh:
-        yield from _parse(fh, chunk_rows)
+        for chunk in _parse(fh, chunk_rows):
+            try:
+                chunk.bytes_read = fh.buffer.tell()
+            except (AttributeError, OSError, ValueError):  # stdin or a pipe
+                pass
+            yield chunk
+
+
+def input_size(path: str | Path) -> int | None:
+    """Size in bytes of a regular input file, for progress estimates; None for stdin or pipes."""
+    try:
+        p = Path(path)
+        return p.stat().st_size if str(path) != "-" and p.is_file() else None
+    except OSError:
+        return None
 
 
 def _parse(fh: IO[str], chunk_rows: int) -> Iterator[Chunk]:

@@ -1,0 +1,59 @@
+# tsinfer: `make demo` runs the main job end to end; `make test` runs the tests.
+PYTHON        ?= python3
+VENV          ?= .venv
+PY            := $(VENV)/bin/python
+ARTIFACTS     ?= artifacts
+DATA          ?= data
+SHARED_DATA   ?= ../shared/data
+SEED_REPO_RAW ?= https://raw.githubusercontent.com/ihr0008/Twitter-BERT/master
+BASE_MODEL    ?=
+EPOCHS        ?=
+PROVIDER      ?= cpu
+# The CPU build of torch lies on this machine's disk; a plain `torch` requirement would pull a multi-GB CUDA build.
+TORCH_SPEC    ?= torch==2.13.0
+
+BERT_FLAGS := $(if $(BASE_MODEL),--base-model $(BASE_MODEL)) $(if $(EPOCHS),--epochs $(EPOCHS))
+
+.PHONY: demo setup data train train-svc train-bert export score test bench clean
+
+demo: setup data train export score
+
+setup: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[train,export,dev]"
+	touch $@
+
+data: $(DATA)/dev.tsv $(DATA)/test.tsv
+$(DATA)/%.tsv:
+	@mkdir -p $(DATA)
+	@if [ -f $(SHARED_DATA)/$*.tsv ]; then cp $(SHARED_DATA)/$*.tsv $@ && echo "data: copied $@ from $(SHARED_DATA)"; \
+	else echo "data: downloading $*.tsv from the seed's repository" && \
+	  curl -fSL --retry 3 -o $@.part $(SEED_REPO_RAW)/$*.tsv && mv $@.part $@; fi
+
+train: train-svc train-bert
+
+train-svc: setup data
+	$(PY) -m tsinfer.train.svc --data $(DATA) --out $(ARTIFACTS)/svc --report $(ARTIFACTS)/reports/train_svc.json
+
+train-bert: setup data
+	$(PY) -m tsinfer.train.bert --data $(DATA) --out $(ARTIFACTS)/bert --report $(ARTIFACTS)/reports/train_bert.json $(BERT_FLAGS)
+
+export: setup
+	$(PY) -m tsinfer.export.run --artifacts $(ARTIFACTS) --data $(DATA)
+
+score: setup
+	$(VENV)/bin/tsinfer score $(DATA)/test.tsv --model $(ARTIFACTS)/onnx/bert --model $(ARTIFACTS)/onnx/svc \
+	  --provider $(PROVIDER) --output $(ARTIFACTS)/predictions/test.tsv --metrics $(ARTIFACTS)/reports/score_test.json \
+	  --roc $(ARTIFACTS)/reports/roc_test.png --progress
+
+test: setup
+	$(PY) -m pytest tests/ -q
+
+bench: setup
+	$(PY) -m pytest benchmarks/ --benchmark-only -s -q
+
+clean:
+	rm -rf $(ARTIFACTS)

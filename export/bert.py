@@ -1,0 +1,65 @@
+"""Fine-tuned BERT folder -> ONNX variants: fp32 fused (CPU/CUDA), fp16 (CUDA), int8 dynamic (CPU).
+
+- optimum-onnx exports the graph (opset 17, dynamic batch and sequence axes, int64 inputs);
+- onnxruntime's transformer optimizer fuses attention, SkipLayerNorm/LayerNorm, GELU and bias adds (model.onnx);
+- the fp16 file comes from the GPU-flavoured fusion converted with keep_io_types (int64 ids in, fp32 logits out).
+  The known fp16 pitfall is SkipLayerNormalization accumulating mean/variance in fp16 on CUDA (overflow, lost
+  precision; fixed upstream in onnxruntime PR 28682 by fp32 accumulation): the runtime also turns on the CUDA
+  provider's enable_skip_layer_norm_strict_mode, which computes it in fp32 on older onnxruntime releases;
+- onnxruntime's dynamic quantizer makes int8 weights for the MatMuls (model_int8.onnx). It has no CUDA kernels,
+  so meta.json marks it CPU-only and the runtime never picks it for CUDA.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+OPSET = 17
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "config.json")
+FILES = {"fp32": "model.onnx", "fp16": "model_fp16.onnx", "int8": "model_int8.onnx"}
+PROVIDERS = {"fp32": ["cpu", "cuda", "tensorrt"], "fp16": ["cuda", "tensorrt"], "int8": ["cpu"]}
+DEFAULT_PRECISION = {"cpu": "int8", "cuda": "fp16", "tensorrt": "fp16"}
+
+
+def export_bert_onnx(model_dir: str | Path, out_dir: str | Path, variants=("fp32", "fp16", "int8")) -> dict:
+    """Write the ONNX variants and tokenizer files into out_dir; returns {precision: file name}."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.transformers.optimizer import optimize_model
+    from optimum.exporters.onnx import main_export
+    from transformers import AutoConfig
+
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config = AutoConfig.from_pretrained(model_dir)
+    fusion = {"model_type": "bert", "num_heads": config.num_attention_heads, "hidden_size": config.hidden_size}
+    written = {}
+    with tempfile.TemporaryDirectory(prefix="tsinfer-export-") as scratch:
+        main_export(str(model_dir), scratch, task="text-classification", opset=OPSET, do_validation=False,
+                    local_files_only=True)
+        raw = Path(scratch) / "model.onnx"
+        # opt_level=0: onnxruntime's Python fusions only; the session applies its own graph optimizations at load,
+        # and a GPU-flavoured fusion needs no GPU here.
+        fused = optimize_model(str(raw), **fusion, opt_level=0, use_gpu=False)
+        fused.save_model_to_file(str(out_dir / FILES["fp32"]))
+        written["fp32"] = FILES["fp32"]
+        if "fp16" in variants:
+            gpu_fused = optimize_model(str(raw), **fusion, opt_level=0, use_gpu=True)
+            gpu_fused.convert_float_to_float16(keep_io_types=True)
+            gpu_fused.save_model_to_file(str(out_dir / FILES["fp16"]))
+            written["fp16"] = FILES["fp16"]
+        if "int8" in variants:
+            quantize_dynamic(str(out_dir / FILES["fp32"]), str(out_dir / FILES["int8"]),
+                             weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Attention"],
+                             # the fused contrib ops defeat ONNX shape inference: their outputs are float32
+                             extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
+            written["int8"] = FILES["int8"]
+        for name in TOKENIZER_FILES:
+            for src in (model_dir / name, Path(scratch) / name):
+                if src.exists():
+                    shutil.copy(src, out_dir / name)
+                    break
+    if not (out_dir / "tokenizer.json").exists():
+        raise FileNotFoundError(f"{model_dir} has no tokenizer.json (a fast tokenizer is needed): re-run training")
+    return written

@@ -1,0 +1,83 @@
+"""Parity of each ONNX graph with the trained model it came from, on the same rows."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from tsinfer.infer.batching import encode, load_tokenizer, pad_batch, plan_batches
+from tsinfer.infer.metrics import binary_metrics
+from tsinfer.infer.models import BertScorer, SvcScorer, read_meta
+
+
+def compare(name: str, labels, ref_pred, ref_value, onnx_pred, onnx_value, value_name: str, seconds: float) -> dict:
+    labels = np.asarray(labels)
+    return {
+        "variant": name,
+        "rows": int(len(ref_pred)),
+        "agreement": float(np.mean(np.asarray(ref_pred) == np.asarray(onnx_pred))),
+        "compared_value": value_name,
+        "max_abs_delta": float(np.max(np.abs(np.asarray(ref_value) - np.asarray(onnx_value)))),
+        "reference_accuracy": binary_metrics(labels, ref_pred)["accuracy"],
+        "onnx_accuracy": binary_metrics(labels, onnx_pred)["accuracy"],
+        "onnx_seconds": round(seconds, 2),
+    }
+
+
+def svc_parity(svc_model, onnx_folder: Path, texts: list[str], labels) -> dict:
+    """Decision values of the ONNX graph against the float64 SVC formula (equal to sklearn's to ~1e-12)."""
+    from tsinfer.infer.preprocess import preprocess
+
+    docs = preprocess(texts)
+    ref = svc_model.decision_function(docs)
+    scorer = SvcScorer(onnx_folder, read_meta(onnx_folder), "cpu", "auto", None)
+    start = time.perf_counter()
+    decisions, preds = [], []
+    for i in tqdm(range(0, len(docs), 256), desc="parity svc", unit="batch", leave=False):
+        text = np.array(docs[i:i + 256], dtype=object).reshape(-1, 1)
+        label, decision, _ = scorer.session.run(None, {"text": text})
+        preds.append(label)
+        decisions.append(decision)
+    seconds = time.perf_counter() - start
+    return compare("fp64", labels, (ref > 0).astype(int), ref, np.concatenate(preds), np.concatenate(decisions),
+                   "decision", seconds)
+
+
+def torch_positive_probability(model_dir: Path, enc, batch_tokens: int = 8192) -> np.ndarray:
+    """The fine-tuned PyTorch model's P(positive), fp32, on the same token ids the ONNX graphs get."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    prob = np.zeros(len(enc))
+    with torch.inference_mode():
+        for rows in tqdm(plan_batches(enc.lengths, batch_tokens), desc="parity torch", unit="batch", leave=False):
+            ids, mask = pad_batch(enc, rows)
+            logits = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits
+            prob[rows] = torch.softmax(logits.double(), dim=-1)[:, 1].numpy()
+    return prob
+
+
+def bert_parity(model_dir: Path, onnx_folder: Path, texts: list[str], labels, provider_for: dict) -> list[dict]:
+    """Each ONNX variant against PyTorch fp32. provider_for maps precision -> provider, or None: not measured."""
+    meta = read_meta(onnx_folder)
+    enc = encode(load_tokenizer(onnx_folder, meta["max_length"]), texts)
+    ref = torch_positive_probability(model_dir, enc)
+    ref_pred = (ref > 0.5).astype(int)
+    entries = []
+    for precision in meta["files"]:
+        provider = provider_for.get(precision)
+        if provider is None:
+            entries.append({"variant": precision, "measured": False,
+                            "reason": f"needs the {'/'.join(meta['providers'][precision])} provider, which this "
+                                      "machine lacks; measure it on a GPU machine (benchmarks/gpu/run.sh)"})
+            continue
+        scorer = BertScorer(onnx_folder, meta, provider, precision, None)
+        start = time.perf_counter()
+        out = scorer.score(enc)
+        entry = compare(precision, labels, ref_pred, ref, out.pred, out.score, "p_positive",
+                        time.perf_counter() - start)
+        entries.append(dict(entry, provider=provider, measured=True))
+    return entries

@@ -1,0 +1,80 @@
+"""Tokenization and dynamic padding: the HF fast tokenizer, length-sorted batches formed by a token budget."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_BATCH_TOKENS = 8192
+DEFAULT_MAX_BATCH = 256
+
+
+def load_tokenizer(folder: str | Path, max_length: int):
+    """tokenizer.json from a model folder, truncating at max_length and never padding (batches pad themselves)."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(Path(folder) / "tokenizer.json"))
+    tok.enable_truncation(max_length=max_length)
+    tok.no_padding()
+    return tok
+
+
+@dataclass
+class Encoded:
+    """Token ids of a list of texts, unpadded, as one flat array with offsets (cheap to slice and pad)."""
+
+    ids: np.ndarray        # all token ids, concatenated
+    offsets: np.ndarray    # row i is ids[offsets[i]:offsets[i+1]]
+    truncated: int         # rows cut at max_length
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+
+def encode(tokenizer, texts: list[str]) -> Encoded:
+    encodings = tokenizer.encode_batch(texts, add_special_tokens=True)
+    lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+    offsets = np.zeros(len(encodings) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    ids = np.fromiter((i for e in encodings for i in e.ids), dtype=np.int64, count=int(offsets[-1]))
+    truncated = sum(1 for e in encodings if e.overflowing)
+    return Encoded(ids, offsets, truncated)
+
+
+def plan_batches(lengths: np.ndarray, batch_tokens: int = DEFAULT_BATCH_TOKENS,
+                 max_batch: int = DEFAULT_MAX_BATCH, sort: bool = True) -> list[np.ndarray]:
+    """Row indices per batch: rows sorted by length, each batch as large as fits batch_tokens once padded.
+
+    With sort=False the rows keep their order (the unbucketed reference used in tests and benchmarks).
+    """
+    order = np.argsort(lengths, kind="stable") if sort else np.arange(len(lengths))
+    batches, start = [], 0
+    while start < len(order):
+        end, longest = start, 0
+        while end < len(order) and end - start < max_batch:
+            longest_next = max(longest, int(lengths[order[end]]))
+            if end > start and longest_next * (end - start + 1) > batch_tokens:
+                break
+            longest, end = longest_next, end + 1
+        batches.append(order[start:end])
+        start = end
+    return batches
+
+
+def pad_batch(enc: Encoded, rows: np.ndarray, dtype=np.int64, pad_to: int | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """input_ids and attention_mask for the given rows, padded (with id 0) to the longest row or to pad_to."""
+    lengths = enc.lengths[rows]
+    width = pad_to or int(lengths.max())
+    ids = np.zeros((len(rows), width), dtype=dtype)
+    mask = np.zeros((len(rows), width), dtype=dtype)
+    for j, r in enumerate(rows):
+        n = min(int(lengths[j]), width)
+        ids[j, :n] = enc.ids[enc.offsets[r]:enc.offsets[r] + n]
+        mask[j, :n] = 1
+    return ids, mask

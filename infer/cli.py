@@ -1,0 +1,112 @@
+"""The `tsinfer` command: a thin Click layer over infer.score and infer.models."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from tsinfer.infer.models import ModelError, available_providers, load_scorer, read_meta
+from tsinfer.infer.reader import InputError
+
+DEFAULT_MODEL = "artifacts/onnx/bert"
+
+
+class CleanErrors(click.Group):
+    """Model and input problems print one line naming the fix, exit 2, and never a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (ModelError, InputError) as e:
+            click.echo(f"Error: {e}", err=True)
+            ctx.exit(2)
+        except BrokenPipeError:  # `tsinfer score ... | head`
+            sys.stderr.close()
+            ctx.exit(0)
+
+
+@click.group(cls=CleanErrors)
+@click.version_option(package_name="tsinfer-sentiment")
+def main():
+    """Score tweet sentiment with exported ONNX models (BERT or TF-IDF SVC)."""
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--model", "models", multiple=True, default=[DEFAULT_MODEL], show_default=True,
+              help="Exported model folder; repeat to score several models on the same rows in one pass.")
+@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True,
+              help="onnxruntime execution provider; auto = cuda when available, else cpu.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "int8"]), default="auto", show_default=True,
+              help="BERT model file; auto = int8 on cpu, fp16 on cuda/tensorrt (as meta.json says).")
+@click.option("--batch-tokens", type=click.IntRange(min=1), default=8192, show_default=True,
+              help="Token budget of one padded batch (rows x longest row).")
+@click.option("--max-batch", type=click.IntRange(min=1), default=256, show_default=True, help="Rows per batch at most.")
+@click.option("--output", "-o", default="-", show_default=True, help="Predictions file, or - for stdout.")
+@click.option("--format", "fmt", type=click.Choice(["tsv", "jsonl"]), default="tsv", show_default=True)
+@click.option("--metrics", "metrics_path", type=click.Path(dir_okay=False), default=None,
+              help="Write metrics and throughput as JSON here.")
+@click.option("--roc", "roc_path", type=click.Path(dir_okay=False), default=None,
+              help="Write a PNG with every model's ROC curve (labelled input only).")
+@click.option("--rejects", "rejects_path", type=click.Path(dir_okay=False), default=None,
+              help="Rows that could not be read, with line and reason [default: OUTPUT.rejects.tsv, or "
+                   "rejects.tsv when writing to stdout].")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads [all cores].")
+@click.option("--chunk-rows", type=click.IntRange(min=1), default=16384, show_default=True,
+              help="Rows read, prepared and sorted together.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar on stderr [when stderr is a terminal].")
+@click.option("--verify/--no-verify", default=True, show_default=True, help="Check model files against meta.json.")
+def score(inputs, models, provider, precision, batch_tokens, max_batch, output, fmt, metrics_path, roc_path,
+          rejects_path, threads, chunk_rows, progress, verify):
+    """Score INPUT TSV files (or - for stdin) and print a comparison of the models.
+
+    Input layouts: the seed's dev.tsv/test.tsv, `id<TAB>label<TAB>text`, `id<TAB>text`, or one text a line.
+    Output columns: id, label, pred, score (score = P(positive)); with several models, pred_NAME and score_NAME.
+    """
+    from tsinfer.infer.score import comparison_table, score_files
+
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if rejects_path is None:
+        rejects_path = "rejects.tsv" if output == "-" else f"{output}.rejects.tsv"
+    result = score_files(list(inputs), list(models), provider, precision, batch_tokens, max_batch, output, fmt,
+                         metrics_path, roc_path, rejects_path, threads, progress, chunk_rows, verify)
+    click.echo(comparison_table(result), err=True)
+    if result.rows_rejected:
+        click.echo(f"{result.rows_rejected:,} rows rejected: see {rejects_path}", err=True)
+
+
+@main.command()
+@click.argument("texts", nargs=-1)
+@click.option("--model", "model_dir", default=DEFAULT_MODEL, show_default=True, help="Exported model folder.")
+@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "int8"]), default="auto", show_default=True)
+def predict(texts, model_dir, provider, precision):
+    """Print label and P(positive) for each TEXT (or each line of stdin when no TEXT is given)."""
+    if not texts:
+        texts = tuple(line.rstrip("\n") for line in sys.stdin if line.strip())
+    if not texts:
+        raise click.UsageError("give one or more TEXT arguments, or lines on stdin")
+    scorer = load_scorer(model_dir, provider, precision)
+    out = scorer.score(scorer.prepare(list(texts)))
+    names = ["negative", "positive"]
+    for text, pred, s in zip(texts, out.pred, out.score):
+        click.echo(f"{names[int(pred)]}\t{s:.4f}\t{text}")
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+def info(model_dir):
+    """Show a model folder's meta.json, its files, and which providers this machine offers."""
+    meta = read_meta(model_dir, verify=False)
+    click.echo(f"model folder: {model_dir}  kind: {meta['kind']}")
+    for precision, name in meta.get("files", {}).items():
+        size = (model_dir / name).stat().st_size if (model_dir / name).exists() else 0
+        runs_on = ", ".join(meta.get("providers", {}).get(precision, ["cpu"]))
+        click.echo(f"  {precision:5s} {name:20s} {size / 1e6:8.2f} MB  providers: {runs_on}")
+    if meta.get("training_report"):
+        click.echo("training report: " + json.dumps(meta["training_report"]))
+    click.echo(f"providers on this machine: {', '.join(available_providers())}")
+    click.echo(f"default precision by provider: {json.dumps(meta.get('default_precision', {}))}")

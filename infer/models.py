@@ -1,0 +1,225 @@
+"""Exported model folders and their onnxruntime sessions: one scorer class per model kind.
+
+A folder holds ONNX files, meta.json and (for BERT) the tokenizer. meta.json says which file serves which
+provider and precision, and holds the sha256 of every file, checked before anything is loaded.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tsinfer.infer.batching import (DEFAULT_BATCH_TOKENS, DEFAULT_MAX_BATCH, Encoded, encode, load_tokenizer,
+                                    pad_batch, plan_batches)
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+class ModelError(Exception):
+    """A model folder cannot be used: the message names the file and the fix."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def available_providers() -> list[str]:
+    import onnxruntime as ort
+
+    return [name for name, ort_name in PROVIDERS.items() if ort_name in ort.get_available_providers()]
+
+
+def resolve_provider(requested: str) -> str:
+    available = available_providers()
+    if requested == "auto":
+        # CUDA over TensorRT: TensorRT builds engines per shape profile for minutes before the first row.
+        return "cuda" if "cuda" in available else "cpu"
+    if requested not in available:
+        raise ModelError(
+            f"provider {requested!r} is not available in this onnxruntime (available: {', '.join(available)}). "
+            "Install the gpu extra (pip uninstall -y onnxruntime && pip install onnxruntime-gpu) on a machine "
+            "with CUDA, or use --provider cpu.")
+    return requested
+
+
+def read_meta(folder: Path, verify: bool = True) -> dict:
+    meta_path = folder / "meta.json"
+    if not folder.is_dir():
+        raise ModelError(f"model folder not found: {folder} (run `make export`, or pass --model DIR)")
+    if not meta_path.exists():
+        raise ModelError(f"{meta_path} is missing: this is not an exported model folder (run `make export`)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelError(f"{meta_path} is not valid JSON ({e}): re-run `make export`") from e
+    if meta.get("kind") not in ("bert", "svc"):
+        raise ModelError(f"{meta_path}: unknown model kind {meta.get('kind')!r} (expected 'bert' or 'svc')")
+    if verify:
+        for name, digest in meta.get("sha256", {}).items():
+            path = folder / name
+            if not path.exists():
+                raise ModelError(f"{path} is missing (listed in meta.json): re-run `make export`")
+            if sha256_file(path) != digest:
+                raise ModelError(f"{path} does not match its sha256 in meta.json (corrupt or changed): "
+                                 "re-run `make export`, or pass --no-verify to load it anyway")
+    return meta
+
+
+def _session(path: Path, provider: str, threads: int | None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    if provider == "cuda":
+        # Shapes vary batch to batch: grow the arena only by what is asked, never by doubling.
+        # SkipLayerNorm strict mode: fp32 statistics in the fp16 kernel (see export/bert.py).
+        providers = [("CUDAExecutionProvider", {"arena_extend_strategy": "kSameAsRequested",
+                                                "enable_skip_layer_norm_strict_mode": "1"}), "CPUExecutionProvider"]
+    elif provider == "tensorrt":
+        cache = str(path.parent / "trt_cache")
+        providers = [("TensorrtExecutionProvider", {"trt_fp16_enable": True, "trt_engine_cache_enable": True,
+                                                    "trt_engine_cache_path": cache, "trt_timing_cache_enable": True}),
+                     ("CUDAExecutionProvider", {"arena_extend_strategy": "kSameAsRequested"}), "CPUExecutionProvider"]
+    else:
+        providers = ["CPUExecutionProvider"]
+    try:
+        return ort.InferenceSession(str(path), opts, providers=providers)
+    except Exception as e:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
+        raise ModelError(f"cannot load {path}: {str(e).splitlines()[0]} (re-run `make export`)") from e
+
+
+@dataclass
+class Scored:
+    pred: np.ndarray      # 0/1
+    score: np.ndarray     # P(positive)
+    tokens: int = 0       # real tokens seen (BERT)
+    padded: int = 0       # tokens after padding (BERT)
+    truncated: int = 0    # rows cut at max_length
+    timings: dict = field(default_factory=dict)
+
+
+class BertScorer:
+    kind = "bert"
+
+    def __init__(self, folder: Path, meta: dict, provider: str, precision: str, threads: int | None,
+                 batch_tokens: int = DEFAULT_BATCH_TOKENS, max_batch: int = DEFAULT_MAX_BATCH):
+        self.folder, self.meta, self.provider = folder, meta, provider
+        self.precision = choose_precision(meta, provider, precision, folder)
+        self.file = meta["files"][self.precision]
+        self.session = _session(folder / self.file, provider, threads)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        kinds = {i.name: i.type for i in self.session.get_inputs()}
+        self.int_dtype = np.int32 if kinds.get("input_ids") == "tensor(int32)" else np.int64
+        try:
+            self.tokenizer = load_tokenizer(folder, int(meta.get("max_length", 128)))
+        except Exception as e:
+            raise ModelError(f"cannot load {folder / 'tokenizer.json'}: {e} (re-run `make export`)") from e
+        self.batch_tokens, self.max_batch = batch_tokens, max_batch
+        self.io_binding = provider in ("cuda", "tensorrt")
+
+    def prepare(self, texts: list[str]) -> Encoded:
+        """CPU-side work for a chunk (runs in the reader thread, overlapping inference of the previous chunk)."""
+        return encode(self.tokenizer, texts)
+
+    def _run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        if "token_type_ids" in self.input_names:
+            feeds["token_type_ids"] = np.zeros_like(ids)
+        if self.io_binding:
+            binding = self.session.io_binding()
+            for name, value in feeds.items():
+                binding.bind_cpu_input(name, value)
+            binding.bind_output("logits", "cuda")
+            self.session.run_with_iobinding(binding)
+            return binding.copy_outputs_to_cpu()[0]
+        return self.session.run(["logits"], feeds)[0]
+
+    def score(self, enc: Encoded, sort: bool = True) -> Scored:
+        n = len(enc)
+        pred, prob = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.float64)
+        padded = 0
+        for rows in plan_batches(enc.lengths, self.batch_tokens, self.max_batch, sort=sort):
+            ids, mask = pad_batch(enc, rows, self.int_dtype)
+            padded += ids.size
+            logits = self._run(ids, mask).astype(np.float64)
+            z = logits - logits.max(axis=1, keepdims=True)
+            p = np.exp(z[:, 1]) / np.exp(z).sum(axis=1)
+            prob[rows], pred[rows] = p, (logits[:, 1] > logits[:, 0]).astype(np.int64)
+        return Scored(pred, prob, tokens=int(enc.lengths.sum()), padded=padded, truncated=enc.truncated)
+
+    def warm_up(self) -> None:
+        """One run at the largest batch shape, so the first real batch does not pay for allocation and tuning."""
+        width = max(1, min(int(self.meta.get("max_length", 128)), self.batch_tokens))
+        rows = max(1, min(self.max_batch, self.batch_tokens // width))
+        ones = np.ones((rows, width), dtype=self.int_dtype)
+        self._run(ones, ones)
+
+
+class SvcScorer:
+    kind = "svc"
+
+    def __init__(self, folder: Path, meta: dict, provider: str, precision: str, threads: int | None,
+                 batch_rows: int = 256, **_):
+        self.folder, self.meta, self.provider = folder, meta, "cpu"  # string ops run on the CPU provider
+        self.precision = "fp64"
+        self.file = meta["files"]["fp64"]
+        self.session = _session(folder / self.file, "cpu", threads)
+        self.batch_rows = batch_rows
+
+    def prepare(self, texts: list[str]) -> list[str]:
+        from tsinfer.infer.preprocess import preprocess
+
+        return preprocess(texts)
+
+    def score(self, docs: list[str], sort: bool = True) -> Scored:
+        preds, probs = [], []
+        for i in range(0, len(docs), self.batch_rows):
+            text = np.array(docs[i:i + self.batch_rows], dtype=object).reshape(-1, 1)
+            label, _, prob = self.session.run(["label", "decision", "probability"], {"text": text})
+            preds.append(label)
+            probs.append(prob.astype(np.float64))
+        if not preds:
+            return Scored(np.zeros(0, dtype=np.int64), np.zeros(0))
+        return Scored(np.concatenate(preds), np.concatenate(probs))
+
+    def warm_up(self) -> None:
+        self.score(["warm up"])
+
+
+def choose_precision(meta: dict, provider: str, precision: str, folder: Path) -> str:
+    files = meta.get("files", {})
+    if precision == "auto":
+        precision = meta.get("default_precision", {}).get(provider, "fp32")
+    if precision not in files:
+        raise ModelError(f"{folder} has no {precision} model (it has: {', '.join(sorted(files))})")
+    allowed = meta.get("providers", {}).get(precision)
+    if allowed and provider not in allowed:
+        raise ModelError(f"the {precision} model in {folder} cannot run on the {provider} provider "
+                         f"(it runs on: {', '.join(allowed)}); pick another --precision")
+    return precision
+
+
+def load_scorer(folder: str | Path, provider: str = "auto", precision: str = "auto", threads: int | None = None,
+                verify: bool = True, **batching):
+    folder = Path(folder)
+    meta = read_meta(folder, verify=verify)
+    provider = resolve_provider(provider)
+    cls = BertScorer if meta["kind"] == "bert" else SvcScorer
+    return cls(folder, meta, provider, precision, threads, **batching)
+
+
+def default_threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

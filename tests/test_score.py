@@ -1,0 +1,135 @@
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from sklearn import metrics as skm
+
+from tsinfer.infer.cli import main
+from tsinfer.infer.reader import read_all
+from tsinfer.infer.score import score_files
+
+
+def read_predictions(path):
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh, delimiter="\t"))
+    return rows[0], rows[1:]
+
+
+@pytest.fixture(scope="module")
+def two_model_run(all_artifacts, small_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("score")
+    runner = CliRunner()
+    result = runner.invoke(main, [
+        "score", str(small_data / "test.tsv"), "--model", str(all_artifacts / "onnx" / "bert"),
+        "--model", str(all_artifacts / "onnx" / "svc"), "--provider", "cpu", "--output", str(out / "p.tsv"),
+        "--metrics", str(out / "m.json"), "--roc", str(out / "roc.png"), "--chunk-rows", "64",
+        "--batch-tokens", "512"])
+    assert result.exit_code == 0, result.output
+    return out, result
+
+
+def test_rows_in_input_order_with_every_model(two_model_run, small_data):
+    out, _ = two_model_run
+    header, rows = read_predictions(out / "p.tsv")
+    assert header == ["id", "label", "pred_bert", "score_bert", "pred_svc", "score_svc"]
+    source = read_all(small_data / "test.tsv")
+    assert [r[0] for r in rows] == source.ids
+    assert [int(r[1]) for r in rows] == source.labels
+    assert all(r[2] in ("0", "1") and 0.0 <= float(r[3]) <= 1.0 for r in rows)
+
+
+def test_metrics_equal_sklearn_on_the_written_predictions(two_model_run):
+    out, result = two_model_run
+    metrics = json.loads((out / "m.json").read_text())
+    assert metrics["rows_read"] == metrics["rows_scored"] == 300 and metrics["rows_rejected"] == 0
+    _, rows = read_predictions(out / "p.tsv")
+    y = np.array([int(r[1]) for r in rows])
+    for name, col in (("bert", 2), ("svc", 4)):
+        m = metrics["models"][name]
+        pred = np.array([int(r[col]) for r in rows])
+        score = np.array([float(r[col + 1]) for r in rows])
+        assert m["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
+        assert m["mcc"] == pytest.approx(skm.matthews_corrcoef(y, pred))
+        assert m["f1"] == pytest.approx(skm.f1_score(y, pred))
+        # the file rounds scores to 6 decimals, which ties a tiny model's near-0.5 scores; exact AUC equality on
+        # unrounded scores is tested in test_preprocess_metrics
+        assert m["roc_auc"] == pytest.approx(skm.roc_auc_score(y, score), abs=2e-3)
+        assert m["confusion_matrix"] == skm.confusion_matrix(y, pred).tolist()
+        assert m["tweets_per_s"] > 0
+    assert 0 < metrics["models"]["bert"]["padding_efficiency"] <= 1
+    assert "bert" in result.stderr and "svc" in result.stderr and "MCC" in result.stderr  # one table
+    assert (out / "roc.png").stat().st_size > 1000
+
+
+def test_length_bucketing_gives_the_same_predictions_as_unbucketed(all_artifacts, small_data, tmp_path):
+    runs = {}
+    for sort in (True, False):
+        r = score_files([str(small_data / "test.tsv")], [str(all_artifacts / "onnx" / "bert")], "cpu", "fp32",
+                        batch_tokens=600, output=str(tmp_path / f"{sort}.tsv"), sort=sort)
+        _, rows = read_predictions(tmp_path / f"{sort}.tsv")
+        runs[sort] = (r, np.array([float(x[3]) for x in rows]), [x[2] for x in rows])
+    assert runs[True][2] == runs[False][2]
+    np.testing.assert_allclose(runs[True][1], runs[False][1], atol=1e-5)
+    eff = {s: runs[s][0].metrics["padding_efficiency"] for s in runs}
+    assert eff[True] > eff[False]
+
+
+def test_jsonl_output_and_single_model_flat_metrics(all_artifacts, small_data, tmp_path):
+    r = score_files([str(small_data / "test.tsv")], [str(all_artifacts / "onnx" / "svc")], "cpu",
+                    output=str(tmp_path / "p.jsonl"), fmt="jsonl", metrics_path=str(tmp_path / "m.json"))
+    recs = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert len(recs) == 300 and set(recs[0]) == {"id", "label", "pred", "score"}
+    flat = json.loads((tmp_path / "m.json").read_text())
+    for key in ("model", "provider", "precision_mode", "rows_read", "rows_scored", "rows_rejected", "accuracy",
+                "precision", "recall", "f1", "mcc", "roc_auc", "confusion_matrix", "tweets_per_s", "tokens_per_s",
+                "padding_efficiency", "wall_s"):
+        assert key in flat, key
+
+
+def test_unlabelled_input_has_empty_labels_and_no_metrics(all_artifacts, tmp_path):
+    src = tmp_path / "texts.txt"
+    src.write_text("what a lovely morning\nthis is the worst\n")
+    r = score_files([str(src)], [str(all_artifacts / "onnx" / "svc")], "cpu", output=str(tmp_path / "p.tsv"))
+    _, rows = read_predictions(tmp_path / "p.tsv")
+    assert [(x[0], x[1]) for x in rows] == [("1", ""), ("2", "")]
+    assert "accuracy" not in r.metrics
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--provider", "cuda"], "provider 'cuda' is not available"),
+    (["--precision", "fp16", "--provider", "cpu"], "cannot run on the cpu provider"),
+    (["--model", "/nonexistent/model"], "model folder not found"),
+])
+def test_errors_are_one_clean_line_and_exit_2(all_artifacts, small_data, args, message):
+    if "--model" not in args:
+        args = args + ["--model", str(all_artifacts / "onnx" / "bert")]
+    result = CliRunner().invoke(main, ["score", str(small_data / "test.tsv"), "-o", "/dev/null"] + args)
+    assert result.exit_code == 2
+    assert message in result.stderr and "Traceback" not in result.output
+
+
+def test_missing_input_is_a_clean_error(all_artifacts, tmp_path):
+    result = CliRunner().invoke(main, ["score", str(tmp_path / "nope.tsv"), "--model",
+                                       str(all_artifacts / "onnx" / "svc")])
+    assert result.exit_code == 2 and "input file not found" in result.stderr
+
+
+def test_predict_and_info(all_artifacts):
+    runner = CliRunner()
+    r = runner.invoke(main, ["predict", "--model", str(all_artifacts / "onnx" / "bert"), "good day", "bad day"])
+    assert r.exit_code == 0 and len(r.stdout.splitlines()) == 2
+    assert all(line.split("\t")[0] in ("negative", "positive") for line in r.stdout.splitlines())
+    r = runner.invoke(main, ["info", str(all_artifacts / "onnx" / "bert")])
+    assert r.exit_code == 0 and "model_int8.onnx" in r.stdout and "providers on this machine: cpu" in r.stdout
+
+
+def test_runtime_imports_no_training_stack():
+    code = ("import sys, tsinfer.infer.cli, tsinfer.infer.score, tsinfer.infer.models, tsinfer.infer.preprocess;"
+            "bad = [m for m in ('torch', 'transformers', 'sklearn', 'optimum') if m in sys.modules];"
+            "print(','.join(bad))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
