@@ -2,18 +2,20 @@
 
 skl2onnx's SVC converter stores the support vectors dense (here ~12k x 22k floats, about 1.1 GB), so only its
 TF-IDF front end is used: the Tokenizer and TfIdfVectorizer nodes that turn text into term counts. The rest is
-written here with plain onnx helpers, in float64 (a float32 sum over ~12k kernel terms drifts by ~2e-3 and flips
-labels), without ever densifying the support vectors:
+written here with plain onnx helpers, because no converter does it: in float64 (a float32 sum over ~12k kernel
+terms drifts by ~2e-3 and flips labels), touching only the non-zeros, never densifying anything of vocabulary
+size beyond the counts:
 
-    x      = L2-normalised (tf * idf) of the row, from the counts
-    x.s_i  = sum over the stored non-zeros (i, t, v) of S of x[t] * v
-             -> Gather x at the non-zeros' term columns, multiply by their values, and sum each support vector's
-                run with CumSum: S is CSR, so each run is contiguous and x.s_i = C[end_i] - C[start_i]
-    K_i    = exp(-gamma * (|x|^2 + |s_i|^2 - 2 x.s_i))             (sklearn's own RBF expansion)
-    d      = K @ dual_coef + intercept; label = d > 0; p = sigmoid(a d + b) (Platt, fitted on validation)
+    pairs    = the non-zero (row, term) counts of the batch (NonZero), ~7 per tweet
+    x        = tf * idf on those pairs, divided by the row's L2 norm (sums by ScatterElements(reduction=add))
+    postings = S transposed to CSR by term: for each term, the support vectors holding it and their values
+    x.s_i    = every pair expanded into its term's postings (a ragged gather done with CumSum/ScatterElements/
+               Range), products scatter-added into a [rows, n_sv] float64 matrix
+    K        = exp(-gamma * (|x|^2 + |s|^2 - 2 x.s))                  (sklearn's own RBF expansion)
+    d        = K @ dual_coef + intercept; label = d > 0; p = sigmoid(a d + b) (Platt, fitted on validation)
 
-The work is one pass over S's non-zeros per row, the same order as libsvm's sparse kernel, and the file holds
-only S's non-zeros, the vocabulary and idf.
+Per tweet the work is its terms' postings plus one exp per support vector, the same as libsvm's sparse kernel
+needs at best; the file holds only S's non-zeros, the vocabulary and idf.
 """
 from __future__ import annotations
 
@@ -58,69 +60,103 @@ def _tfidf_counts_graph(model: SvcModel) -> onnx.ModelProto:
 def build_svc_onnx(model: SvcModel) -> onnx.ModelProto:
     onx = _tfidf_counts_graph(model)
     counts = onx.graph.output[0].name
-    s = model.support_vectors.tocsr()
-    s.sort_indices()
-    s_sq = np.asarray(s.multiply(s).sum(axis=1)).ravel()
+    n_sv = model.support_vectors.shape[0]
+    postings = model.support_vectors.T.tocsr()  # by term: which support vectors hold it, with what value
+    postings.sort_indices()
+    s = model.support_vectors
     platt_a, platt_b = model.platt
+    f64 = lambda *v: np.array(v, dtype=np.float64)  # noqa: E731
+    i64 = lambda *v: np.array(v, dtype=np.int64)  # noqa: E731
     consts = {
         "idf": np.asarray(model.vectorizer.idf_, dtype=np.float64),
-        "sv_terms": s.indices.astype(np.int64),
-        "sv_values": s.data.astype(np.float64).reshape(-1, 1),
-        "run_end": s.indptr[1:].astype(np.int64),     # into the cumulative sum padded with a leading 0
-        "run_start": s.indptr[:-1].astype(np.int64),
-        "sv_sq_norm": s_sq.astype(np.float64).reshape(-1, 1),
-        "dual_coef": model.dual_coef.astype(np.float64).reshape(1, -1),
-        "intercept": np.array([model.intercept], dtype=np.float64),
-        "neg_gamma": np.array([-model.gamma], dtype=np.float64),
-        "two": np.array([2.0], dtype=np.float64),
-        "one": np.array([1.0], dtype=np.float64),
-        "zero": np.array([0.0], dtype=np.float64),
-        "tiny": np.array([1e-300], dtype=np.float64),
-        "platt_a": np.array([platt_a], dtype=np.float64),
-        "platt_b": np.array([platt_b], dtype=np.float64),
-        "axis0": np.array([0], dtype=np.int64),
-        "axis1": np.array([1], dtype=np.int64),
-        "pad_front": np.array([1, 0, 0, 0], dtype=np.int64),
-        "flat": np.array([-1], dtype=np.int64),
+        "post_start": postings.indptr[:-1].astype(np.int64),
+        "post_end": postings.indptr[1:].astype(np.int64),
+        "post_sv": postings.indices.astype(np.int64),
+        "post_value": postings.data.astype(np.float64),
+        "sv_sq_norm": np.asarray(s.multiply(s).sum(axis=1), dtype=np.float64).reshape(1, -1),
+        "dual_coef": model.dual_coef.astype(np.float64).reshape(-1, 1),
+        "intercept": f64(model.intercept), "neg_gamma": f64(-model.gamma), "two": f64(2.0), "one": f64(1.0),
+        "zero": f64(0.0), "tiny": f64(1e-300), "platt_a": f64(platt_a), "platt_b": f64(platt_b),
+        "n_sv": i64(n_sv), "i0": i64(0), "i1": i64(1), "row_axis": i64(0), "flat": i64(-1),
+        "rows_by_sv": i64(-1, n_sv),
+        "s0": np.array(0, dtype=np.int64), "s1": np.array(1, dtype=np.int64),  # scalars: Gather drops the axis
     }
     n = helper.make_node
-    tf = "tf64"
-    nodes = [n("Cast", [counts], ["counts64"], to=TensorProto.DOUBLE)]
-    if model.params.get("sublinear_tf"):  # 1 + log(tf) where tf > 0, as sklearn does
-        nodes += [n("Greater", ["counts64", "zero"], ["present"]),
-                  n("Max", ["counts64", "one"], ["counts_safe"]),
-                  n("Log", ["counts_safe"], ["log_tf"]),
-                  n("Add", ["log_tf", "one"], ["log_tf1"]),
-                  n("Where", ["present", "log_tf1", "zero"], [tf])]
+    zeros = lambda shape, out: n("ConstantOfShape", [shape], [out], value=numpy_helper.from_array(f64(0.0)))  # noqa
+    scatter_add = lambda data, idx, upd, out: n("ScatterElements", [data, idx, upd], [out], axis=0,  # noqa: E731
+                                                reduction="add")
+    nodes = [
+        # the non-zero (row, term) pairs of the count matrix, row-major
+        n("NonZero", [counts], ["nz"]),
+        n("Transpose", ["nz"], ["nz_pairs"], perm=[1, 0]),
+        n("Gather", ["nz", "s0"], ["pair_row"], axis=0),
+        n("Gather", ["nz", "s1"], ["pair_term"], axis=0),
+        n("GatherND", [counts, "nz_pairs"], ["pair_count32"]),
+        n("Cast", ["pair_count32"], ["pair_count"], to=TensorProto.DOUBLE),
+        n("Shape", [counts], ["counts_shape"]),
+        n("Slice", ["counts_shape", "i0", "i1"], ["n_rows"]),
+        zeros("n_rows", "row_zeros"),
+    ]
+    if model.params.get("sublinear_tf"):  # 1 + log(tf), as sklearn does (only non-zero counts reach here)
+        nodes += [n("Log", ["pair_count"], ["log_tf"]), n("Add", ["log_tf", "one"], ["pair_tf"])]
     else:
-        nodes += [n("Identity", ["counts64"], [tf])]
+        nodes += [n("Identity", ["pair_count"], ["pair_tf"])]
     nodes += [
-        n("Mul", [tf, "idf"], ["tfidf"]),
-        n("ReduceSumSquare", ["tfidf", "axis1"], ["row_sq"], keepdims=1),
-        # sklearn's normalize leaves an all-zero row at zero: divide by max(norm, tiny)
+        # TF-IDF and the row's L2 norm (sklearn leaves an empty row at zero)
+        n("Gather", ["idf", "pair_term"], ["pair_idf"]),
+        n("Mul", ["pair_tf", "pair_idf"], ["pair_w"]),
+        n("Mul", ["pair_w", "pair_w"], ["pair_w2"]),
+        scatter_add("row_zeros", "pair_row", "pair_w2", "row_sq"),
         n("Sqrt", ["row_sq"], ["row_norm"]),
         n("Max", ["row_norm", "tiny"], ["row_norm_safe"]),
-        n("Div", ["tfidf", "row_norm_safe"], ["x"]),
-        n("ReduceSumSquare", ["x", "axis1"], ["x_sq"], keepdims=1),
-        # Work on x transposed ([terms, rows]) so that each gather/cumsum step moves whole contiguous rows.
-        n("Transpose", ["x"], ["x_t"], perm=[1, 0]),
-        n("Gather", ["x_t", "sv_terms"], ["x_at_sv"], axis=0),
-        n("Mul", ["x_at_sv", "sv_values"], ["products"]),
-        n("CumSum", ["products", "axis0"], ["running"]),
-        n("Pad", ["running", "pad_front"], ["running0"]),
-        n("Gather", ["running0", "run_end"], ["c_end"], axis=0),
-        n("Gather", ["running0", "run_start"], ["c_start"], axis=0),
-        n("Sub", ["c_end", "c_start"], ["dots"]),                     # [n_sv, rows]
-        n("Transpose", ["x_sq"], ["x_sq_t"], perm=[1, 0]),            # [1, rows]
-        n("Add", ["x_sq_t", "sv_sq_norm"], ["sq_sum"]),
+        n("Gather", ["row_norm_safe", "pair_row"], ["pair_norm"]),
+        n("Div", ["pair_w", "pair_norm"], ["pair_x"]),
+        n("Mul", ["pair_x", "pair_x"], ["pair_x2"]),
+        scatter_add("row_zeros", "pair_row", "pair_x2", "x_sq"),
+        # expand every pair into the postings of its term: position p belongs to pair owner[p]
+        n("Gather", ["post_start", "pair_term"], ["pair_post_start"]),
+        n("Gather", ["post_end", "pair_term"], ["pair_post_end"]),
+        n("Sub", ["pair_post_end", "pair_post_start"], ["pair_len"]),
+        n("CumSum", ["pair_len", "row_axis"], ["pair_end"]),
+        n("Sub", ["pair_end", "pair_len"], ["pair_begin"]),
+        n("ReduceSum", ["pair_len"], ["total"], keepdims=1),
+        n("Add", ["total", "i1"], ["total1"]),
+        n("ConstantOfShape", ["total1"], ["marks0"], value=numpy_helper.from_array(i64(0))),
+        n("Expand", ["i1", "pair_begin_shape"], ["ones"]),
+        n("Shape", ["pair_begin"], ["pair_begin_shape"]),
+        scatter_add("marks0", "pair_begin", "ones", "marks"),
+        n("CumSum", ["marks", "row_axis"], ["owner1"]),
+        n("Slice", ["owner1", "i0", "total"], ["owner1_cut"]),
+        n("Sub", ["owner1_cut", "i1"], ["owner"]),
+        n("Squeeze", ["total", "i0"], ["total_scalar"]),
+        n("Range", ["s0", "total_scalar", "s1"], ["position"]),
+        n("Gather", ["pair_begin", "owner"], ["owner_begin"]),
+        n("Sub", ["position", "owner_begin"], ["within"]),
+        n("Gather", ["pair_post_start", "owner"], ["owner_post_start"]),
+        n("Add", ["owner_post_start", "within"], ["post_index"]),
+        n("Gather", ["post_sv", "post_index"], ["hit_sv"]),
+        n("Gather", ["post_value", "post_index"], ["hit_value"]),
+        n("Gather", ["pair_x", "owner"], ["hit_x"]),
+        n("Mul", ["hit_x", "hit_value"], ["hit_product"]),
+        n("Gather", ["pair_row", "owner"], ["hit_row"]),
+        n("Mul", ["hit_row", "n_sv"], ["hit_row_base"]),
+        n("Add", ["hit_row_base", "hit_sv"], ["hit_cell"]),
+        # x.s_i for every row and support vector, summed in float64
+        n("Mul", ["n_rows", "n_sv"], ["n_cells"]),
+        zeros("n_cells", "cell_zeros"),
+        scatter_add("cell_zeros", "hit_cell", "hit_product", "dots_flat"),
+        n("Reshape", ["dots_flat", "rows_by_sv"], ["dots"]),
+        # K = exp(-gamma * (|x|^2 + |s|^2 - 2 x.s)), decision = K @ dual_coef + intercept
+        n("Unsqueeze", ["x_sq", "i1"], ["x_sq_col"]),
+        n("Add", ["x_sq_col", "sv_sq_norm"], ["sq_sum"]),
         n("Mul", ["dots", "two"], ["two_dots"]),
         n("Sub", ["sq_sum", "two_dots"], ["sq_dist_raw"]),
         n("Max", ["sq_dist_raw", "zero"], ["sq_dist"]),
         n("Mul", ["sq_dist", "neg_gamma"], ["exponent"]),
         n("Exp", ["exponent"], ["kernel"]),
-        n("MatMul", ["dual_coef", "kernel"], ["weighted"]),          # [1, rows]
-        n("Add", ["weighted", "intercept"], ["decision_row"]),
-        n("Reshape", ["decision_row", "flat"], ["decision"]),
+        n("MatMul", ["kernel", "dual_coef"], ["weighted"]),
+        n("Add", ["weighted", "intercept"], ["decision_col"]),
+        n("Reshape", ["decision_col", "flat"], ["decision"]),
         n("Greater", ["decision", "zero"], ["positive"]),
         n("Cast", ["positive"], ["label"], to=TensorProto.INT64),
         n("Mul", ["decision", "platt_a"], ["platt_lin0"]),
@@ -128,9 +164,14 @@ def build_svc_onnx(model: SvcModel) -> onnx.ModelProto:
         n("Sigmoid", ["platt_lin"], ["probability64"]),
         n("Cast", ["probability64"], ["probability"], to=TensorProto.FLOAT),
     ]
+    # ONNX wants producers before consumers
+    shape_node = next(x for x in nodes if x.output == ["pair_begin_shape"])
+    nodes.remove(shape_node)
+    nodes.insert(next(i for i, x in enumerate(nodes) if x.output == ["ones"]), shape_node)
     onx.graph.node.extend(nodes)
     used = {i for node in nodes for i in node.input}
-    onx.graph.initializer.extend(numpy_helper.from_array(v, name=k) for k, v in consts.items() if k in used)
+    onx.graph.initializer.extend(numpy_helper.from_array(v, name=k) for k, v in consts.items()
+                                 if k in used and isinstance(v, np.ndarray))
     del onx.graph.output[:]
     onx.graph.output.extend([
         helper.make_tensor_value_info("label", TensorProto.INT64, [None]),

@@ -172,7 +172,7 @@ class SvcScorer:
     kind = "svc"
 
     def __init__(self, folder: Path, meta: dict, provider: str, precision: str, threads: int | None,
-                 batch_rows: int = 256, **_):
+                 batch_rows: int = 64, **_):
         self.folder, self.meta, self.provider = folder, meta, "cpu"  # string ops run on the CPU provider
         self.precision = "fp64"
         self.file = meta["files"]["fp64"]

@@ -72,3 +72,11 @@ def test_training_report_and_export_folder(svc_artifacts):
     parity = json.loads((svc_artifacts / "reports" / "parity.json").read_text())
     entry = parity["models"]["svc"]["variants"][0]
     assert entry["rows"] == 300 and entry["agreement"] == 1.0 and entry["meets_target"]
+
+
+def test_batches_of_only_empty_or_unknown_texts(fitted):
+    model, _ = fitted
+    sess = ort.InferenceSession(build_svc_onnx(model).SerializeToString(), providers=["CPUExecutionProvider"])
+    for docs in ([""], ["", "zzz-unknown"], ["zzz-unknown"]):
+        label, decision, _ = sess.run(None, {"text": np.array(docs, dtype=object).reshape(-1, 1)})
+        np.testing.assert_allclose(decision, model._sklearn.decision_function(model.transform(docs)), atol=1e-10)

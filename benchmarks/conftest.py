@@ -1,0 +1,133 @@
+"""Benchmark fixtures and the summary table (printed at the end, written to benchmarks/results/cpu.md).
+
+Every contender scores the same rows of test.tsv with the same fine-tuned weights on the same machine, in one run.
+Run after the main job (`make demo`): pytest benchmarks/ --benchmark-only
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = Path(os.environ.get("TSINFER_ARTIFACTS", ROOT / "artifacts"))
+DATA = Path(os.environ.get("TSINFER_DATA", ROOT / "data"))
+ROWS = int(os.environ.get("TSINFER_BENCH_ROWS", "2000"))
+RESULTS: list[dict] = []   # filled by the benchmarks, in run order
+SEED_NAME = "seed method (PyTorch eager fp32, pad 284, batch 32)"
+PIPELINE_NAME = "transformers pipeline (PyTorch, batch 32)"
+
+
+def record(benchmark, group: str, name: str, rows: int, seconds: float, **extra) -> dict:
+    entry = dict(group=group, name=name, rows=rows, seconds=seconds, tweets_per_s=rows / seconds, **extra)
+    benchmark.extra_info.update({k: v for k, v in entry.items() if k != "group"})
+    RESULTS.append(entry)
+    return entry
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    for needed in ("bert/config.json", "onnx/bert/meta.json", "onnx/svc/meta.json", "svc/config.json"):
+        if not (ARTIFACTS / needed).exists():
+            pytest.skip(f"{ARTIFACTS / needed} is missing: run the main job (`make demo`) first")
+    return ARTIFACTS
+
+
+@pytest.fixture(scope="session")
+def test_rows():
+    from tsinfer.infer.reader import read_all
+
+    if not (DATA / "test.tsv").exists():
+        pytest.skip(f"{DATA / 'test.tsv'} is missing: run `make data`")
+    rows = read_all(DATA / "test.tsv")
+    return rows
+
+
+@pytest.fixture(scope="session")
+def bench_tsv(tmp_path_factory, test_rows) -> Path:
+    """The first ROWS rows of test.tsv, as a TSV file for the contenders that read files."""
+    from tsinfer.infer.score import PredictionWriter  # noqa: F401  (same quoting rules as the reader)
+    import csv
+
+    path = tmp_path_factory.mktemp("bench") / "rows.tsv"
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh, delimiter="\t", lineterminator="\n")
+        for i in range(min(ROWS, len(test_rows))):
+            w.writerow([test_rows.ids[i], test_rows.labels[i], test_rows.texts[i]])
+    return path
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {len(os.sched_getaffinity(0))} cores, Python {platform.python_version()}"
+
+
+def summary_markdown() -> str:
+    seed = next((r for r in RESULTS if r["name"] == SEED_NAME), None)
+    pipe = next((r for r in RESULTS if r["name"] == PIPELINE_NAME), None)
+    lines = [f"# CPU benchmarks", "",
+             f"Measured {datetime.date.today().isoformat()} on {machine()}; command: "
+             f"`pytest benchmarks/ --benchmark-only` (rows: first {ROWS} of test.tsv unless stated).", "",
+             "| group | contender | rows | seconds | tweets/s | x seed | x pipeline | notes |",
+             "|---|---|---:|---:|---:|---:|---:|---|"]
+    for r in RESULTS:
+        x_seed = f"{r['tweets_per_s'] / seed['tweets_per_s']:.1f}" if seed and r["group"] == "bert" else ""
+        x_pipe = f"{r['tweets_per_s'] / pipe['tweets_per_s']:.2f}" if pipe and r["group"] == "bert" else ""
+        notes = ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
+                          for k, v in r.items() if k not in ("group", "name", "rows", "seconds", "tweets_per_s"))
+        lines.append(f"| {r['group']} | {r['name']} | {r['rows']:,} | {r['seconds']:.2f} | {r['tweets_per_s']:,.0f} "
+                     f"| {x_seed} | {x_pipe} | {notes} |")
+    lines += ["", "## Targets (from the issues)", ""] + target_lines()
+    return "\n".join(lines) + "\n"
+
+
+def _rate(prefix: str):
+    r = next((r for r in RESULTS if r["name"].startswith(prefix)), None)
+    return r["tweets_per_s"] if r else None
+
+
+def target_lines() -> list[str]:
+    int8, seed, pipe = _rate("tsinfer score, int8"), _rate(SEED_NAME), _rate(PIPELINE_NAME)
+    optimum, onnx_svc = _rate("optimum-onnx"), _rate("tsinfer ONNX SVC")
+    sk_svc = _rate("sklearn TfidfVectorizer.transform + SVC.predict")
+    checks = [("tsinfer int8 >= 30x the seed's method", int8, seed, 30),
+              ("tsinfer int8 >= 4x the transformers pipeline", int8, pipe, 4),
+              ("tsinfer int8 >= 1.5x optimum-onnx's pipeline", int8, optimum, 1.5),
+              ("ONNX SVC (TF-IDF + kernel) >= sklearn (transform + predict)", onnx_svc, sk_svc, 1.0)]
+    out = []
+    for text, ours, theirs, factor in checks:
+        if ours is None or theirs is None:
+            out.append(f"- {text}: not measured in this run")
+            continue
+        ratio = ours / theirs
+        out.append(f"- {text}: {ratio:.2f}x -> {'met' if ratio >= factor else 'MISSED'}")
+    sizes = [r for r in RESULTS if r["group"] == "size"]
+    if len(sizes) > 1:
+        rss = [r["peak_rss_mb"] for r in sizes]
+        verdict = "flat" if max(rss) <= 1.25 * min(rss) else "GROWS"
+        pairs = ", ".join(f"{r['rows']:,} rows: {r['peak_rss_mb']:.0f} MB" for r in sizes)
+        out.append(f"- peak RSS flat with input size ({pairs}) -> {verdict}")
+    return out
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not RESULTS:
+        return
+    text = summary_markdown()
+    terminalreporter.write_line("")
+    for line in text.splitlines():
+        terminalreporter.write_line(line)
+    out = Path(os.environ.get("TSINFER_BENCH_REPORT", ROOT / "benchmarks" / "results" / "cpu.md"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    terminalreporter.write_line(f"written to {out}")

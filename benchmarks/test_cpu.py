@@ -1,0 +1,228 @@
+"""CPU throughput: the seed's method, the tools users would pick instead, and tsinfer, on the same rows and weights."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks.conftest import PIPELINE_NAME, ROWS, SEED_NAME, record
+
+CORES = len(os.sched_getaffinity(0))
+
+
+def timed(benchmark, fn, rounds=1):
+    """Run fn under pytest-benchmark and return the best wall time of the rounds."""
+    benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=0)
+    return benchmark.stats.stats.min
+
+
+# ---- BERT contenders -------------------------------------------------------------------------------------------
+
+def test_seed_method(benchmark, artifacts, test_rows):
+    """The notebook: PyTorch eager fp32, every row padded/truncated to 284 tokens, batches of 32 in file order."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.set_num_threads(CORES)
+    tok = AutoTokenizer.from_pretrained(artifacts / "bert")
+    model = AutoModelForSequenceClassification.from_pretrained(artifacts / "bert").eval()
+    texts = test_rows.texts[:ROWS]
+
+    def run():
+        preds = []
+        with torch.inference_mode():
+            for i in range(0, len(texts), 32):
+                enc = tok(texts[i:i + 32], padding="max_length", truncation=True, max_length=284,
+                          return_tensors="pt")
+                preds.append(model(**enc).logits.argmax(-1))
+        return torch.cat(preds)
+
+    record(benchmark, "bert", SEED_NAME, len(texts), timed(benchmark, run), padding_efficiency=_eff(tok, texts, 284))
+
+
+def _eff(tok, texts, width):
+    lengths = [len(x) for x in tok(texts, truncation=True, max_length=width)["input_ids"]]
+    return float(np.sum(lengths) / (len(lengths) * width))
+
+
+def test_transformers_pipeline(benchmark, artifacts, test_rows):
+    import torch
+    from transformers import pipeline
+
+    torch.set_num_threads(CORES)
+    clf = pipeline("text-classification", model=str(artifacts / "bert"), device=-1)
+    texts = test_rows.texts[:ROWS]
+    clf(texts[:32], batch_size=32)  # warm-up
+    record(benchmark, "bert", PIPELINE_NAME, len(texts),
+           timed(benchmark, lambda: clf(texts, batch_size=32, truncation=True)))
+
+
+def test_optimum_ort_pipeline(benchmark, artifacts, test_rows, tmp_path_factory):
+    """optimum-onnx as its docs show it: export the fine-tuned folder, ORTModel in a transformers pipeline."""
+    from optimum.onnxruntime import ORTModelForSequenceClassification
+    from transformers import AutoTokenizer, pipeline
+
+    model = ORTModelForSequenceClassification.from_pretrained(artifacts / "bert", export=True)
+    tok = AutoTokenizer.from_pretrained(artifacts / "bert")
+    clf = pipeline("text-classification", model=model, tokenizer=tok, device=-1)
+    texts = test_rows.texts[:ROWS]
+    clf(texts[:32], batch_size=32)
+    record(benchmark, "bert", "optimum-onnx ORTModel pipeline (fp32, batch 32)", len(texts),
+           timed(benchmark, lambda: clf(texts, batch_size=32, truncation=True), rounds=2))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_tsinfer_streaming(benchmark, artifacts, bench_tsv, tmp_path, precision):
+    """The real path: read the TSV, tokenize in the reader thread, bucketed batches, write predictions."""
+    from tsinfer.infer.score import score_files
+
+    out = {}
+
+    def run():
+        out["r"] = score_files([str(bench_tsv)], [str(artifacts / "onnx" / "bert")], "cpu", precision,
+                               output=str(tmp_path / "p.tsv"))
+
+    seconds = timed(benchmark, run, rounds=3)
+    m = out["r"].metrics
+    record(benchmark, "bert", f"tsinfer score, {precision} (file in, file out)", out["r"].rows_scored, seconds,
+           padding_efficiency=m["padding_efficiency"], accuracy=m["accuracy"])
+
+
+# ---- padding strategies on one model (int8, tsinfer's scorer) -----------------------------------------------------
+
+@pytest.mark.parametrize("strategy", ["fixed 284, batch 32", "longest in batch, batch 32, file order",
+                                      "length-sorted, 8192-token budget"])
+def test_padding_strategies(benchmark, artifacts, test_rows, strategy):
+    from tsinfer.infer.batching import pad_batch
+    from tsinfer.infer.models import load_scorer
+
+    scorer = load_scorer(artifacts / "onnx" / "bert", "cpu", "int8")
+    enc = scorer.prepare(test_rows.texts[:ROWS])
+    n = len(enc)
+
+    if strategy.startswith("length-sorted"):
+        def run():
+            return scorer.score(enc)
+        padded = scorer.score(enc).padded
+    else:
+        pad_to = 284 if strategy.startswith("fixed") else None
+        batches = [np.arange(i, min(i + 32, n)) for i in range(0, n, 32)]
+
+        def run():
+            for rows in batches:
+                ids, mask = pad_batch(enc, rows, scorer.int_dtype, pad_to=pad_to)
+                scorer._run(ids, mask)
+        padded = sum(pad_to * len(b) if pad_to else int(enc.lengths[b].max()) * len(b) for b in batches)
+    record(benchmark, "padding", f"int8, {strategy}", n, timed(benchmark, run, rounds=2),
+           padding_efficiency=float(enc.lengths.sum() / padded))
+
+
+# ---- scaling: token budget and threads -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("batch_tokens", [1024, 4096, 8192, 16384])
+def test_token_budget(benchmark, artifacts, test_rows, batch_tokens):
+    from tsinfer.infer.models import load_scorer
+
+    scorer = load_scorer(artifacts / "onnx" / "bert", "cpu", "int8", batch_tokens=batch_tokens, max_batch=1024)
+    enc = scorer.prepare(test_rows.texts[:ROWS])
+    record(benchmark, "scaling", f"int8, token budget {batch_tokens}", len(enc),
+           timed(benchmark, lambda: scorer.score(enc), rounds=2))
+
+
+@pytest.mark.parametrize("threads", sorted({1, CORES}))
+def test_threads(benchmark, artifacts, test_rows, threads):
+    from tsinfer.infer.models import load_scorer
+
+    scorer = load_scorer(artifacts / "onnx" / "bert", "cpu", "int8", threads=threads)
+    enc = scorer.prepare(test_rows.texts[:ROWS])
+    record(benchmark, "scaling", f"int8, {threads} onnxruntime thread(s)", len(enc),
+           timed(benchmark, lambda: scorer.score(enc), rounds=2))
+
+
+# ---- SVC -----------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def svc_rows(test_rows):
+    from tsinfer.infer.preprocess import preprocess
+
+    return preprocess(test_rows.texts[:ROWS])
+
+
+def test_spacy_step(benchmark, test_rows):
+    from tsinfer.infer.preprocess import preprocess
+
+    texts = test_rows.texts[:ROWS]
+    preprocess(texts[:10])  # load the pipeline outside the timing
+    record(benchmark, "svc", "spaCy step alone (blank en + lookup lemmas)", len(texts),
+           timed(benchmark, lambda: preprocess(texts), rounds=2))
+
+
+def test_sklearn_svc_predict(benchmark, artifacts, svc_rows):
+    """sklearn's own SVC, refitted here with the saved hyperparameters (nothing is pickled to reload it)."""
+    from tsinfer.train.data import dev_split
+    from tsinfer.infer.preprocess import preprocess
+    from tsinfer.train.svc import SvcModel
+
+    saved = SvcModel.load(artifacts / "svc")
+    train, _ = dev_split(Path(os.environ.get("TSINFER_DATA", "data")))
+    model = SvcModel(saved.params).fit(preprocess(train.texts), train.labels)
+    x = model.transform(svc_rows)
+    record(benchmark, "svc", "sklearn SVC.predict (TF-IDF done, sparse input)", len(svc_rows),
+           timed(benchmark, lambda: model._sklearn.predict(x), rounds=2))
+    record(benchmark, "svc", "sklearn TfidfVectorizer.transform + SVC.predict", len(svc_rows),
+           timed(benchmark, lambda: model._sklearn.predict(model.transform(svc_rows)), rounds=2))
+
+
+def test_onnx_svc(benchmark, artifacts, svc_rows):
+    from tsinfer.infer.models import load_scorer
+
+    scorer = load_scorer(artifacts / "onnx" / "svc", "cpu")
+    scorer.score(svc_rows[:10])
+    record(benchmark, "svc", "tsinfer ONNX SVC (TF-IDF + kernel in the graph)", len(svc_rows),
+           timed(benchmark, lambda: scorer.score(svc_rows), rounds=2))
+
+
+# ---- cost vs input size: the streaming path on a tiny model ----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory, artifacts):
+    """A 2-layer, 32-wide random BERT exported like the real one: keeps the 1M-row run to a minute."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from tsinfer.export.run import export_bert
+
+    d = tmp_path_factory.mktemp("tiny")
+    tok = AutoTokenizer.from_pretrained(artifacts / "bert")
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, num_labels=2)
+    BertForSequenceClassification(cfg).save_pretrained(d / "bert")
+    tok.save_pretrained(d / "bert")
+    export_bert(d / "bert", d / "onnx", d / "reports")
+    return d / "onnx"
+
+
+@pytest.mark.parametrize("n_rows", [10_000, 100_000, 1_000_000])
+def test_cost_vs_input_size(benchmark, tiny_onnx, test_rows, tmp_path, n_rows):
+    src = tmp_path / "big.tsv"
+    with open(src, "w", encoding="utf-8") as fh:
+        texts = [t.replace("\t", " ").replace('"', "'") for t in test_rows.texts]
+        for i in range(n_rows):
+            fh.write(f"{i}\t{test_rows.labels[i % len(texts)]}\t{texts[i % len(texts)]}\n")
+    cmd = [sys.executable, "-c",
+           "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
+           "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)",
+           sys.executable, "-m", "tsinfer.infer.cli", "score", str(src), "--model", str(tiny_onnx),
+           "--provider", "cpu", "--precision", "int8", "--no-progress", "-o", str(tmp_path / "p.tsv")]
+    out = {}
+
+    def run():
+        out["p"] = subprocess.run(cmd, capture_output=True, text=True, check=True)
+
+    seconds = timed(benchmark, run)
+    rss_mb = int(out["p"].stdout.strip().splitlines()[-1]) / 1024
+    record(benchmark, "size", f"streaming, tiny model, {n_rows:,} rows", n_rows, seconds, peak_rss_mb=rss_mb)
