@@ -49,14 +49,11 @@ def test_rows():
 @pytest.fixture(scope="session")
 def bench_tsv(tmp_path_factory, test_rows) -> Path:
     """The first ROWS rows of test.tsv, as a TSV file for the contenders that read files."""
-    from tsinfer.infer.score import PredictionWriter  # noqa: F401  (same quoting rules as the reader)
-    import csv
+    from tsinfer.infer.reader import write_rows
 
     path = tmp_path_factory.mktemp("bench") / "rows.tsv"
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh, delimiter="\t", lineterminator="\n")
-        for i in range(min(ROWS, len(test_rows))):
-            w.writerow([test_rows.ids[i], test_rows.labels[i], test_rows.texts[i]])
+    n = min(ROWS, len(test_rows))
+    write_rows(path, test_rows.ids[:n], test_rows.labels[:n], test_rows.texts[:n])
     return path
 
 

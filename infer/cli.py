@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -9,8 +10,17 @@ import click
 
 from tsinfer.infer.models import ModelError, available_providers, load_scorer, read_meta
 from tsinfer.infer.reader import InputError
+from tsinfer.infer.score import Interrupted, StrictError
 
 DEFAULT_MODEL = "artifacts/onnx/bert"
+
+
+_signal_seen: dict = {}
+
+
+def _on_sigterm(signum, frame):
+    _signal_seen["term"] = True
+    raise KeyboardInterrupt
 
 
 class CleanErrors(click.Group):
@@ -22,6 +32,12 @@ class CleanErrors(click.Group):
         except (ModelError, InputError) as e:
             click.echo(f"Error: {e}", err=True)
             ctx.exit(2)
+        except StrictError as e:
+            click.echo(f"Error: {e}", err=True)
+            ctx.exit(3)
+        except Interrupted as e:
+            click.echo(f"{e}; no output was left under its final name.", err=True)
+            ctx.exit(143 if _signal_seen.get("term") else 130)
         except BrokenPipeError:  # `tsinfer score ... | head`
             sys.stderr.close()
             ctx.exit(0)
@@ -58,8 +74,9 @@ def main():
               help="Rows read, prepared and sorted together.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr [when stderr is a terminal].")
 @click.option("--verify/--no-verify", default=True, show_default=True, help="Check model files against meta.json.")
+@click.option("--strict", is_flag=True, help="Stop with exit code 3 at the first row that cannot be read.")
 def score(inputs, models, provider, precision, batch_tokens, max_batch, output, fmt, metrics_path, roc_path,
-          rejects_path, threads, chunk_rows, progress, verify):
+          rejects_path, threads, chunk_rows, progress, verify, strict):
     """Score INPUT TSV files (or - for stdin) and print a comparison of the models.
 
     Input layouts: the seed's dev.tsv/test.tsv, `id<TAB>label<TAB>text`, `id<TAB>text`, or one text a line.
@@ -69,10 +86,12 @@ def score(inputs, models, provider, precision, batch_tokens, max_batch, output, 
 
     if progress is None:
         progress = sys.stderr.isatty()
+    signal.signal(signal.SIGTERM, _on_sigterm)
     if rejects_path is None:
         rejects_path = "rejects.tsv" if output == "-" else f"{output}.rejects.tsv"
     result = score_files(list(inputs), list(models), provider, precision, batch_tokens, max_batch, output, fmt,
-                         metrics_path, roc_path, rejects_path, threads, progress, chunk_rows, verify)
+                         metrics_path, roc_path, rejects_path, threads, progress, chunk_rows, verify,
+                         strict=strict)
     click.echo(comparison_table(result), err=True)
     if result.rows_rejected:
         click.echo(f"{result.rows_rejected:,} rows rejected: see {rejects_path}", err=True)
@@ -110,3 +129,7 @@ def info(model_dir):
         click.echo("training report: " + json.dumps(meta["training_report"]))
     click.echo(f"providers on this machine: {', '.join(available_providers())}")
     click.echo(f"default precision by provider: {json.dumps(meta.get('default_precision', {}))}")
+
+
+if __name__ == "__main__":
+    main()

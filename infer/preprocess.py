@@ -10,13 +10,12 @@ from functools import lru_cache
 from typing import Iterable, Iterator
 
 PIPE_BATCH = 1000
+MAX_CHARS = 100_000  # spaCy refuses texts over nlp.max_length (1M chars); a tweet is 280
 
 
 @lru_cache(maxsize=1)
 def spacy_pipeline():
     import spacy
-    from spacy.lang.en.stop_words import STOP_WORDS  # noqa: F401  (the set used below via token.is_stop)
-
     nlp = spacy.blank("en")
     nlp.add_pipe("lemmatizer", config={"mode": "lookup"})
     nlp.initialize()
@@ -39,7 +38,8 @@ def _kept_lemmas(doc) -> str:
 
 def preprocess_iter(texts: Iterable[str], batch_size: int = PIPE_BATCH) -> Iterator[str]:
     nlp = spacy_pipeline()
-    yield from (_kept_lemmas(doc) for doc in nlp.pipe((t.strip().lower() for t in texts), batch_size=batch_size))
+    lowered = (t[:MAX_CHARS].strip().lower() for t in texts)
+    yield from (_kept_lemmas(doc) for doc in nlp.pipe(lowered, batch_size=batch_size))
 
 
 def preprocess(texts: Iterable[str]) -> list[str]:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import csv
 import io
 import sys
+from collections import Counter
+from itertools import chain, islice
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Iterator
@@ -31,8 +33,10 @@ HEADER_NAMES = {
 # Column layouts by count: the field index of id, label and text (None = absent).
 LAYOUTS = {5: (1, 2, 4), 4: (0, 1, 3), 3: (0, 1, 2), 2: (0, None, 1), 1: (None, None, 0)}
 DEFAULT_CHUNK_ROWS = 16384
+MAX_QUOTED_LINES = 64   # a quoted field may span this many more lines; beyond, its quote is taken as unterminated
+LAYOUT_SAMPLE = 64      # rows read before the column layout is decided
 
-csv.field_size_limit(sys.maxsize)  # one very long tweet is a row, not a crash
+csv.field_size_limit(sys.maxsize)  # one very long quoted tweet is a row, not a crash
 
 
 @dataclass
@@ -65,6 +69,7 @@ class InputError(Exception):
 
 
 def _header_layout(fields: list[str]) -> tuple[int | None, int | None, int | None, int] | None:
+    """Column roles from a header line: it must name a text column and an id or label column."""
     names = [f.strip().lower() for f in fields]
     found = {}
     for role, aliases in HEADER_NAMES.items():
@@ -72,7 +77,7 @@ def _header_layout(fields: list[str]) -> tuple[int | None, int | None, int | Non
             if name in aliases:
                 found[role] = i
                 break
-    if "text" not in found:
+    if "text" not in found or not ({"id", "label"} & found.keys()):
         return None
     return found.get("id"), found.get("label"), found["text"], len(fields)
 
@@ -112,27 +117,86 @@ def input_size(path: str | Path) -> int | None:
         return None
 
 
-def _parse(fh: IO[str], chunk_rows: int) -> Iterator[Chunk]:
-    rows = csv.reader(fh, delimiter="\t", quotechar='"', doublequote=True, strict=False)
-    layout = None  # (id_col, label_col, text_col, n_cols)
-    chunk = Chunk()
-    first_line = 1
-    for fields in rows:
-        line = first_line
-        first_line = rows.line_num + 1
-        if not fields or (len(fields) == 1 and fields[0].strip() == ""):
-            if fields:
-                chunk.rejects.append(Reject(line, "empty line", ""))
+def _quoted_fields(record: str) -> list[str] | None:
+    """csv-parse one record; None when a quoted field is still open at its end (it may go on next line)."""
+    try:
+        return next(csv.reader([record], delimiter="\t", quotechar='"', strict=True), [""])
+    except csv.Error as e:
+        if "unexpected end of data" in str(e):
+            return None
+        return next(csv.reader([record], delimiter="\t", quotechar='"', strict=False), [""])
+
+
+def _records(fh: IO[str]) -> Iterator[tuple[int, list[str], str]]:
+    """(first line number, fields, raw text) per record. Lines without a double quote split on tabs (the fast
+    path); a quoted field may run over at most MAX_QUOTED_LINES lines, else its line is read on its own, literally,
+    and the lines after it are read as records again: an unterminated quote never swallows the rest of the file.
+    NUL bytes are dropped (the csv module cannot read them)."""
+    pushback: list[str] = []
+    line_no = 0
+
+    def next_line():
+        return pushback.pop() if pushback else fh.readline()
+
+    while True:
+        line = next_line()
+        if not line:
+            return
+        line_no += 1
+        if "\0" in line:
+            line = line.replace("\0", "")
+        if '"' not in line:
+            body = line.rstrip("\r\n")
+            yield line_no, body.split("\t"), body
             continue
-        if layout is None:
-            layout = _header_layout(fields)
-            if layout is not None:
-                continue  # a header line
-            n = min(len(fields), 5)
-            layout = (*LAYOUTS[n], n)
+        record, taken = line, []
+        fields = _quoted_fields(record)
+        while fields is None and len(taken) < MAX_QUOTED_LINES:
+            more = next_line()
+            if not more:
+                break
+            taken.append(more.replace("\0", ""))
+            record += taken[-1]
+            fields = _quoted_fields(record)
+        if fields is None:  # unterminated: this line alone, as written
+            pushback.extend(reversed(taken))
+            body = line.rstrip("\r\n")
+            yield line_no, body.split("\t"), body
+            continue
+        if fields and fields[-1].endswith(("\n", "\r")) and not record.rstrip("\r\n").endswith('"'):
+            fields[-1] = fields[-1].rstrip("\r\n")
+        yield line_no, fields, record.rstrip("\r\n")
+        line_no += len(taken)
+
+
+def _choose_layout(first: list[tuple[int, list[str], str]]):
+    """A header names the columns; otherwise the most common column count among the first rows decides."""
+    if not first:
+        return None, 0
+    header = _header_layout(first[0][1])
+    if header is not None:
+        return header, 1
+    counts = Counter(min(len(f), 5) for _, f, _ in first if any(x.strip() for x in f))
+    n = counts.most_common(1)[0][0] if counts else 1
+    return (*LAYOUTS[n], n), 0
+
+
+def _parse(fh: IO[str], chunk_rows: int) -> Iterator[Chunk]:
+    records = _records(fh)
+    first = list(islice(records, LAYOUT_SAMPLE))
+    layout, skip = _choose_layout(first)
+    chunk = Chunk()
+    for line, fields, raw in chain(first[skip:], records):
+        if not any(f.strip() for f in fields):
+            chunk.rejects.append(Reject(line, "empty line", raw))
+            continue
         id_col, label_col, text_col, n_cols = layout
         if len(fields) < n_cols:
-            chunk.rejects.append(Reject(line, f"expected {n_cols} columns, got {len(fields)}", "\t".join(fields)))
+            chunk.rejects.append(Reject(line, f"expected {n_cols} columns, got {len(fields)}", raw))
+            continue
+        # a text that is the last column keeps any extra tabs; elsewhere extra columns are an error
+        if len(fields) > n_cols and text_col != n_cols - 1:
+            chunk.rejects.append(Reject(line, f"expected {n_cols} columns, got {len(fields)}", raw))
             continue
         text = "\t".join(fields[text_col:]) if text_col == n_cols - 1 else fields[text_col]
         label = NO_LABEL
@@ -140,11 +204,11 @@ def _parse(fh: IO[str], chunk_rows: int) -> Iterator[Chunk]:
             raw_label = fields[label_col].strip()
             if raw_label:
                 if raw_label not in LABEL_MAP:
-                    chunk.rejects.append(Reject(line, f"label {raw_label!r} is not 0, 1 or 4", "\t".join(fields)))
+                    chunk.rejects.append(Reject(line, f"label {raw_label[:20]!r} is not 0, 1 or 4", raw))
                     continue
                 label = LABEL_MAP[raw_label]
         if not text.strip():
-            chunk.rejects.append(Reject(line, "empty text", "\t".join(fields)))
+            chunk.rejects.append(Reject(line, "empty text", raw))
             continue
         chunk.lines.append(line)
         chunk.ids.append(fields[id_col] if id_col is not None else str(line))
@@ -155,6 +219,26 @@ def _parse(fh: IO[str], chunk_rows: int) -> Iterator[Chunk]:
             chunk = Chunk()
     if len(chunk) or chunk.rejects:
         yield chunk
+
+
+def tsv_field(value) -> str:
+    """Quote a field when it holds a tab, quote, CR or LF (csv's QUOTE_MINIMAL misses a bare CR with LF endings)."""
+    value = str(value)
+    if any(c in value for c in '\t"\r\n'):
+        return '"' + value.replace('"', '""') + '"'
+    return value
+
+
+def tsv_line(fields) -> str:
+    return "\t".join(tsv_field(f) for f in fields) + "\n"
+
+
+def write_rows(path: str | Path, ids, labels, texts) -> None:
+    """Write an `id<TAB>label<TAB>text` file with a header that iter_chunks reads back exactly."""
+    with open(path, "w", encoding="utf-8", newline="") as fh:
+        fh.write(tsv_line(["id", "label", "text"]))
+        fh.writelines(tsv_line(("" if i is None else i, "" if lab in (None, NO_LABEL) else lab, t))
+                      for i, lab, t in zip(ids, labels, texts))
 
 
 def read_all(path: str | Path) -> Chunk:

@@ -6,7 +6,6 @@ rows are sorted by token length and batched by a token budget; predictions are w
 """
 from __future__ import annotations
 
-import csv
 import io
 import json
 import os
@@ -21,7 +20,8 @@ import numpy as np
 
 from tsinfer.infer.metrics import binary_metrics, roc_curve
 from tsinfer.infer.models import load_scorer
-from tsinfer.infer.reader import DEFAULT_CHUNK_ROWS, NO_LABEL, Chunk, input_size, iter_chunks, open_text
+from tsinfer.infer.reader import (DEFAULT_CHUNK_ROWS, NO_LABEL, Chunk, input_size, iter_chunks, open_text,
+                                  tsv_line)
 
 
 @dataclass
@@ -77,12 +77,12 @@ class PredictionWriter:
             target.parent.mkdir(parents=True, exist_ok=True)
             self.tmp = target.with_name(f".{target.name}.{os.getpid()}.partial")
             self.fh = open(self.tmp, "w", encoding="utf-8", newline="")
-        self.tsv = csv.writer(self.fh, delimiter="\t", lineterminator="\n") if fmt == "tsv" else None
+        self.tsv = fmt == "tsv"
         single = len(names) == 1
         self.columns = ["id", "label"] + (["pred", "score"] if single else
                                           [c for n in names for c in (f"pred_{n}", f"score_{n}")])
         if self.tsv:
-            self.tsv.writerow(self.columns)
+            self.fh.write(tsv_line(self.columns))
 
     def write(self, chunk: Chunk, results: list) -> None:
         labels = ["" if lab == NO_LABEL else str(lab) for lab in chunk.labels]
@@ -91,7 +91,7 @@ class PredictionWriter:
             cols.append(r.pred.tolist())
             cols.append([f"{s:.6f}" for s in r.score.tolist()])
         if self.tsv:
-            self.tsv.writerows(zip(chunk.ids, labels, *cols))
+            self.fh.write("".join(tsv_line(row) for row in zip(chunk.ids, labels, *cols)))
         else:
             buf = io.StringIO()
             for row in zip(chunk.ids, labels, *cols):
@@ -125,9 +125,8 @@ class RejectWriter:
         if self.fh is None:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             self.fh = open(self.path, "w", encoding="utf-8", newline="")
-            self.tsv = csv.writer(self.fh, delimiter="\t", lineterminator="\n")
-            self.tsv.writerow(["file", "line", "reason", "raw"])
-        self.tsv.writerows((source, r.line, r.reason, r.raw) for r in chunk.rejects)
+            self.fh.write(tsv_line(["file", "line", "reason", "raw"]))
+        self.fh.write("".join(tsv_line((source, r.line, r.reason, r.raw)) for r in chunk.rejects))
 
     def close(self) -> None:
         if self.fh:
@@ -145,6 +144,18 @@ def _progress(enabled: bool, inputs: list[str]):
     return bar
 
 
+class StrictError(Exception):
+    """--strict and a row could not be read."""
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM during a run: how far it got; no output file was left under its final name."""
+
+    def __init__(self, rows_read: int, rows_scored: int):
+        super().__init__(f"interrupted after {rows_read:,} rows read, {rows_scored:,} scored")
+        self.rows_read, self.rows_scored = rows_read, rows_scored
+
+
 @dataclass
 class ScoreResult:
     rows_read: int
@@ -160,7 +171,7 @@ def score_files(inputs: list[str], models: list[str], provider: str = "auto", pr
                 batch_tokens: int = 8192, max_batch: int = 256, output: str | None = "-", fmt: str = "tsv",
                 metrics_path: str | None = None, roc_path: str | None = None, rejects_path: str | None = None,
                 threads: int | None = None, progress: bool = False, chunk_rows: int = DEFAULT_CHUNK_ROWS,
-                verify: bool = True, sort: bool = True) -> ScoreResult:
+                verify: bool = True, sort: bool = True, strict: bool = False) -> ScoreResult:
     start = time.perf_counter()
     for source in inputs:  # fail on a missing or unreadable input before loading any model
         if source != "-":
@@ -217,6 +228,10 @@ def score_files(inputs: list[str], models: list[str], provider: str = "auto", pr
             if isinstance(item, BaseException):
                 raise item
             source, chunk, prepared = item
+            if strict and chunk.rejects:
+                bad = chunk.rejects[0]
+                raise StrictError(f"{source}, line {bad.line}: {bad.reason} (--strict stops at the first bad row; "
+                                  "without it bad rows go to the rejects file)")
             rejects.write(source, chunk)
             results = []
             for run, prep in zip(runs, prepared):
@@ -248,6 +263,8 @@ def score_files(inputs: list[str], models: list[str], provider: str = "auto", pr
             if bar.total_bytes and chunk.bytes_read:
                 bar.total = max(bar.n, int(bar.n * bar.total_bytes / chunk.bytes_read))
         ok = True
+    except KeyboardInterrupt:
+        raise Interrupted(rows_read, rows_scored) from None
     finally:
         stop.set()
         bar.close()
