@@ -72,7 +72,7 @@ def bert_parity(model_dir: Path, onnx_folder: Path, texts: list[str], labels, pr
         if provider is None:
             entries.append({"variant": precision, "measured": False,
                             "reason": f"needs the {'/'.join(meta['providers'][precision])} provider, which this "
-                                      "machine lacks; measure it on a GPU machine (benchmarks/gpu/run.sh)"})
+                                      "machine lacks (fp16 parity is only meaningful on a GPU; not faked on the CPU)"})
             continue
         scorer = BertScorer(onnx_folder, meta, provider, precision, None)
         start = time.perf_counter()

@@ -147,7 +147,8 @@ class BertScorer:
             return binding.copy_outputs_to_cpu()[0]
         return self.session.run(["logits"], feeds)[0]
 
-    def score(self, enc: Encoded, sort: bool = True) -> Scored:
+    def score(self, enc: Encoded, sort: bool = True, on_batch=None) -> Scored:
+        """on_batch(rows) is called after each batch, for progress."""
         n = len(enc)
         pred, prob = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.float64)
         padded = 0
@@ -158,6 +159,8 @@ class BertScorer:
             z = logits - logits.max(axis=1, keepdims=True)
             p = np.exp(z[:, 1]) / np.exp(z).sum(axis=1)
             prob[rows], pred[rows] = p, (logits[:, 1] > logits[:, 0]).astype(np.int64)
+            if on_batch:
+                on_batch(len(rows))
         return Scored(pred, prob, tokens=int(enc.lengths.sum()), padded=padded, truncated=enc.truncated)
 
     def warm_up(self) -> None:
@@ -184,13 +187,15 @@ class SvcScorer:
 
         return preprocess(texts)
 
-    def score(self, docs: list[str], sort: bool = True) -> Scored:
+    def score(self, docs: list[str], sort: bool = True, on_batch=None) -> Scored:
         preds, probs = [], []
         for i in range(0, len(docs), self.batch_rows):
             text = np.array(docs[i:i + self.batch_rows], dtype=object).reshape(-1, 1)
             label, _, prob = self.session.run(["label", "decision", "probability"], {"text": text})
             preds.append(label)
             probs.append(prob.astype(np.float64))
+            if on_batch:
+                on_batch(len(text))
         if not preds:
             return Scored(np.zeros(0, dtype=np.int64), np.zeros(0))
         return Scored(np.concatenate(preds), np.concatenate(probs))

@@ -218,6 +218,9 @@ def score_files(inputs: list[str], models: list[str], provider: str = "auto", pr
     producer = threading.Thread(target=produce, name="tsinfer-reader", daemon=True)
     producer.start()
     bar = _progress(progress, inputs)
+
+    def advance(rows: int) -> None:
+        bar.update(rows / len(runs))
     rows_read = rows_scored = 0
     ok = False
     try:
@@ -228,6 +231,9 @@ def score_files(inputs: list[str], models: list[str], provider: str = "auto", pr
             if isinstance(item, BaseException):
                 raise item
             source, chunk, prepared = item
+            if bar.total_bytes and chunk.bytes_read:  # estimate the row count from bytes read so far, for ETA
+                seen = rows_read + len(chunk) + len(chunk.rejects)
+                bar.total = max(seen, int(seen * bar.total_bytes / chunk.bytes_read))
             if strict and chunk.rejects:
                 bad = chunk.rejects[0]
                 raise StrictError(f"{source}, line {bad.line}: {bad.reason} (--strict stops at the first bad row; "
@@ -238,7 +244,7 @@ def score_files(inputs: list[str], models: list[str], provider: str = "auto", pr
                 if not len(chunk):
                     continue
                 t = time.perf_counter()
-                out = run.scorer.score(prep, sort=sort)
+                out = run.scorer.score(prep, sort=sort, on_batch=advance)
                 dt = time.perf_counter() - t
                 run.infer_s += dt
                 timings["inference_s"] += dt
@@ -259,9 +265,8 @@ def score_files(inputs: list[str], models: list[str], provider: str = "auto", pr
             timings["write_s"] += time.perf_counter() - t
             rows_scored += len(chunk)
             rows_read += len(chunk) + len(chunk.rejects)
-            bar.update(len(chunk) + len(chunk.rejects))
-            if bar.total_bytes and chunk.bytes_read:
-                bar.total = max(bar.n, int(bar.n * bar.total_bytes / chunk.bytes_read))
+            bar.n = rows_read  # batches advanced it by scored rows, shared among the models
+            bar.refresh()
         ok = True
     except KeyboardInterrupt:
         raise Interrupted(rows_read, rows_scored) from None
