@@ -23,6 +23,9 @@ def timed(benchmark, fn, rounds=1):
 
 # ---- BERT contenders -------------------------------------------------------------------------------------------
 
+SEED_ROWS = 512  # every row costs the same when padded to 284, so fewer rows give its rate and keep the suite short
+
+
 def test_seed_method(benchmark, artifacts, test_rows):
     """The notebook: PyTorch eager fp32, every row padded/truncated to 284 tokens, batches of 32 in file order."""
     import torch
@@ -31,7 +34,7 @@ def test_seed_method(benchmark, artifacts, test_rows):
     torch.set_num_threads(CORES)
     tok = AutoTokenizer.from_pretrained(artifacts / "bert")
     model = AutoModelForSequenceClassification.from_pretrained(artifacts / "bert").eval()
-    texts = test_rows.texts[:ROWS]
+    texts = test_rows.texts[:SEED_ROWS]
 
     def run():
         preds = []
@@ -87,10 +90,11 @@ def test_tsinfer_streaming(benchmark, artifacts, bench_tsv, tmp_path, precision)
         out["r"] = score_files([str(bench_tsv)], [str(artifacts / "onnx" / "bert")], "cpu", precision,
                                output=str(tmp_path / "p.tsv"))
 
-    seconds = timed(benchmark, run, rounds=3)
-    m = out["r"].metrics
-    record(benchmark, "bert", f"tsinfer score, {precision} (file in, file out)", out["r"].rows_scored, seconds,
-           padding_efficiency=m["padding_efficiency"], accuracy=m["accuracy"])
+    timed(benchmark, run, rounds=3)
+    # Like every contender here, model loading is left out: wall time minus session creation and warm-up.
+    r = out["r"]
+    record(benchmark, "bert", f"tsinfer score, {precision} (file in, file out)", r.rows_scored, r.wall_s - r.load_s,
+           padding_efficiency=r.metrics["padding_efficiency"], accuracy=r.metrics["accuracy"], load_s=r.load_s)
 
 
 # ---- padding strategies on one model (int8, tsinfer's scorer) -----------------------------------------------------
@@ -106,6 +110,8 @@ def test_padding_strategies(benchmark, artifacts, test_rows, strategy):
     n = len(enc)
 
     if strategy.startswith("length-sorted"):
+        scorer.batch_tokens = 8192
+
         def run():
             return scorer.score(enc)
         padded = scorer.score(enc).padded
@@ -118,20 +124,21 @@ def test_padding_strategies(benchmark, artifacts, test_rows, strategy):
                 ids, mask = pad_batch(enc, rows, scorer.int_dtype, pad_to=pad_to)
                 scorer._run(ids, mask)
         padded = sum(pad_to * len(b) if pad_to else int(enc.lengths[b].max()) * len(b) for b in batches)
-    record(benchmark, "padding", f"int8, {strategy}", n, timed(benchmark, run, rounds=2),
+    record(benchmark, "padding", f"int8, {strategy}", n, timed(benchmark, run),
            padding_efficiency=float(enc.lengths.sum() / padded))
 
 
 # ---- scaling: token budget and threads -------------------------------------------------------------------------
 
-@pytest.mark.parametrize("batch_tokens", [1024, 4096, 8192, 16384])
+@pytest.mark.parametrize("batch_tokens", [512, 1024, 2048, 8192])
 def test_token_budget(benchmark, artifacts, test_rows, batch_tokens):
     from tsinfer.infer.models import load_scorer
 
     scorer = load_scorer(artifacts / "onnx" / "bert", "cpu", "int8", batch_tokens=batch_tokens, max_batch=1024)
     enc = scorer.prepare(test_rows.texts[:ROWS])
+    scorer.score(enc)
     record(benchmark, "scaling", f"int8, token budget {batch_tokens}", len(enc),
-           timed(benchmark, lambda: scorer.score(enc), rounds=2))
+           timed(benchmark, lambda: scorer.score(enc)))
 
 
 @pytest.mark.parametrize("threads", sorted({1, CORES}))
@@ -140,8 +147,9 @@ def test_threads(benchmark, artifacts, test_rows, threads):
 
     scorer = load_scorer(artifacts / "onnx" / "bert", "cpu", "int8", threads=threads)
     enc = scorer.prepare(test_rows.texts[:ROWS])
+    scorer.score(enc)
     record(benchmark, "scaling", f"int8, {threads} onnxruntime thread(s)", len(enc),
-           timed(benchmark, lambda: scorer.score(enc), rounds=2))
+           timed(benchmark, lambda: scorer.score(enc)))
 
 
 # ---- SVC -----------------------------------------------------------------------------------------------------
@@ -162,20 +170,27 @@ def test_spacy_step(benchmark, test_rows):
            timed(benchmark, lambda: preprocess(texts), rounds=2))
 
 
-def test_sklearn_svc_predict(benchmark, artifacts, svc_rows):
+@pytest.fixture(scope="module")
+def sklearn_svc(artifacts):
     """sklearn's own SVC, refitted here with the saved hyperparameters (nothing is pickled to reload it)."""
-    from tsinfer.train.data import dev_split
     from tsinfer.infer.preprocess import preprocess
+    from tsinfer.train.data import dev_split
     from tsinfer.train.svc import SvcModel
 
     saved = SvcModel.load(artifacts / "svc")
     train, _ = dev_split(Path(os.environ.get("TSINFER_DATA", "data")))
-    model = SvcModel(saved.params).fit(preprocess(train.texts), train.labels)
-    x = model.transform(svc_rows)
+    return SvcModel(saved.params).fit(preprocess(train.texts), train.labels)
+
+
+def test_sklearn_svc_predict(benchmark, sklearn_svc, svc_rows):
+    x = sklearn_svc.transform(svc_rows)
     record(benchmark, "svc", "sklearn SVC.predict (TF-IDF done, sparse input)", len(svc_rows),
-           timed(benchmark, lambda: model._sklearn.predict(x), rounds=2))
+           timed(benchmark, lambda: sklearn_svc._sklearn.predict(x), rounds=2))
+
+
+def test_sklearn_tfidf_and_svc_predict(benchmark, sklearn_svc, svc_rows):
     record(benchmark, "svc", "sklearn TfidfVectorizer.transform + SVC.predict", len(svc_rows),
-           timed(benchmark, lambda: model._sklearn.predict(model.transform(svc_rows)), rounds=2))
+           timed(benchmark, lambda: sklearn_svc._sklearn.predict(sklearn_svc.transform(svc_rows)), rounds=2))
 
 
 def test_onnx_svc(benchmark, artifacts, svc_rows):

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_BATCH_TOKENS = 8192
-DEFAULT_MAX_BATCH = 256
+# Token budget of one padded batch, by provider. On 2 CPU cores small batches that stay in cache win (int8 MiniLM,
+# 2,000 tweets: 389 tweets/s at 1,024 tokens, 301 at 8,192; benchmarks/results/cpu.md); a GPU wants large ones.
+DEFAULT_BATCH_TOKENS = {"cpu": 1024, "cuda": 65536, "tensorrt": 65536}
+DEFAULT_MAX_BATCH = {"cpu": 256, "cuda": 2048, "tensorrt": 2048}
 
 
 def load_tokenizer(folder: str | Path, max_length: int):
@@ -46,8 +48,8 @@ def encode(tokenizer, texts: list[str]) -> Encoded:
     return Encoded(ids, offsets, truncated)
 
 
-def plan_batches(lengths: np.ndarray, batch_tokens: int = DEFAULT_BATCH_TOKENS,
-                 max_batch: int = DEFAULT_MAX_BATCH, sort: bool = True) -> list[np.ndarray]:
+def plan_batches(lengths: np.ndarray, batch_tokens: int = DEFAULT_BATCH_TOKENS["cpu"],
+                 max_batch: int = DEFAULT_MAX_BATCH["cpu"], sort: bool = True) -> list[np.ndarray]:
     """Row indices per batch: rows sorted by length, each batch as large as fits batch_tokens once padded.
 
     With sort=False the rows keep their order (the unbucketed reference used in tests and benchmarks).

@@ -57,9 +57,9 @@ def main():
               help="onnxruntime execution provider; auto = cuda when available, else cpu.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "int8"]), default="auto", show_default=True,
               help="BERT model file; auto = int8 on cpu, fp16 on cuda/tensorrt (as meta.json says).")
-@click.option("--batch-tokens", type=click.IntRange(min=1), default=8192, show_default=True,
-              help="Token budget of one padded batch (rows x longest row).")
-@click.option("--max-batch", type=click.IntRange(min=1), default=256, show_default=True, help="Rows per batch at most.")
+@click.option("--batch-tokens", type=click.IntRange(min=1), default=None,
+              help="Token budget of one padded batch (rows x longest row) [cpu 1024, cuda/tensorrt 65536].")
+@click.option("--max-batch", type=click.IntRange(min=1), default=None, help="Rows per batch at most [cpu 256, cuda 2048].")
 @click.option("--output", "-o", default="-", show_default=True, help="Predictions file, or - for stdout.")
 @click.option("--format", "fmt", type=click.Choice(["tsv", "jsonl"]), default="tsv", show_default=True)
 @click.option("--metrics", "metrics_path", type=click.Path(dir_okay=False), default=None,
@@ -70,7 +70,7 @@ def main():
               help="Rows that could not be read, with line and reason [default: OUTPUT.rejects.tsv, or "
                    "rejects.tsv when writing to stdout].")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads [all cores].")
-@click.option("--chunk-rows", type=click.IntRange(min=1), default=16384, show_default=True,
+@click.option("--chunk-rows", type=click.IntRange(min=1), default=4096, show_default=True,
               help="Rows read, prepared and sorted together.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr [when stderr is a terminal].")
 @click.option("--verify/--no-verify", default=True, show_default=True, help="Check model files against meta.json.")

@@ -115,7 +115,7 @@ class BertScorer:
     kind = "bert"
 
     def __init__(self, folder: Path, meta: dict, provider: str, precision: str, threads: int | None,
-                 batch_tokens: int = DEFAULT_BATCH_TOKENS, max_batch: int = DEFAULT_MAX_BATCH):
+                 batch_tokens: int | None = None, max_batch: int | None = None):
         self.folder, self.meta, self.provider = folder, meta, provider
         self.precision = choose_precision(meta, provider, precision, folder)
         self.file = meta["files"][self.precision]
@@ -127,7 +127,8 @@ class BertScorer:
             self.tokenizer = load_tokenizer(folder, int(meta.get("max_length", 128)))
         except Exception as e:
             raise ModelError(f"cannot load {folder / 'tokenizer.json'}: {e} (re-run `make export`)") from e
-        self.batch_tokens, self.max_batch = batch_tokens, max_batch
+        self.batch_tokens = batch_tokens or DEFAULT_BATCH_TOKENS[provider]
+        self.max_batch = max_batch or DEFAULT_MAX_BATCH[provider]
         self.io_binding = provider in ("cuda", "tensorrt")
 
     def prepare(self, texts: list[str]) -> Encoded:

@@ -32,7 +32,7 @@ HEADER_NAMES = {
 }
 # Column layouts by count: the field index of id, label and text (None = absent).
 LAYOUTS = {5: (1, 2, 4), 4: (0, 1, 3), 3: (0, 1, 2), 2: (0, None, 1), 1: (None, None, 0)}
-DEFAULT_CHUNK_ROWS = 16384
+DEFAULT_CHUNK_ROWS = 4096  # sorted and batched together; larger chunks pad a little less but hold more memory
 MAX_QUOTED_LINES = 64   # a quoted field may span this many more lines; beyond, its quote is taken as unterminated
 LAYOUT_SAMPLE = 64      # rows read before the column layout is decided
 

@@ -163,12 +163,14 @@ class ScoreResult:
     rows_rejected: int
     wall_s: float
     timings: dict
+    load_s: float
     models: list[ModelRun]
     metrics: dict
 
 
 def score_files(inputs: list[str], models: list[str], provider: str = "auto", precision: str = "auto",
-                batch_tokens: int = 8192, max_batch: int = 256, output: str | None = "-", fmt: str = "tsv",
+                batch_tokens: int | None = None, max_batch: int | None = None, output: str | None = "-",
+                fmt: str = "tsv",
                 metrics_path: str | None = None, roc_path: str | None = None, rejects_path: str | None = None,
                 threads: int | None = None, progress: bool = False, chunk_rows: int = DEFAULT_CHUNK_ROWS,
                 verify: bool = True, sort: bool = True, strict: bool = False) -> ScoreResult:
@@ -186,6 +188,7 @@ def score_files(inputs: list[str], models: list[str], provider: str = "auto", pr
         runs.append(ModelRun(name, scorer))
     for run in runs:
         run.scorer.warm_up()
+    load_s = time.perf_counter() - start
     writer = PredictionWriter(output, [r.name for r in runs], fmt)
     rejects = RejectWriter(rejects_path)
     timings = {"read_prepare_s": 0.0, "inference_s": 0.0, "write_s": 0.0}
@@ -279,7 +282,8 @@ def score_files(inputs: list[str], models: list[str], provider: str = "auto", pr
     timings = {k: round(v, 3) for k, v in timings.items()}
     summaries = {r.name: r.summary(wall) for r in runs}
     head = {"rows_read": rows_read, "rows_scored": rows_scored, "rows_rejected": rejects.count,
-            "tweets_per_s": rows_scored / wall if wall else None, "wall_s": round(wall, 3), "timings": timings}
+            "tweets_per_s": rows_scored / wall if wall else None, "wall_s": round(wall, 3),
+            "load_s": round(load_s, 3), "timings": timings}
     if len(runs) == 1:
         metrics = dict(next(iter(summaries.values())), **head)
     else:
@@ -289,7 +293,7 @@ def score_files(inputs: list[str], models: list[str], provider: str = "auto", pr
         Path(metrics_path).write_text(json.dumps(metrics, indent=2) + "\n")
     if roc_path and any(r.labels for r in runs):
         plot_roc(runs, roc_path)
-    return ScoreResult(rows_read, rows_scored, rejects.count, wall, timings, runs, metrics)
+    return ScoreResult(rows_read, rows_scored, rejects.count, wall, timings, load_s, runs, metrics)
 
 
 def plot_roc(runs: list[ModelRun], path: str) -> None:

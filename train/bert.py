@@ -34,7 +34,7 @@ LABELS = ["negative", "positive"]
 PRESETS = {
     "seed": {"learning_rate": 2e-5, "epochs": 4, "batch_size": 32, "warmup_ratio": 0.0, "weight_decay": 0.0,
              "adam_epsilon": 1e-8, "max_grad_norm": 1.0, "max_length": 128},
-    "minilm": {"learning_rate": 8e-5, "epochs": 3, "batch_size": 32, "warmup_ratio": 0.06, "weight_decay": 0.01,
+    "minilm": {"learning_rate": 8e-5, "epochs": 2, "batch_size": 32, "warmup_ratio": 0.06, "weight_decay": 0.01,
                "adam_epsilon": 1e-8, "max_grad_norm": 1.0, "max_length": 128},
 }
 
