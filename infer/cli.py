@@ -36,7 +36,7 @@ class CleanErrors(click.Group):
             click.echo(f"Error: {e}", err=True)
             ctx.exit(3)
         except Interrupted as e:
-            click.echo(f"{e}; no output was left under its final name.", err=True)
+            click.echo(f"{e}. No output was left under its final name.", err=True)
             ctx.exit(143 if _signal_seen.get("term") else 130)
         except BrokenPipeError:  # `tsinfer score ... | head`
             sys.stderr.close()
@@ -75,8 +75,10 @@ def main():
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr [when stderr is a terminal].")
 @click.option("--verify/--no-verify", default=True, show_default=True, help="Check model files against meta.json.")
 @click.option("--strict", is_flag=True, help="Stop with exit code 3 at the first row that cannot be read.")
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted run from its last completed chunk (same command, --output FILE).")
 def score(inputs, models, provider, precision, batch_tokens, max_batch, output, fmt, metrics_path, roc_path,
-          rejects_path, threads, chunk_rows, progress, verify, strict):
+          rejects_path, threads, chunk_rows, progress, verify, strict, resume):
     """Score INPUT TSV files (or - for stdin) and print a comparison of the models.
 
     Input layouts: the seed's dev.tsv/test.tsv, `id<TAB>label<TAB>text`, `id<TAB>text`, or one text a line.
@@ -91,7 +93,7 @@ def score(inputs, models, provider, precision, batch_tokens, max_batch, output, 
         rejects_path = "rejects.tsv" if output == "-" else f"{output}.rejects.tsv"
     result = score_files(list(inputs), list(models), provider, precision, batch_tokens, max_batch, output, fmt,
                          metrics_path, roc_path, rejects_path, threads, progress, chunk_rows, verify,
-                         strict=strict)
+                         strict=strict, resume=resume)
     click.echo(comparison_table(result), err=True)
     if result.rows_rejected:
         click.echo(f"{result.rows_rejected:,} rows rejected: see {rejects_path}", err=True)

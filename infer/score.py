@@ -20,7 +20,8 @@ import numpy as np
 
 from tsinfer.infer.metrics import binary_metrics, roc_curve
 from tsinfer.infer.models import load_scorer
-from tsinfer.infer.reader import (DEFAULT_CHUNK_ROWS, NO_LABEL, Chunk, input_size, iter_chunks, open_text,
+from tsinfer.infer.reader import (DEFAULT_CHUNK_ROWS, NO_LABEL, Chunk, InputError, input_size, iter_chunks,
+                                  open_text,
                                   tsv_line)
 
 
@@ -64,25 +65,33 @@ class ModelRun:
 class PredictionWriter:
     """TSV (csv-quoted where a field needs it, so the reader reads it back) or JSONL, to a file or stdout.
 
-    A file is written under a temporary name in the same folder and renamed when complete, so an interrupted
-    run never leaves a half-written file under the final name.
+    A file is written under a hidden `.NAME.partial` name in the same folder and renamed when complete, so an
+    interrupted run never leaves a half-written file under the final name; `resume_bytes` continues a partial file
+    from the end of its last completed chunk.
     """
 
-    def __init__(self, path: str | None, names: list[str], fmt: str = "tsv"):
+    def __init__(self, path: str | None, names: list[str], fmt: str = "tsv", resume_bytes: int | None = None):
         self.path, self.names, self.fmt = path, names, fmt
-        if path in (None, "-"):
-            self.tmp, self.fh = None, sys.stdout
-        else:
-            target = Path(path)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            self.tmp = target.with_name(f".{target.name}.{os.getpid()}.partial")
-            self.fh = open(self.tmp, "w", encoding="utf-8", newline="")
         self.tsv = fmt == "tsv"
         single = len(names) == 1
         self.columns = ["id", "label"] + (["pred", "score"] if single else
                                           [c for n in names for c in (f"pred_{n}", f"score_{n}")])
+        if path in (None, "-"):
+            self.tmp, self.fh = None, sys.stdout
+        else:
+            self.tmp = sidecar(path, "partial")
+            self.tmp.parent.mkdir(parents=True, exist_ok=True)
+            if resume_bytes is not None:
+                os.truncate(self.tmp, resume_bytes)
+                self.fh = open(self.tmp, "a", encoding="utf-8", newline="")
+                return
+            self.fh = open(self.tmp, "w", encoding="utf-8", newline="")
         if self.tsv:
             self.fh.write(tsv_line(self.columns))
+
+    def position(self) -> int:
+        self.fh.flush()
+        return os.fstat(self.fh.fileno()).st_size
 
     def write(self, chunk: Chunk, results: list) -> None:
         labels = ["" if lab == NO_LABEL else str(lab) for lab in chunk.labels]
@@ -101,22 +110,34 @@ class PredictionWriter:
                 buf.write(json.dumps(rec, ensure_ascii=False) + "\n")
             self.fh.write(buf.getvalue())
 
-    def close(self, ok: bool = True) -> None:
+    def close(self, ok: bool = True, keep: bool = False) -> None:
+        """ok: rename into place; else the partial file is removed, or kept for --resume."""
         if self.tmp is None:
             self.fh.flush()
             return
         self.fh.close()
         if ok:
             os.replace(self.tmp, self.path)
-        else:
+        elif not keep:
             self.tmp.unlink(missing_ok=True)
 
 
 class RejectWriter:
     """Rows that could not be scored: input file, line number, reason and the raw row (created on first use)."""
 
-    def __init__(self, path: str | None):
-        self.path, self.fh, self.count = path, None, 0
+    def __init__(self, path: str | None, resume_bytes: int = 0, resume_count: int = 0):
+        self.path, self.fh, self.count = path, None, resume_count
+        if path and resume_bytes:
+            os.truncate(path, resume_bytes)
+            self.fh = open(path, "a", encoding="utf-8", newline="")
+        elif path and Path(path).exists():
+            Path(path).unlink()  # a stale rejects file from an earlier run would mislead
+
+    def position(self) -> int:
+        if self.fh is None:
+            return 0
+        self.fh.flush()
+        return os.fstat(self.fh.fileno()).st_size
 
     def write(self, source: str, chunk: Chunk) -> None:
         self.count += len(chunk.rejects)
@@ -144,6 +165,62 @@ def _progress(enabled: bool, inputs: list[str]):
     return bar
 
 
+def sidecar(output: str, kind: str) -> Path:
+    """Hidden files beside the output: the partial output, the checkpoint and the metrics rows of a run."""
+    target = Path(output)
+    return target.with_name(f".{target.name}.{kind}")
+
+
+class Checkpoint:
+    """After each completed chunk: how far the run got, so that --resume continues from there.
+
+    The checkpoint JSON records the byte sizes of the partial output, rejects and metrics files at that point;
+    resuming truncates them back to those sizes, skips the chunks already done and appends, so the final output
+    is byte-identical to an uninterrupted run (the same chunks make the same batches).
+    """
+
+    def __init__(self, output: str, config: dict):
+        self.path, self.rows_path, self.config = sidecar(output, "checkpoint.json"), sidecar(output, "rows.bin"), config
+
+    def load(self) -> dict | None:
+        if not self.path.exists():
+            return None
+        state = json.loads(self.path.read_text())
+        if state.get("config") != self.config:
+            raise InputError(f"{self.path} was written by a run with other inputs, models or options: rerun "
+                              "with the same ones, or without --resume to start over")
+        return state
+
+    def save(self, state: dict) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(dict(state, config=self.config)))
+        os.replace(tmp, self.path)
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self.rows_path.unlink(missing_ok=True)
+
+
+def _append_rows(fh, labels: np.ndarray, preds: np.ndarray, scores: np.ndarray) -> None:
+    fh.write(np.int64(len(labels)).tobytes() + labels.astype(np.int8).tobytes() + preds.astype(np.int8).tobytes()
+             + scores.astype(np.float32).tobytes())
+
+
+def _read_rows(path: Path, size: int, runs: list) -> None:
+    """Reload the labelled rows of completed chunks (per chunk, per model, as _append_rows wrote them)."""
+    data = path.read_bytes()[:size]
+    pos = 0
+    while pos < len(data):
+        for run in runs:
+            n = int(np.frombuffer(data, np.int64, 1, pos)[0])
+            pos += 8
+            if n:
+                run.labels.append(np.frombuffer(data, np.int8, n, pos).copy())
+                run.preds.append(np.frombuffer(data, np.int8, n, pos + n).copy())
+                run.scores.append(np.frombuffer(data, np.float32, n, pos + 2 * n).copy())
+            pos += 6 * n
+
+
 class StrictError(Exception):
     """--strict and a row could not be read."""
 
@@ -151,8 +228,9 @@ class StrictError(Exception):
 class Interrupted(Exception):
     """SIGINT/SIGTERM during a run: how far it got; no output file was left under its final name."""
 
-    def __init__(self, rows_read: int, rows_scored: int):
-        super().__init__(f"interrupted after {rows_read:,} rows read, {rows_scored:,} scored")
+    def __init__(self, rows_read: int, rows_scored: int, resumable: bool = False):
+        how = "; run the same command with --resume to continue" if resumable else ""
+        super().__init__(f"interrupted after {rows_read:,} rows read, {rows_scored:,} scored{how}")
         self.rows_read, self.rows_scored = rows_read, rows_scored
 
 
@@ -173,7 +251,7 @@ def score_files(inputs: list[str], models: list[str], provider: str = "auto", pr
                 fmt: str = "tsv",
                 metrics_path: str | None = None, roc_path: str | None = None, rejects_path: str | None = None,
                 threads: int | None = None, progress: bool = False, chunk_rows: int = DEFAULT_CHUNK_ROWS,
-                verify: bool = True, sort: bool = True, strict: bool = False) -> ScoreResult:
+                verify: bool = True, sort: bool = True, strict: bool = False, resume: bool = False) -> ScoreResult:
     start = time.perf_counter()
     for source in inputs:  # fail on a missing or unreadable input before loading any model
         if source != "-":
@@ -189,16 +267,42 @@ def score_files(inputs: list[str], models: list[str], provider: str = "auto", pr
     for run in runs:
         run.scorer.warm_up()
     load_s = time.perf_counter() - start
-    writer = PredictionWriter(output, [r.name for r in runs], fmt)
-    rejects = RejectWriter(rejects_path)
+    to_file = output not in (None, "-")
+    checkpoint = state = None
+    if to_file:
+        checkpoint = Checkpoint(output, {
+            "inputs": [str(Path(i).resolve()) for i in inputs], "models": [str(Path(m).resolve()) for m in models],
+            "provider": runs[0].scorer.provider, "precisions": [r.scorer.precision for r in runs], "format": fmt,
+            "chunk_rows": chunk_rows, "batch_tokens": batch_tokens, "max_batch": max_batch, "sort": sort})
+        state = checkpoint.load() if resume else None
+        if state is None:
+            checkpoint.remove()
+    elif resume:
+        raise InputError("--resume needs --output FILE (stdout cannot be continued)")
+    skip = state["chunks_done"] if state else 0
+    writer = PredictionWriter(output, [r.name for r in runs], fmt, resume_bytes=state and state["output_bytes"])
+    rejects = RejectWriter(rejects_path, state["rejects_bytes"] if state else 0, state["rejects_count"] if state else 0)
+    rows_file = None
+    if checkpoint:
+        if state:
+            _read_rows(checkpoint.rows_path, state["rows_bytes"], runs)
+            for run in runs:
+                for key, value in state["model_stats"][run.name].items():
+                    setattr(run, key, value)
+            os.truncate(checkpoint.rows_path, state["rows_bytes"])
+        rows_file = open(checkpoint.rows_path, "ab" if state else "wb")
     timings = {"read_prepare_s": 0.0, "inference_s": 0.0, "write_s": 0.0}
     work: queue.Queue = queue.Queue(maxsize=2)
     stop = threading.Event()
 
     def produce():
         try:
+            seen = 0
             for source in inputs:
                 for chunk in iter_chunks(source, chunk_rows):
+                    seen += 1
+                    if seen <= skip:  # done before the interruption: parsed again, not prepared or scored
+                        continue
                     t0 = time.perf_counter()
                     prepared = []
                     for run in runs:
@@ -224,7 +328,9 @@ def score_files(inputs: list[str], models: list[str], provider: str = "auto", pr
 
     def advance(rows: int) -> None:
         bar.update(rows / len(runs))
-    rows_read = rows_scored = 0
+    rows_read = state["rows_read"] if state else 0
+    rows_scored = state["rows_scored"] if state else 0
+    chunks_done = skip
     ok = False
     try:
         while True:
@@ -261,6 +367,8 @@ def score_files(inputs: list[str], models: list[str], provider: str = "auto", pr
                     run.labels.append(labels[has])
                     run.preds.append(out.pred[has].astype(np.int8))
                     run.scores.append(out.score[has].astype(np.float32))
+                if rows_file:
+                    _append_rows(rows_file, labels[has], out.pred[has], out.score[has])
                 results.append(out)
             t = time.perf_counter()
             if len(chunk):
@@ -268,16 +376,34 @@ def score_files(inputs: list[str], models: list[str], provider: str = "auto", pr
             timings["write_s"] += time.perf_counter() - t
             rows_scored += len(chunk)
             rows_read += len(chunk) + len(chunk.rejects)
+            chunks_done += 1
+            if checkpoint:
+                rows_file.flush()
+                checkpoint.save({
+                    "chunks_done": chunks_done, "rows_read": rows_read, "rows_scored": rows_scored,
+                    "rejects_count": rejects.count, "output_bytes": writer.position(),
+                    "rejects_bytes": rejects.position(), "rows_bytes": rows_file.tell(),
+                    "model_stats": {r.name: {"rows": r.rows, "tokens": r.tokens, "padded": r.padded,
+                                             "truncated": r.truncated} for r in runs}})
             bar.n = rows_read  # batches advanced it by scored rows, shared among the models
             bar.refresh()
         ok = True
     except KeyboardInterrupt:
-        raise Interrupted(rows_read, rows_scored) from None
+        raise Interrupted(rows_read, rows_scored, resumable=checkpoint is not None) from None
     finally:
         stop.set()
+        while producer.is_alive():  # let the reader thread finish its chunk: a daemon thread killed inside
+            try:                    # native tokenizer code at exit aborts the process
+                work.get(timeout=0.1)
+            except queue.Empty:
+                pass
         bar.close()
-        writer.close(ok)
+        writer.close(ok, keep=checkpoint is not None)
         rejects.close()
+        if rows_file:
+            rows_file.close()
+        if ok and checkpoint:
+            checkpoint.remove()
     wall = time.perf_counter() - start
     timings = {k: round(v, 3) for k, v in timings.items()}
     summaries = {r.name: r.summary(wall) for r in runs}

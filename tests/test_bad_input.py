@@ -105,9 +105,41 @@ def test_sigterm_leaves_no_output_under_the_final_name(all_artifacts, tmp_path):
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
-    assert "interrupted after" in err
+    assert "interrupted after" in err and "--resume" in err
     assert not (tmp_path / "p.tsv").exists()
-    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+    assert (tmp_path / ".p.tsv.partial").exists() and (tmp_path / ".p.tsv.checkpoint.json").exists()
+
+
+def test_resume_after_a_hard_kill_is_byte_identical(all_artifacts, tmp_path):
+    big = tmp_path / "big.tsv"
+    big.write_text("".join(f"{i}\t{i % 2}\ta\ttweet {i} {'good' if i % 3 else 'bad'} day\n" for i in range(60_000))
+                   + "oops\n")
+    model = str(all_artifacts / "onnx" / "bert")
+
+    def cmd(out, *extra):
+        return [sys.executable, "-m", "tsinfer.infer.cli", "score", str(big), "--model", model, "--chunk-rows",
+                "2000", "-o", str(tmp_path / out), "--metrics", str(tmp_path / f"{out}.json"), *extra]
+
+    subprocess.run(cmd("whole.tsv"), check=True, capture_output=True)
+    proc = subprocess.Popen(cmd("cut.tsv"), stderr=subprocess.DEVNULL)
+    checkpoint = tmp_path / ".cut.tsv.checkpoint.json"
+    deadline = time.time() + 60
+    while time.time() < deadline and not checkpoint.exists():
+        time.sleep(0.05)
+    time.sleep(1.0)
+    proc.kill()  # SIGKILL: no handler runs, only the checkpoint of the last completed chunk is left
+    proc.wait()
+    assert not (tmp_path / "cut.tsv").exists()
+    done = json.loads(checkpoint.read_text())["rows_read"]
+    assert 0 < done < 60_001
+    r = subprocess.run(cmd("cut.tsv", "--resume"), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "cut.tsv").read_bytes() == (tmp_path / "whole.tsv").read_bytes()
+    assert (tmp_path / "cut.tsv.rejects.tsv").read_bytes() == (tmp_path / "whole.tsv.rejects.tsv").read_bytes()
+    whole, cut = (json.loads((tmp_path / f"{n}.tsv.json").read_text()) for n in ("whole", "cut"))
+    for key in ("rows_read", "rows_scored", "rows_rejected", "accuracy", "mcc", "roc_auc", "confusion_matrix"):
+        assert cut[key] == whole[key], key
+    assert not checkpoint.exists()
 
 
 texts = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1,
