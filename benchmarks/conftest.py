@@ -72,7 +72,7 @@ def machine() -> str:
 def summary_markdown() -> str:
     seed = next((r for r in RESULTS if r["name"] == SEED_NAME), None)
     pipe = next((r for r in RESULTS if r["name"] == PIPELINE_NAME), None)
-    lines = [f"# CPU benchmarks", "",
+    lines = ["# CPU benchmarks", "",
              f"Measured {datetime.date.today().isoformat()} on {machine()}; command: "
              f"`pytest benchmarks/ --benchmark-only` (rows: first {ROWS} of test.tsv; the seed method, whose per-row cost is constant, on 512).", "",
              "| group | contender | rows | seconds | tweets/s | x seed | x pipeline | notes |",

@@ -1,8 +1,6 @@
 import json
 
-import numpy as np
 import onnx
-import pytest
 
 from tsinfer.train.bert import PRESETS, train_bert
 

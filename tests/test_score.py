@@ -81,6 +81,7 @@ def test_length_bucketing_gives_the_same_predictions_as_unbucketed(all_artifacts
 def test_jsonl_output_and_single_model_flat_metrics(all_artifacts, small_data, tmp_path):
     r = score_files([str(small_data / "test.tsv")], [str(all_artifacts / "onnx" / "svc")], "cpu",
                     output=str(tmp_path / "p.jsonl"), fmt="jsonl", metrics_path=str(tmp_path / "m.json"))
+    assert r.metrics == json.loads((tmp_path / "m.json").read_text())
     recs = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert len(recs) == 300 and set(recs[0]) == {"id", "label", "pred", "score"}
     flat = json.loads((tmp_path / "m.json").read_text())

@@ -11,7 +11,6 @@ model is saved once, with save_pretrained (safetensors) plus the tokenizer.
 """
 from __future__ import annotations
 
-import copy
 import os
 import tempfile
 import time
