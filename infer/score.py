@@ -271,7 +271,10 @@ def score_files(inputs: list[str], models: list[str], provider: str = "auto", pr
     checkpoint = state = None
     if to_file:
         checkpoint = Checkpoint(output, {
-            "inputs": [str(Path(i).resolve()) for i in inputs], "models": [str(Path(m).resolve()) for m in models],
+            # an input edited since the checkpoint must not be continued: its size and mtime are part of the key
+            "inputs": [[str(Path(i).resolve()), Path(i).stat().st_size, Path(i).stat().st_mtime_ns]
+                       if i != "-" else ["-"] for i in inputs],
+            "models": [str(Path(m).resolve()) for m in models],
             "provider": runs[0].scorer.provider, "precisions": [r.scorer.precision for r in runs], "format": fmt,
             "chunk_rows": chunk_rows, "batch_tokens": batch_tokens, "max_batch": max_batch, "sort": sort})
         state = checkpoint.load() if resume else None
