@@ -101,7 +101,9 @@ def test_sigterm_leaves_no_output_under_the_final_name(all_artifacts, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "tsinfer.infer.cli", "score", str(big), "--model",
                              str(all_artifacts / "onnx" / "bert"), "-o", str(tmp_path / "p.tsv")],
                             stderr=subprocess.PIPE, text=True)
-    time.sleep(6)
+    deadline = time.time() + 120  # signal only once rows are being written (the handler is set by then)
+    while time.time() < deadline and not (tmp_path / ".p.tsv.checkpoint.json").exists():
+        time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
