@@ -15,6 +15,7 @@ def test_tiny_bert_training_writes_model_tokenizer_report_and_curve(bert_artifac
     report = json.loads((bert_artifacts / "reports" / "train_bert.json").read_text())
     assert REPORT_KEYS <= report.keys()
     assert report["n_test"] == 300 and report["hyperparameters"]["max_steps"] == 4
+    assert report["target"] == {"test_accuracy": 0.83, "met": report["test_accuracy"] >= 0.83}
     assert len(report["history"]) >= 1 and "val_mcc" in report["history"][0]
     assert (bert_artifacts / "reports" / "train_bert_curve.png").stat().st_size > 1000
 

