@@ -101,6 +101,14 @@ def _session(path: Path, provider: str, threads: int | None):
         raise ModelError(f"cannot load {path}: {str(e).splitlines()[0]} (re-run `make export`)") from e
 
 
+def positive_probability(logits: np.ndarray) -> np.ndarray:
+    """P(positive) from two-class logits: a stable softmax in float64 (training reports and scoring alike)."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e[:, 1] / e.sum(axis=1)
+
+
 @dataclass
 class Scored:
     pred: np.ndarray      # 0/1
@@ -156,10 +164,8 @@ class BertScorer:
         for rows in plan_batches(enc.lengths, self.batch_tokens, self.max_batch, sort=sort):
             ids, mask = pad_batch(enc, rows, self.int_dtype)
             padded += ids.size
-            logits = self._run(ids, mask).astype(np.float64)
-            z = logits - logits.max(axis=1, keepdims=True)
-            p = np.exp(z[:, 1]) / np.exp(z).sum(axis=1)
-            prob[rows], pred[rows] = p, (logits[:, 1] > logits[:, 0]).astype(np.int64)
+            logits = self._run(ids, mask)
+            prob[rows], pred[rows] = positive_probability(logits), (logits[:, 1] > logits[:, 0]).astype(np.int64)
             if on_batch:
                 on_batch(len(rows))
         return Scored(pred, prob, tokens=int(enc.lengths.sum()), padded=padded, truncated=enc.truncated)

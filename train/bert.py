@@ -23,6 +23,7 @@ from transformers import (AutoModelForSequenceClassification, AutoTokenizer, Dat
                           TrainerCallback, TrainingArguments)
 
 from tsinfer.infer.metrics import binary_metrics
+from tsinfer.infer.models import positive_probability
 from tsinfer.train.data import SPLIT_SEED, Texts, dev_split, holdout
 from tsinfer.train.report import io_options, split_figures, write_report
 
@@ -68,12 +69,6 @@ class TokenizedTexts(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         return self.rows[i]
-
-
-def positive_probability(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e[:, 1] / e.sum(axis=1)
 
 
 def compute_metrics(pred) -> dict:
