@@ -34,15 +34,9 @@ def svc_parity(svc_model, onnx_folder: Path, texts: list[str], labels) -> dict:
     ref = svc_model.decision_function(docs)
     scorer = SvcScorer(onnx_folder, read_meta(onnx_folder), "cpu", "auto", None)
     start = time.perf_counter()
-    decisions, preds = [], []
-    for i in tqdm(range(0, len(docs), 256), desc="parity svc", unit="batch", leave=False):
-        text = np.array(docs[i:i + 256], dtype=object).reshape(-1, 1)
-        label, decision, _ = scorer.session.run(None, {"text": text})
-        preds.append(label)
-        decisions.append(decision)
+    out = scorer.score(docs)
     seconds = time.perf_counter() - start
-    return compare("fp64", labels, (ref > 0).astype(int), ref, np.concatenate(preds), np.concatenate(decisions),
-                   "decision", seconds)
+    return compare("fp64", labels, (ref > 0).astype(int), ref, out.pred, out.decision, "decision", seconds)
 
 
 def torch_positive_probability(model_dir: Path, enc, batch_tokens: int = 8192) -> np.ndarray:

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -116,7 +115,7 @@ class Scored:
     tokens: int = 0       # real tokens seen (BERT)
     padded: int = 0       # tokens after padding (BERT)
     truncated: int = 0    # rows cut at max_length
-    timings: dict = field(default_factory=dict)
+    decision: np.ndarray | None = None  # the SVC's decision value (parity checks it)
 
 
 class BertScorer:
@@ -195,17 +194,16 @@ class SvcScorer:
         return preprocess(texts)
 
     def score(self, docs: list[str], sort: bool = True, on_batch=None) -> Scored:
-        preds, probs = [], []
+        preds, decisions, probs = [np.zeros(0, dtype=np.int64)], [np.zeros(0)], [np.zeros(0)]
         for i in range(0, len(docs), self.batch_rows):
             text = np.array(docs[i:i + self.batch_rows], dtype=object).reshape(-1, 1)
-            label, _, prob = self.session.run(["label", "decision", "probability"], {"text": text})
+            label, decision, prob = self.session.run(["label", "decision", "probability"], {"text": text})
             preds.append(label)
+            decisions.append(decision)
             probs.append(prob.astype(np.float64))
             if on_batch:
                 on_batch(len(text))
-        if not preds:
-            return Scored(np.zeros(0, dtype=np.int64), np.zeros(0))
-        return Scored(np.concatenate(preds), np.concatenate(probs))
+        return Scored(np.concatenate(preds), np.concatenate(probs), decision=np.concatenate(decisions))
 
     def warm_up(self) -> None:
         self.score(["warm up"])
@@ -231,7 +229,3 @@ def load_scorer(folder: str | Path, provider: str = "auto", precision: str = "au
     provider = resolve_provider(provider)
     cls = BertScorer if meta["kind"] == "bert" else SvcScorer
     return cls(folder, meta, provider, precision, threads, **batching)
-
-
-def default_threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -243,6 +243,7 @@ class ScoreResult:
     timings: dict
     load_s: float
     models: list[ModelRun]
+    summaries: dict
     metrics: dict
 
 
@@ -421,11 +422,11 @@ def score_files(inputs: list[str], models: list[str], provider: str = "auto", pr
         Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
         Path(metrics_path).write_text(json.dumps(metrics, indent=2) + "\n")
     if roc_path and any(r.labels for r in runs):
-        plot_roc(runs, roc_path)
-    return ScoreResult(rows_read, rows_scored, rejects.count, wall, timings, load_s, runs, metrics)
+        plot_roc(runs, summaries, roc_path)
+    return ScoreResult(rows_read, rows_scored, rejects.count, wall, timings, load_s, runs, summaries, metrics)
 
 
-def plot_roc(runs: list[ModelRun], path: str) -> None:
+def plot_roc(runs: list[ModelRun], summaries: dict, path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -436,7 +437,7 @@ def plot_roc(runs: list[ModelRun], path: str) -> None:
         if not run.labels:
             continue
         fpr, tpr = run.roc()
-        auc = run.summary(0)["roc_auc"]
+        auc = summaries[run.name]["roc_auc"]
         ax.plot(fpr, tpr, label=f"{run.name} ({run.scorer.precision}) AUC {auc:.3f}")
     ax.plot([0, 1], [0, 1], ":", color="grey")
     ax.set_xlabel("false positive rate")
@@ -452,7 +453,7 @@ def plot_roc(runs: list[ModelRun], path: str) -> None:
 def comparison_table(result: ScoreResult) -> str:
     """The side-by-side table printed to stderr at the end of a run."""
     lines = []
-    summaries = [r.summary(result.wall_s) for r in result.models]
+    summaries = list(result.summaries.values())
     labelled = [s for s in summaries if "accuracy" in s]
     header = f"{'model':<12}{'precision':>10}{'tweets/s':>10}"
     if labelled:
