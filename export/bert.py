@@ -25,39 +25,17 @@ DEFAULT_PRECISION = {"cpu": "int8", "cuda": "fp16", "tensorrt": "fp16"}
 
 def export_bert_onnx(model_dir: str | Path, out_dir: str | Path, variants=("fp32", "fp16", "int8")) -> dict:
     """Write the ONNX variants and tokenizer files into out_dir; returns {precision: file name}."""
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.transformers.optimizer import optimize_model
     from optimum.exporters.onnx import main_export
     from transformers import AutoConfig
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config = AutoConfig.from_pretrained(model_dir)
-    fusion = {"model_type": "bert", "num_heads": config.num_attention_heads, "hidden_size": config.hidden_size}
-    written = {}
     with tempfile.TemporaryDirectory(prefix="tsinfer-export-") as scratch:
         main_export(str(model_dir), scratch, task="text-classification", opset=OPSET, do_validation=False,
                     local_files_only=True)
-        raw = Path(scratch) / "model.onnx"
-        # opt_level=0: onnxruntime's Python fusions only; the session applies its own graph optimizations at load,
-        # and a GPU-flavoured fusion needs no GPU here.
-        fused = optimize_model(str(raw), **fusion, opt_level=0, use_gpu=False)
-        fused.save_model_to_file(str(out_dir / FILES["fp32"]))
-        written["fp32"] = FILES["fp32"]
-        if "fp16" in variants:
-            gpu_fused = optimize_model(str(raw), **fusion, opt_level=0, use_gpu=True)
-            gpu_fused.convert_float_to_float16(keep_io_types=True)
-            gpu_fused.save_model_to_file(str(out_dir / FILES["fp16"]))
-            written["fp16"] = FILES["fp16"]
-        if "int8" in variants:
-            # per-channel weight scales: on the fine-tuned MiniLM, test.tsv accuracy fell 0.52 points from fp32
-            # with per-tensor scales and 0.11 with per-channel ones, at the same speed
-            quantize_dynamic(str(out_dir / FILES["fp32"]), str(out_dir / FILES["int8"]), per_channel=True,
-                             weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Attention"],
-                             # the fused contrib ops defeat ONNX shape inference: their outputs are float32
-                             extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
-            written["int8"] = FILES["int8"]
+        written = optimize_variants(Path(scratch) / "model.onnx", out_dir, config.num_attention_heads,
+                                    config.hidden_size, variants)
         for name in TOKENIZER_FILES:
             for src in (model_dir / name, Path(scratch) / name):
                 if src.exists():
@@ -65,4 +43,39 @@ def export_bert_onnx(model_dir: str | Path, out_dir: str | Path, variants=("fp32
                     break
     if not (out_dir / "tokenizer.json").exists():
         raise FileNotFoundError(f"{model_dir} has no tokenizer.json (a fast tokenizer is needed): re-run training")
+    return written
+
+
+def optimize_variants(raw: Path, out_dir: Path, num_heads: int, hidden_size: int,
+                      variants=("fp32", "fp16", "int8")) -> dict:
+    """A raw exported BERT graph -> the fused fp32, fp16 and int8 files in out_dir; returns {precision: file}.
+
+    Shared by `make export` (graph from optimum-onnx) and benchmarks/gpu (graph from torch.onnx, as the GPU
+    machine has no optimum).
+    """
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    fusion = {"model_type": "bert", "num_heads": num_heads, "hidden_size": hidden_size}
+    written = {}
+    # opt_level=0: onnxruntime's Python fusions only; the session applies its own graph optimizations at load,
+    # and a GPU-flavoured fusion needs no GPU here.
+    if "fp32" in variants or "int8" in variants:
+        fused = optimize_model(str(raw), **fusion, opt_level=0, use_gpu=False)
+        fused.save_model_to_file(str(out_dir / FILES["fp32"]))
+        written["fp32"] = FILES["fp32"]
+    if "fp16" in variants:
+        gpu_fused = optimize_model(str(raw), **fusion, opt_level=0, use_gpu=True)
+        gpu_fused.convert_float_to_float16(keep_io_types=True)
+        gpu_fused.save_model_to_file(str(out_dir / FILES["fp16"]))
+        written["fp16"] = FILES["fp16"]
+    if "int8" in variants:
+        # per-channel weight scales: on the fine-tuned MiniLM, test.tsv accuracy fell 0.52 points from fp32
+        # with per-tensor scales and 0.11 with per-channel ones, at the same speed
+        quantize_dynamic(str(out_dir / FILES["fp32"]), str(out_dir / FILES["int8"]), per_channel=True,
+                         weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Attention"],
+                         # the fused contrib ops defeat ONNX shape inference: their outputs are float32
+                         extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
+        written["int8"] = FILES["int8"]
     return written

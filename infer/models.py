@@ -94,10 +94,21 @@ def _session(path: Path, provider: str, threads: int | None):
                      ("CUDAExecutionProvider", {"arena_extend_strategy": "kSameAsRequested"}), "CPUExecutionProvider"]
     else:
         providers = ["CPUExecutionProvider"]
+    if provider != "cpu" and hasattr(ort, "preload_dlls"):
+        try:  # CUDA/cuDNN from the nvidia-* pip packages (torch's), when the system has none on its library path
+            ort.preload_dlls()
+        except Exception:
+            pass
     try:
-        return ort.InferenceSession(str(path), opts, providers=providers)
+        session = ort.InferenceSession(str(path), opts, providers=providers)
     except Exception as e:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
         raise ModelError(f"cannot load {path}: {str(e).splitlines()[0]} (re-run `make export`)") from e
+    if provider != "cpu" and session.get_providers()[0] != providers[0][0]:
+        # onnxruntime falls back to the CPU silently when the CUDA libraries do not load: say so instead
+        raise ModelError(f"the {provider} provider did not start for {path} (onnxruntime fell back to "
+                         f"{session.get_providers()[0]}): check that CUDA 13 and cuDNN 9 libraries are installed "
+                         "(pip install onnxruntime-gpu[cuda,cudnn]), or use --provider cpu")
+    return session
 
 
 def positive_probability(logits: np.ndarray) -> np.ndarray:

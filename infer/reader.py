@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import sys
 from collections import Counter
 from itertools import chain, islice
@@ -221,16 +222,19 @@ def _parse(fh: IO[str], chunk_rows: int) -> Iterator[Chunk]:
         yield chunk
 
 
+_NEEDS_QUOTES = re.compile('[\t"\r\n]').search
+
+
 def tsv_field(value) -> str:
     """Quote a field when it holds a tab, quote, CR or LF (csv's QUOTE_MINIMAL misses a bare CR with LF endings)."""
     value = str(value)
-    if any(c in value for c in '\t"\r\n'):
+    if _NEEDS_QUOTES(value):
         return '"' + value.replace('"', '""') + '"'
     return value
 
 
 def tsv_line(fields) -> str:
-    return "\t".join(tsv_field(f) for f in fields) + "\n"
+    return "\t".join(map(tsv_field, fields)) + "\n"
 
 
 def write_rows(path: str | Path, ids, labels, texts) -> None:

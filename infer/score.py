@@ -21,8 +21,7 @@ import numpy as np
 from tsinfer.infer.metrics import binary_metrics, roc_curve
 from tsinfer.infer.models import load_scorer
 from tsinfer.infer.reader import (DEFAULT_CHUNK_ROWS, NO_LABEL, Chunk, InputError, input_size, iter_chunks,
-                                  open_text,
-                                  tsv_line)
+                                  open_text, tsv_field, tsv_line)
 
 
 @dataclass
@@ -97,10 +96,11 @@ class PredictionWriter:
         labels = ["" if lab == NO_LABEL else str(lab) for lab in chunk.labels]
         cols = []
         for r in results:
-            cols.append(r.pred.tolist())
+            cols.append(list(map(str, r.pred.tolist())))
             cols.append([f"{s:.6f}" for s in r.score.tolist()])
-        if self.tsv:
-            self.fh.write("".join(tsv_line(row) for row in zip(chunk.ids, labels, *cols)))
+        if self.tsv:  # only the ids can need quoting: the other fields are written here
+            ids = list(map(tsv_field, chunk.ids))
+            self.fh.write("".join("\t".join(row) + "\n" for row in zip(ids, labels, *cols)))
         else:
             buf = io.StringIO()
             for row in zip(chunk.ids, labels, *cols):
