@@ -47,17 +47,21 @@ def export_bert_onnx(model_dir: str | Path, out_dir: str | Path, variants=("fp32
 
 
 def optimize_variants(raw: Path, out_dir: Path, num_heads: int, hidden_size: int,
-                      variants=("fp32", "fp16", "int8")) -> dict:
+                      variants=("fp32", "fp16", "int8"), gpu_fusion: dict | None = None) -> dict:
     """A raw exported BERT graph -> the fused fp32, fp16 and int8 files in out_dir; returns {precision: file}.
 
     Shared by `make export` (graph from optimum-onnx) and benchmarks/gpu (graph from torch.onnx, as the GPU
-    machine has no optimum).
+    machine has no optimum). gpu_fusion: FusionOptions attributes for the fp16 file (benchmarks/gpu tries some).
     """
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
     fusion = {"model_type": "bert", "num_heads": num_heads, "hidden_size": hidden_size}
+    gpu_options = FusionOptions("bert")
+    for key, value in (gpu_fusion or {}).items():
+        setattr(gpu_options, key, value)
     written = {}
     # opt_level=0: onnxruntime's Python fusions only; the session applies its own graph optimizations at load,
     # and a GPU-flavoured fusion needs no GPU here.
@@ -66,7 +70,7 @@ def optimize_variants(raw: Path, out_dir: Path, num_heads: int, hidden_size: int
         fused.save_model_to_file(str(out_dir / FILES["fp32"]))
         written["fp32"] = FILES["fp32"]
     if "fp16" in variants:
-        gpu_fused = optimize_model(str(raw), **fusion, opt_level=0, use_gpu=True)
+        gpu_fused = optimize_model(str(raw), **fusion, opt_level=0, use_gpu=True, optimization_options=gpu_options)
         gpu_fused.convert_float_to_float16(keep_io_types=True)
         gpu_fused.save_model_to_file(str(out_dir / FILES["fp16"]))
         written["fp16"] = FILES["fp16"]
