@@ -11,6 +11,9 @@ import numpy as np
 # 2,000 tweets: 389 tweets/s at 1,024 tokens, 301 at 8,192; benchmarks/results/cpu.md); a GPU wants large ones.
 DEFAULT_BATCH_TOKENS = {"cpu": 1024, "cuda": 65536, "tensorrt": 65536}
 DEFAULT_MAX_BATCH = {"cpu": 256, "cuda": 2048, "tensorrt": 2048}
+# Rows read, tokenized and length-sorted together. On the H200 (benchmarks/results/gpu.md) 16,384-row chunks ran
+# at 38-40k tweets/s against 27-30k for 4,096 (more rows per length, less padding; 65,536 overlapped worse).
+CHUNK_ROWS_BY_PROVIDER = {"cpu": 4096, "cuda": 16384, "tensorrt": 16384}
 
 
 def load_tokenizer(folder: str | Path, max_length: int):

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tsinfer.infer.batching import CHUNK_ROWS_BY_PROVIDER
 from tsinfer.infer.metrics import binary_metrics, roc_curve
 from tsinfer.infer.models import load_scorer
 from tsinfer.infer.reader import (DEFAULT_CHUNK_ROWS, NO_LABEL, Chunk, InputError, input_size, iter_chunks,
@@ -251,7 +252,7 @@ def score_files(inputs: list[str], models: list[str], provider: str = "auto", pr
                 batch_tokens: int | None = None, max_batch: int | None = None, output: str | None = "-",
                 fmt: str = "tsv",
                 metrics_path: str | None = None, roc_path: str | None = None, rejects_path: str | None = None,
-                threads: int | None = None, progress: bool = False, chunk_rows: int = DEFAULT_CHUNK_ROWS,
+                threads: int | None = None, progress: bool = False, chunk_rows: int | None = None,
                 verify: bool = True, sort: bool = True, strict: bool = False, resume: bool = False) -> ScoreResult:
     start = time.perf_counter()
     for source in inputs:  # fail on a missing or unreadable input before loading any model
@@ -267,6 +268,7 @@ def score_files(inputs: list[str], models: list[str], provider: str = "auto", pr
         runs.append(ModelRun(name, scorer))
     for run in runs:
         run.scorer.warm_up()
+    chunk_rows = chunk_rows or CHUNK_ROWS_BY_PROVIDER.get(runs[0].scorer.provider, DEFAULT_CHUNK_ROWS)
     load_s = time.perf_counter() - start
     to_file = output not in (None, "-")
     checkpoint = state = None
