@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[train,export,dev]"
+	$(PY) -m pip install -q -e ".[train,export,dist,dev]"
 	touch $@
 
 data: $(DATA)/dev.tsv $(DATA)/test.tsv

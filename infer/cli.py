@@ -61,7 +61,8 @@ def main():
               help="Token budget of one padded batch (rows x longest row) [cpu 1024, cuda/tensorrt 65536].")
 @click.option("--max-batch", type=click.IntRange(min=1), default=None, help="Rows per batch at most [cpu 256, cuda 2048].")
 @click.option("--output", "-o", default="-", show_default=True, help="Predictions file, or - for stdout.")
-@click.option("--format", "fmt", type=click.Choice(["tsv", "jsonl"]), default="tsv", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["tsv", "jsonl", "parquet"]), default=None,
+              help="Predictions format [tsv; parquet or tsv shards with --engine ray, default parquet].")
 @click.option("--metrics", "metrics_path", type=click.Path(dir_okay=False), default=None,
               help="Write metrics and throughput as JSON here.")
 @click.option("--roc", "roc_path", type=click.Path(dir_okay=False), default=None,
@@ -77,17 +78,38 @@ def main():
 @click.option("--strict", is_flag=True, help="Stop with exit code 3 at the first row that cannot be read.")
 @click.option("--resume", is_flag=True,
               help="Continue an interrupted run from its last completed chunk (same command, --output FILE).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this process; ray: Ray Data over many shards and machines (extra `dist`).")
+@click.option("--address", default=None, help="[ray] Join this Ray cluster (default: a local Ray with this "
+                                               "machine's cores).")
+@click.option("--actors", type=click.IntRange(min=1), default=None,
+              help="[ray] Scoring actors, each holding one onnxruntime session per model [GPUs / gpus-per-actor, "
+                   "or CPUs - 1].")
+@click.option("--gpus-per-actor", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="[ray] GPUs per actor; above 0 the actors use the CUDA provider.")
+@click.option("--cpus-per-actor", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
+              help="[ray] CPUs per actor (also its onnxruntime threads).")
 def score(inputs, models, provider, precision, batch_tokens, max_batch, output, fmt, metrics_path, roc_path,
-          rejects_path, threads, chunk_rows, progress, verify, strict, resume):
+          rejects_path, threads, chunk_rows, progress, verify, strict, resume, engine, address, actors,
+          gpus_per_actor, cpus_per_actor):
     """Score INPUT TSV files (or - for stdin) and print a comparison of the models.
 
     Input layouts: the seed's dev.tsv/test.tsv, `id<TAB>label<TAB>text`, `id<TAB>text`, or one text a line.
     Output columns: id, label, pred, score (score = P(positive)); with several models, pred_NAME and score_NAME.
+    With --engine ray, INPUTS may be files, folders, globs or URIs Ray reads (s3://...), and --output is a folder
+    of prediction shards (columns shard and line first), rejects shards and metrics.json.
     """
     from tsinfer.infer.score import comparison_table, score_files
 
     if progress is None:
         progress = sys.stderr.isatty()
+    if engine == "ray":
+        return _score_ray(inputs, models, provider, precision, batch_tokens, max_batch, output, fmt or "parquet",
+                          metrics_path, roc_path, threads, chunk_rows, progress, verify, strict, resume, address,
+                          actors, gpus_per_actor, cpus_per_actor)
+    fmt = fmt or "tsv"
+    if fmt == "parquet":
+        raise click.UsageError("--format parquet is for --engine ray; the local engine writes tsv or jsonl")
     signal.signal(signal.SIGTERM, _on_sigterm)
     if rejects_path is None:
         rejects_path = "rejects.tsv" if output == "-" else f"{output}.rejects.tsv"
@@ -97,6 +119,32 @@ def score(inputs, models, provider, precision, batch_tokens, max_batch, output, 
     click.echo(comparison_table(result), err=True)
     if result.rows_rejected:
         click.echo(f"{result.rows_rejected:,} rows rejected: see {rejects_path}", err=True)
+
+
+def _score_ray(inputs, models, provider, precision, batch_tokens, max_batch, output, fmt, metrics_path, roc_path,
+               threads, chunk_rows, progress, verify, strict, resume, address, actors, gpus_per_actor,
+               cpus_per_actor):
+    from tsinfer.infer.ray_engine import score_with_ray
+
+    unsupported = [name for name, used in (("--resume", resume), ("--strict", strict), ("--roc", roc_path),
+                                           ("--threads (use --cpus-per-actor)", threads)) if used]
+    if unsupported:
+        raise click.UsageError(f"{', '.join(unsupported)}: not available with --engine ray")
+    if output in (None, "-"):
+        raise click.UsageError("--engine ray needs --output FOLDER (it writes prediction and rejects shards there)")
+    if fmt == "jsonl":
+        raise click.UsageError("--engine ray writes --format parquet or tsv")
+    if provider in ("cuda", "tensorrt") and not gpus_per_actor:
+        gpus_per_actor = 1.0
+    m = score_with_ray(list(inputs), list(models), output, fmt, address, actors, gpus_per_actor, cpus_per_actor,
+                       precision, batch_tokens, max_batch, chunk_rows, verify, metrics_path, progress)
+    for name, s in (m["models"].items() if "models" in m else [(m.get("model", "model"), m)]):
+        if s.get("accuracy") is not None:
+            click.echo(f"{name}: accuracy {s['accuracy']:.4f}  MCC {s['mcc']:.4f}  ROC-AUC {s['roc_auc'] or 0:.4f}  "
+                       f"({s['rows_labelled']:,} labelled rows)", err=True)
+    click.echo(f"rows read {m['rows_read']:,}, scored {m['rows_scored']:,}, rejected {m['rows_rejected']:,}; "
+               f"{m['engine']['actors']} actors, {m['tweets_per_s'] or 0:,.0f} tweets/s; wrote {output}/predictions, "
+               f"{output}/rejects and {output}/metrics.json", err=True)
 
 
 @main.command()

@@ -10,25 +10,36 @@ import math
 import numpy as np
 
 
-def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
-    """Area under the ROC curve from scores (Mann-Whitney U with tie-averaged ranks); None with one class."""
+def score_counts(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct scores with their positive and negative counts: the ROC-AUC's sufficient statistics, which add up
+    across shards (concatenate and pass to roc_auc_from_counts)."""
     labels = np.asarray(labels).astype(bool)
-    scores = np.asarray(scores, dtype=np.float64)
-    n_pos = int(labels.sum())
-    n_neg = labels.size - n_pos
+    values, inverse = np.unique(np.asarray(scores, dtype=np.float64), return_inverse=True)
+    pos = np.bincount(inverse, weights=labels, minlength=values.size).astype(np.int64)
+    neg = np.bincount(inverse, minlength=values.size).astype(np.int64) - pos
+    return values, pos, neg
+
+
+def roc_auc_from_counts(values: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> float | None:
+    """Area under the ROC curve (Mann-Whitney U, ties counted half) from score counts; None with one class.
+
+    values may repeat (partial counts from several shards): equal values are merged first, so the result is the
+    same number as from all the rows at once.
+    """
+    values, inverse = np.unique(np.asarray(values, dtype=np.float64), return_inverse=True)
+    pos = np.bincount(inverse, weights=pos, minlength=values.size)
+    neg = np.bincount(inverse, weights=neg, minlength=values.size)
+    n_pos, n_neg = pos.sum(), neg.sum()
     if n_pos == 0 or n_neg == 0:
         return None
-    order = np.argsort(scores, kind="mergesort")
-    sorted_scores = scores[order]
-    ranks = np.empty(scores.size, dtype=np.float64)
-    # average ranks over ties: group equal scores
-    boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
-    starts = np.concatenate(([0], boundaries))
-    ends = np.concatenate((boundaries, [scores.size]))
-    avg = (starts + ends + 1) / 2.0  # 1-based average rank of each tie group
-    ranks[order] = np.repeat(avg, ends - starts)
-    u = ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0
-    return float(u / (n_pos * n_neg))
+    negatives_below = np.cumsum(neg) - neg
+    u = float(np.sum(pos * (negatives_below + neg / 2.0)))  # integers and halves: exact in float64 below 2**52
+    return u / float(n_pos * n_neg)
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    """Area under the ROC curve from scores (Mann-Whitney U with ties counted half); None with one class."""
+    return roc_auc_from_counts(*score_counts(labels, scores))
 
 
 def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -36,6 +36,8 @@ LAYOUTS = {5: (1, 2, 4), 4: (0, 1, 3), 3: (0, 1, 2), 2: (0, None, 1), 1: (None, 
 DEFAULT_CHUNK_ROWS = 4096  # sorted and batched together; larger chunks pad a little less but hold more memory
 MAX_QUOTED_LINES = 64   # a quoted field may span this many more lines; beyond, its quote is taken as unterminated
 LAYOUT_SAMPLE = 64      # rows read before the column layout is decided
+# Bad UTF-8 becomes U+FFFD (the row is still read and counted); a BOM is skipped; newline="" keeps quoted CR/LF.
+TEXT_DECODING = {"encoding": "utf-8-sig", "errors": "replace", "newline": ""}
 
 csv.field_size_limit(sys.maxsize)  # one very long quoted tweet is a row, not a crash
 
@@ -86,14 +88,14 @@ def _header_layout(fields: list[str]) -> tuple[int | None, int | None, int | Non
 def open_text(path: str | Path) -> IO[str]:
     """Open a path (or '-' for stdin) as text for the csv module; errors name the path and the fix."""
     if str(path) == "-":
-        return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8-sig", errors="replace", newline="")
+        return io.TextIOWrapper(sys.stdin.buffer, **TEXT_DECODING)
     p = Path(path)
     if not p.exists():
         raise InputError(f"input file not found: {p}")
     if p.is_dir():
         raise InputError(f"input is a directory, not a TSV file: {p}")
     try:
-        return open(p, encoding="utf-8-sig", errors="replace", newline="")
+        return open(p, **TEXT_DECODING)
     except OSError as e:
         raise InputError(f"cannot open {p}: {e.strerror}") from e
 
@@ -101,7 +103,7 @@ def open_text(path: str | Path) -> IO[str]:
 def iter_chunks(path: str | Path, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Iterator[Chunk]:
     """Yield Chunks of at most chunk_rows accepted rows; memory stays flat in the file's size."""
     with open_text(path) as fh:
-        for chunk in _parse(fh, chunk_rows):
+        for chunk in parse_chunks(fh, chunk_rows):
             try:
                 chunk.bytes_read = fh.buffer.tell()
             except (AttributeError, OSError, ValueError):  # stdin or a pipe
@@ -182,7 +184,8 @@ def _choose_layout(first: list[tuple[int, list[str], str]]):
     return (*LAYOUTS[n], n), 0
 
 
-def _parse(fh: IO[str], chunk_rows: int) -> Iterator[Chunk]:
+def parse_chunks(fh: IO[str], chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Iterator[Chunk]:
+    """Chunks of an open text stream (see TEXT_DECODING): iter_chunks for paths, the Ray engine for shard bytes."""
     records = _records(fh)
     first = list(islice(records, LAYOUT_SAMPLE))
     layout, skip = _choose_layout(first)

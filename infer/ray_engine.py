@@ -1,0 +1,326 @@
+"""`tsinfer score --engine ray`: the local path's reader, scorers and metrics on Ray Data, for many shards and
+machines (optional extra `dist`).
+
+The unit of work is one chunk of one shard, cut exactly as the local path cuts it (the same reader, `chunk_rows`
+accepted rows), so every chunk is tokenized, length-sorted and batched as locally and the predictions are the same
+numbers:
+
+    read_binary_files(shards)            one row per shard; Ray's paths: files, folders, s3://, gs://, ...
+    -> map_batches(parse_shards)         one row per chunk: its lines, ids, labels, texts and rejected rows
+    -> map_batches(ChunkScorer, actors)  one onnxruntime session per model per actor -> one row per tweet
+    -> OUTPUT/predictions/  (Parquet or TSV shards; every row keyed by shard and line)
+    OUTPUT/rejects/         the rows that could not be read, with shard, line, reason and the raw text
+    OUTPUT/metrics.json     accuracy/P/R/F1/MCC from the merged confusion matrix, ROC-AUC from merged score counts
+
+Every model folder and input must be readable from every node (a shared file system or object store).
+"""
+from __future__ import annotations
+
+import glob
+import io
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tsinfer.infer.metrics import metrics_from_confusion, roc_auc_from_counts, score_counts
+from tsinfer.infer.models import ModelError, load_scorer, read_meta
+from tsinfer.infer.reader import DEFAULT_CHUNK_ROWS, NO_LABEL, TEXT_DECODING, InputError, parse_chunks
+
+FORMATS = ("parquet", "tsv")
+
+
+def require_ray():
+    import importlib
+
+    try:
+        importlib.import_module("ray.data")
+    except ImportError as e:
+        raise InputError("--engine ray needs Ray Data: pip install 'tsinfer-sentiment[dist]' "
+                         f"(or pip install 'ray[data]'); import failed: {e}") from e
+
+
+def expand_inputs(inputs: list[str]) -> list[str]:
+    """Local globs are expanded here (sorted); folders and URIs (s3://...) go to Ray's reader as they are."""
+    paths = []
+    for item in inputs:
+        if item == "-":
+            raise InputError("--engine ray reads shards from paths, not stdin")
+        if "://" in item:
+            paths.append(item)
+        elif any(c in item for c in "*?["):
+            found = sorted(p for p in glob.glob(item, recursive=True) if os.path.isfile(p))
+            if not found:
+                raise InputError(f"no input file matches {item!r}")
+            paths += [os.path.abspath(p) for p in found]
+        elif os.path.exists(item):
+            paths.append(os.path.abspath(item))
+        else:
+            raise InputError(f"input not found: {item}")
+    return paths
+
+
+def _chunk_schema():
+    import pyarrow as pa
+
+    return pa.schema([("shard", pa.string()), ("chunk", pa.int64()), ("lines", pa.list_(pa.int64())),
+                      ("ids", pa.list_(pa.string())), ("labels", pa.list_(pa.int8())),
+                      ("texts", pa.list_(pa.string())), ("reject_lines", pa.list_(pa.int64())),
+                      ("reject_reasons", pa.list_(pa.string())), ("reject_raws", pa.list_(pa.string()))])
+
+
+def parse_shards(batch, chunk_rows: int = DEFAULT_CHUNK_ROWS):
+    """Ray map_batches: whole shards (bytes, path) -> one row per chunk, by the local path's reader."""
+    import pyarrow as pa
+
+    rows = {name: [] for name in _chunk_schema().names}
+    for data, path in zip(batch["bytes"], batch["path"]):
+        with io.TextIOWrapper(io.BytesIO(data), **TEXT_DECODING) as fh:
+            for k, chunk in enumerate(parse_chunks(fh, chunk_rows)):
+                for name, value in (("shard", path), ("chunk", k), ("lines", chunk.lines), ("ids", chunk.ids),
+                                    ("labels", chunk.labels), ("texts", chunk.texts),
+                                    ("reject_lines", [r.line for r in chunk.rejects]),
+                                    ("reject_reasons", [r.reason for r in chunk.rejects]),
+                                    ("reject_raws", [r.raw for r in chunk.rejects])):
+                    rows[name].append(value)
+    return pa.Table.from_pydict(rows, schema=_chunk_schema())
+
+
+def model_names(models: list[str]) -> list[str]:
+    """Output column names per model, as the local path names them (folder name, made unique)."""
+    names: list[str] = []
+    for folder in models:
+        name = Path(folder).name or "model"
+        while name in names:
+            name += "_"
+        names.append(name)
+    return names
+
+
+def prediction_columns(names: list[str]) -> list[tuple[str, str]]:
+    """(pred column, score column) per model: pred/score for one model, pred_NAME/score_NAME for several."""
+    return [("pred", "score")] if len(names) == 1 else [(f"pred_{n}", f"score_{n}") for n in names]
+
+
+class ChunkScorer:
+    """Ray actor: one onnxruntime session per model, loaded once; scores whole chunks as the local path does."""
+
+    def __init__(self, models: list[str], provider: str, precision: str, threads: int | None, verify: bool,
+                 batch_tokens: int | None, max_batch: int | None):
+        self.scorers = [load_scorer(m, provider, precision, threads, verify, batch_tokens=batch_tokens,
+                                    max_batch=max_batch) for m in models]
+        for scorer in self.scorers:
+            scorer.warm_up()
+        self.columns = prediction_columns(model_names(models))
+
+    def __call__(self, batch):
+        import pyarrow as pa
+
+        out = {"shard": [], "line": [], "id": [], "label": []}
+        results = [([], []) for _ in self.scorers]
+        for shard, lines, ids, labels, texts in zip(batch["shard"].to_pylist(), batch["lines"].to_pylist(),
+                                                    batch["ids"].to_pylist(), batch["labels"].to_pylist(),
+                                                    batch["texts"].to_pylist()):
+            if not texts:
+                continue
+            out["shard"] += [shard] * len(texts)
+            out["line"] += lines
+            out["id"] += ids
+            out["label"] += [None if lab == NO_LABEL else lab for lab in labels]
+            for scorer, (preds, scores) in zip(self.scorers, results):
+                scored = scorer.score(scorer.prepare(texts))
+                preds.append(scored.pred.astype(np.int8))
+                scores.append(scored.score.astype(np.float64))
+        table = {"shard": pa.array(out["shard"], pa.string()), "line": pa.array(out["line"], pa.int64()),
+                 "id": pa.array(out["id"], pa.string()), "label": pa.array(out["label"], pa.int8())}
+        for (pred_col, score_col), (preds, scores) in zip(self.columns, results):
+            table[pred_col] = pa.array(np.concatenate(preds) if preds else np.zeros(0, np.int8))
+            table[score_col] = pa.array(np.concatenate(scores) if scores else np.zeros(0))
+        return pa.table(table)
+
+
+def explode_rejects(batch):
+    """Ray map_batches: chunk rows -> one row per rejected input row."""
+    import pyarrow as pa
+
+    shards, lines, reasons, raws = [], [], [], []
+    for shard, r_lines, r_reasons, r_raws in zip(batch["shard"].to_pylist(), batch["reject_lines"].to_pylist(),
+                                                 batch["reject_reasons"].to_pylist(), batch["reject_raws"].to_pylist()):
+        shards += [shard] * len(r_lines)
+        lines += r_lines
+        reasons += r_reasons
+        raws += r_raws
+    return pa.table({"shard": pa.array(shards, pa.string()), "line": pa.array(lines, pa.int64()),
+                     "reason": pa.array(reasons, pa.string()), "raw": pa.array(raws, pa.string())})
+
+
+def count_partials(batch, columns: list[tuple[str, str]]):
+    """Ray map_batches over the written predictions: per model, the labelled rows' (label, pred) counts and
+    (label, float32 score) counts of this block. They add up exactly across blocks and shards."""
+    import pyarrow as pa
+
+    label = batch["label"].to_numpy(zero_copy_only=False)
+    keep = ~np.isnan(label.astype(np.float64))
+    y = label[keep].astype(np.int64)
+    out = {"model": [], "kind": [], "label": [], "value": [], "n": []}
+    for k, (pred_col, score_col) in enumerate(columns):
+        pred = batch[pred_col].to_numpy(zero_copy_only=False)[keep].astype(np.int64)
+        cm = np.bincount(y * 2 + pred, minlength=4)
+        out["model"] += [k] * 4
+        out["kind"] += ["cm"] * 4
+        out["label"] += [0, 0, 1, 1]
+        out["value"] += [0.0, 1.0, 0.0, 1.0]
+        out["n"] += cm.tolist()
+        # scores as the local path keeps them for its metrics (float32), so both give the same ROC-AUC
+        score = batch[score_col].to_numpy(zero_copy_only=False)[keep].astype(np.float32).astype(np.float64)
+        values, pos, neg = score_counts(y, score)
+        for lab, counts in ((1, pos), (0, neg)):
+            nz = counts > 0
+            out["model"] += [k] * int(nz.sum())
+            out["kind"] += ["score"] * int(nz.sum())
+            out["label"] += [lab] * int(nz.sum())
+            out["value"] += values[nz].tolist()
+            out["n"] += counts[nz].tolist()
+    return pa.table({"model": pa.array(out["model"], pa.int64()), "kind": pa.array(out["kind"], pa.string()),
+                     "label": pa.array(out["label"], pa.int64()), "value": pa.array(out["value"], pa.float64()),
+                     "n": pa.array(out["n"], pa.int64())})
+
+
+def merge_metrics(partials, names: list[str]) -> dict:
+    """Metrics per model from the partial counts of every block (a pandas frame)."""
+    summaries = {}
+    for k, name in enumerate(names):
+        mine = partials[partials["model"] == k]
+        cm_rows = mine[mine["kind"] == "cm"]
+        cm = np.zeros(4, dtype=np.int64)
+        np.add.at(cm, (cm_rows["label"].to_numpy() * 2 + cm_rows["value"].to_numpy().astype(np.int64)),
+                  cm_rows["n"].to_numpy())
+        if cm.sum() == 0:
+            summaries[name] = {"model": name, "rows_labelled": 0}
+            continue
+        m = metrics_from_confusion(cm.reshape(2, 2))
+        s = mine[mine["kind"] == "score"]
+        is_pos = s["label"].to_numpy() == 1
+        n = s["n"].to_numpy()
+        m["roc_auc"] = roc_auc_from_counts(s["value"].to_numpy(), np.where(is_pos, n, 0), np.where(is_pos, 0, n))
+        summaries[name] = dict({k2: m[k2] for k2 in ("accuracy", "precision", "recall", "f1", "mcc", "roc_auc",
+                                                      "confusion_matrix", "per_class")},
+                               model=name, rows_labelled=int(cm.sum()))
+    return summaries
+
+
+def _write(ds, path: str, fmt: str) -> None:
+    if fmt == "parquet":
+        ds.write_parquet(path)
+    else:
+        import pyarrow.csv as pacsv
+        from ray.data.datasource import FilenameProvider
+
+        ds.write_csv(path, filename_provider=FilenameProvider(file_format="tsv"), arrow_csv_args_fn=lambda: {
+            "write_options": pacsv.WriteOptions(delimiter="\t", quoting_style="needed")})
+
+
+def _read(path: str, fmt: str, columns: list[str] | None = None):
+    import ray.data
+
+    if not Path(path).exists() or not any(Path(path).iterdir()):
+        return None
+    if fmt == "parquet":
+        ds = ray.data.read_parquet(path)
+        return ds.select_columns(columns) if columns else ds
+    import pyarrow.csv as pacsv
+
+    ds = ray.data.read_csv(path, file_extensions=["tsv"], parse_options=pacsv.ParseOptions(delimiter="\t"),
+                           convert_options=pacsv.ConvertOptions(column_types={"id": "string", "label": "int8"},
+                                                                include_columns=columns))
+    return ds
+
+
+def score_with_ray(inputs: list[str], models: list[str], output: str, fmt: str = "parquet",
+                   address: str | None = None, actors: int | None = None, gpus_per_actor: float = 0.0,
+                   cpus_per_actor: float = 1.0, precision: str = "auto", batch_tokens: int | None = None,
+                   max_batch: int | None = None, chunk_rows: int | None = None, verify: bool = True,
+                   metrics_path: str | None = None, progress: bool = False, num_cpus: int | None = None) -> dict:
+    """Score shards on Ray Data; returns the metrics dict (also written to OUTPUT/metrics.json)."""
+    require_ray()
+    import ray
+
+    if fmt not in FORMATS:
+        raise InputError(f"--engine ray writes {' or '.join(FORMATS)} shards, not {fmt}")
+    for folder in models:  # fail here with one line, on the driver, before any actor starts
+        if gpus_per_actor:
+            read_meta(Path(folder), verify=verify)
+        else:
+            load_scorer(folder, "cpu", precision, 1, verify)
+    paths = expand_inputs(inputs)
+    out = Path(output)
+    if out.exists() and any(out.iterdir()):
+        raise InputError(f"{out} is not empty: --engine ray writes a folder of shards; give a new or empty folder")
+    start = time.perf_counter()
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
+    try:
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = progress  # Ray Data's own bars: rows and blocks per operator, with rates
+        ctx.verbose_stats_logs = False
+        if not progress:
+            logging.getLogger("ray.data").setLevel(logging.WARNING)
+        provider = "cuda" if gpus_per_actor else "cpu"
+        if actors is None:
+            gpus, cpus = ray.cluster_resources().get("GPU", 0), ray.cluster_resources().get("CPU", 1)
+            # one CPU stays free for reading, parsing and writing
+            actors = max(1, int(gpus // gpus_per_actor) if gpus_per_actor else int((cpus - 1) // cpus_per_actor))
+        chunk_rows = chunk_rows or DEFAULT_CHUNK_ROWS
+        names = model_names(models)
+        columns = prediction_columns(names)
+        chunks = ray.data.read_binary_files(paths, include_paths=True).map_batches(
+            parse_shards, fn_kwargs={"chunk_rows": chunk_rows}, batch_size=1, batch_format="pyarrow")
+        scored = chunks.map_batches(
+            ChunkScorer, fn_constructor_kwargs={
+                "models": [str(Path(m).resolve()) for m in models], "provider": provider, "precision": precision,
+                "threads": max(1, round(cpus_per_actor)), "verify": verify, "batch_tokens": batch_tokens,
+                "max_batch": max_batch},
+            batch_size=1, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors),
+            num_cpus=cpus_per_actor,
+            num_gpus=gpus_per_actor or None)
+        _write(scored, str(out / "predictions"), fmt)
+        # the shards are parsed again for the rejects (cheap next to scoring; keeps memory flat)
+        _write(chunks.map_batches(explode_rejects, batch_format="pyarrow"), str(out / "rejects"), fmt)
+        wall_before_metrics = time.perf_counter() - start
+        written = _read(str(out / "predictions"), fmt, ["label"] + [c for pair in columns for c in pair])
+        rejected = _read(str(out / "rejects"), fmt)
+        rows_scored = written.count() if written is not None else 0
+        rows_rejected = rejected.count() if rejected is not None else 0
+        import pandas as pd
+
+        partials = (written.map_batches(count_partials, fn_kwargs={"columns": columns}, batch_format="pyarrow")
+                    .to_pandas() if written is not None else pd.DataFrame(columns=["model", "kind", "label",
+                                                                                   "value", "n"]))
+        summaries = merge_metrics(partials, names)
+    except ray.exceptions.RayError as e:  # an actor or task failed: its own one-line reason, not Ray's traceback
+        reason = next((line.strip() for line in reversed(str(e).splitlines())
+                       if "Error" in line and ":" in line), str(e).splitlines()[0])
+        raise ModelError(f"the Ray run failed: {reason}") from e
+    finally:
+        if started_here:
+            ray.shutdown()
+    wall = time.perf_counter() - start
+    head = {"engine": {"name": "ray", "ray": ray.__version__, "address": address or "local", "actors": actors,
+                       "cpus_per_actor": cpus_per_actor, "gpus_per_actor": gpus_per_actor, "provider": provider,
+                       "shards": len(paths), "chunk_rows": chunk_rows},
+            "output": {"predictions": str(out / "predictions"), "rejects": str(out / "rejects"), "format": fmt},
+            "rows_read": rows_scored + rows_rejected, "rows_scored": rows_scored, "rows_rejected": rows_rejected,
+            "wall_s": round(wall, 3), "scoring_wall_s": round(wall_before_metrics, 3),
+            "tweets_per_s": rows_scored / wall_before_metrics if wall_before_metrics else None}
+    metrics = dict(next(iter(summaries.values())), **head) if len(summaries) == 1 else dict(head, models=summaries)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    if metrics_path:
+        Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(metrics_path).write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
