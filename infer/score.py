@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from tsinfer.infer.batching import CHUNK_ROWS_BY_PROVIDER
-from tsinfer.infer.metrics import binary_metrics, roc_curve
+from tsinfer.infer.metrics import StreamingMetrics
 from tsinfer.infer.models import load_scorer
 from tsinfer.infer.reader import (DEFAULT_CHUNK_ROWS, NO_LABEL, Chunk, InputError, input_size, iter_chunks,
                                   open_text, tsv_field, tsv_line)
@@ -35,18 +35,15 @@ class ModelRun:
     tokens: int = 0
     padded: int = 0
     truncated: int = 0
-    labels: list = field(default_factory=list)   # per labelled row, for exact metrics (5 bytes a row)
-    preds: list = field(default_factory=list)
-    scores: list = field(default_factory=list)
+    metrics: StreamingMetrics = field(default_factory=StreamingMetrics)  # labelled rows: 4 bytes each
 
     def summary(self, wall_s: float) -> dict:
         out = {"model": self.name, "kind": self.scorer.kind, "provider": self.scorer.provider,
                "precision_mode": self.scorer.precision, "file": self.scorer.file}
-        if self.labels:
-            y = np.concatenate(self.labels)
-            m = binary_metrics(y, np.concatenate(self.preds), np.concatenate(self.scores))
+        if self.metrics.rows:
+            m = self.metrics.result()
             out.update({k: m[k] for k in ("accuracy", "precision", "recall", "f1", "mcc", "roc_auc",
-                                          "confusion_matrix", "per_class")}, rows_labelled=int(len(y)))
+                                          "confusion_matrix", "per_class")}, rows_labelled=self.metrics.rows)
         busy = self.prepare_s + self.infer_s
         out.update({
             "tweets_per_s": self.rows / busy if busy else None,
@@ -58,8 +55,7 @@ class ModelRun:
         return out
 
     def roc(self):
-        y, s = np.concatenate(self.labels), np.concatenate(self.scores)
-        return roc_curve(y, s)
+        return self.metrics.roc_curve()
 
 
 class PredictionWriter:
@@ -216,9 +212,8 @@ def _read_rows(path: Path, size: int, runs: list) -> None:
             n = int(np.frombuffer(data, np.int64, 1, pos)[0])
             pos += 8
             if n:
-                run.labels.append(np.frombuffer(data, np.int8, n, pos).copy())
-                run.preds.append(np.frombuffer(data, np.int8, n, pos + n).copy())
-                run.scores.append(np.frombuffer(data, np.float32, n, pos + 2 * n).copy())
+                run.metrics.add(np.frombuffer(data, np.int8, n, pos), np.frombuffer(data, np.int8, n, pos + n),
+                                np.frombuffer(data, np.float32, n, pos + 2 * n))
             pos += 6 * n
 
 
@@ -370,9 +365,7 @@ def score_files(inputs: list[str], models: list[str], provider: str = "auto", pr
                 labels = chunk.label_array()
                 has = labels != NO_LABEL
                 if has.any():
-                    run.labels.append(labels[has])
-                    run.preds.append(out.pred[has].astype(np.int8))
-                    run.scores.append(out.score[has].astype(np.float32))
+                    run.metrics.add(labels[has], out.pred[has], out.score[has])
                 if rows_file:
                     _append_rows(rows_file, labels[has], out.pred[has], out.score[has])
                 results.append(out)
@@ -423,7 +416,7 @@ def score_files(inputs: list[str], models: list[str], provider: str = "auto", pr
     if metrics_path:
         Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
         Path(metrics_path).write_text(json.dumps(metrics, indent=2) + "\n")
-    if roc_path and any(r.labels for r in runs):
+    if roc_path and any(r.metrics.rows for r in runs):
         plot_roc(runs, summaries, roc_path)
     return ScoreResult(rows_read, rows_scored, rejects.count, wall, timings, load_s, runs, summaries, metrics)
 
@@ -436,7 +429,7 @@ def plot_roc(runs: list[ModelRun], summaries: dict, path: str) -> None:
 
     fig, ax = plt.subplots(figsize=(5.5, 5))
     for run in runs:
-        if not run.labels:
+        if not run.metrics.rows:
             continue
         fpr, tpr = run.roc()
         auc = summaries[run.name]["roc_auc"]

@@ -41,3 +41,30 @@ def test_auc_is_none_with_one_class_and_mcc_zero_when_degenerate():
     m = binary_metrics([1, 1, 1], [1, 1, 1], [0.2, 0.5, 0.9])
     assert m["roc_auc"] is None
     assert m["mcc"] == 0.0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_streaming_and_merged_metrics_equal_all_at_once(seed):
+    """Chunked accumulation (the scorer) and per-shard score counts (the Ray engine) give the one-shot figures
+    exactly, ties included (scores rounded so that many repeat)."""
+    from tsinfer.infer.metrics import StreamingMetrics, roc_auc_from_counts, score_counts
+
+    rng = np.random.default_rng(seed)
+    n = 5000
+    y = rng.integers(0, 2, n)
+    s = np.round(rng.random(n).astype(np.float32) * 0.7 + y * 0.3, 2).astype(np.float32)
+    p = (s > 0.5).astype(int)
+    want = binary_metrics(y, p, s.astype(np.float64))
+    stream = StreamingMetrics()
+    parts = []
+    for a, b in zip([0, 7, 1000, 2500], [7, 1000, 2500, n]):
+        stream.add(y[a:b], p[a:b], s[a:b])
+        parts.append(score_counts(y[a:b], s[a:b]))
+    got = stream.result()
+    for key in ("accuracy", "mcc", "f1", "confusion_matrix", "per_class", "roc_auc"):
+        assert got[key] == want[key], key
+    assert want["roc_auc"] == pytest.approx(skm.roc_auc_score(y, s), abs=1e-12)
+    values, pos, neg = (np.concatenate(x) for x in zip(*parts))
+    assert roc_auc_from_counts(values, pos, neg) == want["roc_auc"]
+    fpr, tpr = stream.roc_curve()
+    assert fpr[0] == tpr[0] == 0 and fpr[-1] == tpr[-1] == 1 and (np.diff(fpr) >= 0).all()
