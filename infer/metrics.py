@@ -10,36 +10,18 @@ import math
 import numpy as np
 
 
-def score_counts(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Distinct scores with their positive and negative counts: the ROC-AUC's sufficient statistics, which add up
-    across shards (concatenate and pass to roc_auc_from_counts)."""
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    """Area under the ROC curve from scores (Mann-Whitney U with ties counted half); None with one class."""
     labels = np.asarray(labels).astype(bool)
     values, inverse = np.unique(np.asarray(scores, dtype=np.float64), return_inverse=True)
-    pos = np.bincount(inverse, weights=labels, minlength=values.size).astype(np.int64)
-    neg = np.bincount(inverse, minlength=values.size).astype(np.int64) - pos
-    return values, pos, neg
-
-
-def roc_auc_from_counts(values: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> float | None:
-    """Area under the ROC curve (Mann-Whitney U, ties counted half) from score counts; None with one class.
-
-    values may repeat (partial counts from several shards): equal values are merged first, so the result is the
-    same number as from all the rows at once.
-    """
-    values, inverse = np.unique(np.asarray(values, dtype=np.float64), return_inverse=True)
-    pos = np.bincount(inverse, weights=pos, minlength=values.size)
-    neg = np.bincount(inverse, weights=neg, minlength=values.size)
+    pos = np.bincount(inverse, weights=labels, minlength=values.size)
+    neg = np.bincount(inverse, minlength=values.size) - pos
     n_pos, n_neg = pos.sum(), neg.sum()
     if n_pos == 0 or n_neg == 0:
         return None
-    negatives_below = np.cumsum(neg) - neg
-    u = float(np.sum(pos * (negatives_below + neg / 2.0)))  # integers and halves: exact in float64 below 2**52
+    below = np.cumsum(neg) - neg
+    u = float(np.sum(pos * (below + neg / 2.0)))  # integers and halves: exact in float64 below 2**52
     return u / float(n_pos * n_neg)
-
-
-def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
-    """Area under the ROC curve from scores (Mann-Whitney U with ties counted half); None with one class."""
-    return roc_auc_from_counts(*score_counts(labels, scores))
 
 
 def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -100,60 +82,64 @@ def binary_metrics(labels, preds, scores=None) -> dict:
     return out
 
 
+SCORE_DECIMALS = 6
+SCORE_BINS = 10 ** SCORE_DECIMALS  # a score is written as b / 10**6; b in 0..SCORE_BINS is its bin
+
+
+def score_bins(scores: np.ndarray) -> np.ndarray:
+    """P(positive) in [0, 1] -> the integer b of its written form b / 10**6 (what the predictions file holds)."""
+    return np.rint(np.clip(np.asarray(scores, dtype=np.float64), 0.0, 1.0) * SCORE_BINS).astype(np.int64)
+
+
+def format_score_bins(bins: np.ndarray) -> list[str]:
+    """The written scores, '0.264187', made from the bins so that file and metrics agree to the last digit."""
+    return [f"{b // SCORE_BINS}.{b % SCORE_BINS:0{SCORE_DECIMALS}d}" for b in bins.tolist()]
+
+
 class StreamingMetrics:
-    """binary_metrics over a stream of chunks in little memory: the confusion matrix is summed as rows arrive, and
-    only the float32 score of each labelled row is kept (4 bytes a row, split by label) because an exact ROC-AUC
-    needs every score. result() gives the same figures as binary_metrics on all the rows at once."""
+    """binary_metrics of a stream of chunks, in fixed memory: the confusion matrix, and per class a histogram of
+    the written scores (1,000,001 bins, 16 MB, however many rows). The ROC-AUC is exact for the scores as written
+    (sklearn on the predictions file gives the same number), and the counts add up across shards and machines
+    (the Ray engine merges them with merge()).
+    """
 
     def __init__(self):
         self.cm = np.zeros((2, 2), dtype=np.int64)
-        self._scores: dict[int, list[np.ndarray]] = {0: [], 1: []}
-        self._sorted: dict[int, np.ndarray] = {}
+        self.hist = np.zeros((2, SCORE_BINS + 1), dtype=np.int64)
 
-    def add(self, labels: np.ndarray, preds: np.ndarray, scores: np.ndarray) -> None:
+    def add(self, labels: np.ndarray, preds: np.ndarray, bins: np.ndarray) -> None:
         labels = np.asarray(labels, dtype=np.int64)
         self.cm += confusion(labels, preds)
-        scores = np.asarray(scores, dtype=np.float32)
-        for label in (0, 1):
-            self._scores[label].append(scores[labels == label])
-        self._sorted = {}
+        np.add.at(self.hist, (labels, np.asarray(bins, dtype=np.int64)), 1)
+
+    def merge(self, cm: np.ndarray, labels: np.ndarray, bins: np.ndarray, counts: np.ndarray) -> None:
+        """Add partial counts: a confusion matrix and (label, bin, count) triples."""
+        self.cm += np.asarray(cm, dtype=np.int64).reshape(2, 2)
+        np.add.at(self.hist, (np.asarray(labels, dtype=np.int64), np.asarray(bins, dtype=np.int64)),
+                  np.asarray(counts, dtype=np.int64))
 
     @property
     def rows(self) -> int:
         return int(self.cm.sum())
 
-    def sorted_scores(self, label: int) -> np.ndarray:
-        """All scores of one class, sorted (built once, and the chunk arrays are then let go)."""
-        if label not in self._sorted:
-            parts = self._scores[label]
-            whole = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
-            whole.sort()
-            self._scores[label] = [whole]
-            self._sorted[label] = whole
-        return self._sorted[label]
-
-    def roc_auc(self, block: int = 1 << 16) -> float | None:
-        """Mann-Whitney U by counting, for each positive score, the negatives below it and half those equal to
-        it; in blocks, so the working memory stays small. Integers and halves: exact, as roc_auc()."""
-        pos, neg = self.sorted_scores(1), self.sorted_scores(0)
-        if not pos.size or not neg.size:
+    def roc_auc(self) -> float | None:
+        """Mann-Whitney U: for each positive, the negatives scored below it plus half those tied with it. Counted
+        in integers (twice U), so exact."""
+        neg, pos = self.hist
+        n_pos, n_neg = int(pos.sum()), int(neg.sum())
+        if not n_pos or not n_neg:
             return None
-        u = 0.0
-        for i in range(0, pos.size, block):
-            part = pos[i:i + block]
-            below = np.searchsorted(neg, part, side="left")
-            up_to = np.searchsorted(neg, part, side="right")
-            u += float(below.sum()) + float((up_to - below).sum()) / 2.0
-        return u / (float(pos.size) * float(neg.size))
+        below = np.cumsum(neg) - neg
+        twice_u = 2 * int(np.dot(pos, below)) + int(np.dot(pos, neg))
+        return twice_u / 2 / (n_pos * n_neg)
 
-    def roc_curve(self, points: int = 2000) -> tuple[np.ndarray, np.ndarray]:
-        """False and true positive rates at up to `points` thresholds spread over the scores (for plotting)."""
-        pos, neg = self.sorted_scores(1), self.sorted_scores(0)
-        everything = np.concatenate([pos[:: max(1, pos.size // points)], neg[:: max(1, neg.size // points)]])
-        thresholds = np.unique(everything)[::-1]
-        tpr = (pos.size - np.searchsorted(pos, thresholds, side="left")) / max(pos.size, 1)
-        fpr = (neg.size - np.searchsorted(neg, thresholds, side="left")) / max(neg.size, 1)
-        return np.r_[0.0, fpr, 1.0], np.r_[0.0, tpr, 1.0]
+    def roc_curve(self) -> tuple[np.ndarray, np.ndarray]:
+        """False and true positive rates at every written score that occurs, from the highest down."""
+        neg, pos = self.hist
+        seen = np.flatnonzero(neg + pos)[::-1]
+        tpr = np.cumsum(pos[seen]) / max(int(pos.sum()), 1)
+        fpr = np.cumsum(neg[seen]) / max(int(neg.sum()), 1)
+        return np.r_[0.0, fpr], np.r_[0.0, tpr]
 
     def result(self) -> dict:
         out = metrics_from_confusion(self.cm)

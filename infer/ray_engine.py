@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tsinfer.infer.metrics import metrics_from_confusion, roc_auc_from_counts, score_counts
+from tsinfer.infer.metrics import SCORE_BINS, StreamingMetrics, score_bins
 from tsinfer.infer.models import ModelError, load_scorer, read_meta
 from tsinfer.infer.reader import DEFAULT_CHUNK_ROWS, NO_LABEL, TEXT_DECODING, InputError, parse_chunks
 
@@ -133,7 +133,7 @@ class ChunkScorer:
             for scorer, (preds, scores) in zip(self.scorers, results):
                 scored = scorer.score(scorer.prepare(texts))
                 preds.append(scored.pred.astype(np.int8))
-                scores.append(scored.score.astype(np.float64))
+                scores.append(score_bins(scored.score) / SCORE_BINS)  # as the local path writes them
         table = {"shard": pa.array(out["shard"], pa.string()), "line": pa.array(out["line"], pa.int64()),
                  "id": pa.array(out["id"], pa.string()), "label": pa.array(out["label"], pa.int8())}
         for (pred_col, score_col), (preds, scores) in zip(self.columns, results):
@@ -158,57 +158,49 @@ def explode_rejects(batch):
 
 
 def count_partials(batch, columns: list[tuple[str, str]]):
-    """Ray map_batches over the written predictions: per model, the labelled rows' (label, pred) counts and
-    (label, float32 score) counts of this block. They add up exactly across blocks and shards."""
+    """Ray map_batches over the written predictions: per model, this block's confusion matrix and its labelled
+    rows' counts per (label, written score). They add up exactly across blocks, shards and machines."""
     import pyarrow as pa
 
-    label = batch["label"].to_numpy(zero_copy_only=False)
-    keep = ~np.isnan(label.astype(np.float64))
+    label = batch["label"].to_numpy(zero_copy_only=False).astype(np.float64)
+    keep = ~np.isnan(label)
     y = label[keep].astype(np.int64)
-    out = {"model": [], "kind": [], "label": [], "value": [], "n": []}
+    out = {"model": [], "label": [], "bin": [], "n": []}
     for k, (pred_col, score_col) in enumerate(columns):
         pred = batch[pred_col].to_numpy(zero_copy_only=False)[keep].astype(np.int64)
         cm = np.bincount(y * 2 + pred, minlength=4)
         out["model"] += [k] * 4
-        out["kind"] += ["cm"] * 4
         out["label"] += [0, 0, 1, 1]
-        out["value"] += [0.0, 1.0, 0.0, 1.0]
+        out["bin"] += [-1, -2, -1, -2]  # negative bins: the confusion matrix (pred 0 -> -1, pred 1 -> -2)
         out["n"] += cm.tolist()
-        # scores as the local path keeps them for its metrics (float32), so both give the same ROC-AUC
-        score = batch[score_col].to_numpy(zero_copy_only=False)[keep].astype(np.float32).astype(np.float64)
-        values, pos, neg = score_counts(y, score)
-        for lab, counts in ((1, pos), (0, neg)):
-            nz = counts > 0
-            out["model"] += [k] * int(nz.sum())
-            out["kind"] += ["score"] * int(nz.sum())
-            out["label"] += [lab] * int(nz.sum())
-            out["value"] += values[nz].tolist()
-            out["n"] += counts[nz].tolist()
-    return pa.table({"model": pa.array(out["model"], pa.int64()), "kind": pa.array(out["kind"], pa.string()),
-                     "label": pa.array(out["label"], pa.int64()), "value": pa.array(out["value"], pa.float64()),
-                     "n": pa.array(out["n"], pa.int64())})
+        bins = score_bins(batch[score_col].to_numpy(zero_copy_only=False)[keep])
+        pairs, counts = np.unique(np.stack([y, bins]), axis=1, return_counts=True)
+        out["model"] += [k] * len(counts)
+        out["label"] += pairs[0].tolist()
+        out["bin"] += pairs[1].tolist()
+        out["n"] += counts.tolist()
+    return pa.table({name: pa.array(values, pa.int64()) for name, values in out.items()})
 
 
 def merge_metrics(partials, names: list[str]) -> dict:
-    """Metrics per model from the partial counts of every block (a pandas frame)."""
+    """Metrics per model from the partial counts of every block (a pandas frame), by infer.metrics.StreamingMetrics:
+    the local path's own accumulator, so both engines give the same numbers."""
     summaries = {}
     for k, name in enumerate(names):
         mine = partials[partials["model"] == k]
-        cm_rows = mine[mine["kind"] == "cm"]
+        lab, bins, n = (mine[c].to_numpy().astype(np.int64) for c in ("label", "bin", "n"))
         cm = np.zeros(4, dtype=np.int64)
-        np.add.at(cm, (cm_rows["label"].to_numpy() * 2 + cm_rows["value"].to_numpy().astype(np.int64)),
-                  cm_rows["n"].to_numpy())
-        if cm.sum() == 0:
+        is_cm = bins < 0
+        np.add.at(cm, lab[is_cm] * 2 + (-bins[is_cm] - 1), n[is_cm])
+        metrics = StreamingMetrics()
+        metrics.merge(cm, lab[~is_cm], bins[~is_cm], n[~is_cm])
+        if not metrics.rows:
             summaries[name] = {"model": name, "rows_labelled": 0}
             continue
-        m = metrics_from_confusion(cm.reshape(2, 2))
-        s = mine[mine["kind"] == "score"]
-        is_pos = s["label"].to_numpy() == 1
-        n = s["n"].to_numpy()
-        m["roc_auc"] = roc_auc_from_counts(s["value"].to_numpy(), np.where(is_pos, n, 0), np.where(is_pos, 0, n))
-        summaries[name] = dict({k2: m[k2] for k2 in ("accuracy", "precision", "recall", "f1", "mcc", "roc_auc",
-                                                      "confusion_matrix", "per_class")},
-                               model=name, rows_labelled=int(cm.sum()))
+        m = metrics.result()
+        summaries[name] = dict({key: m[key] for key in ("accuracy", "precision", "recall", "f1", "mcc", "roc_auc",
+                                                        "confusion_matrix", "per_class")},
+                               model=name, rows_labelled=metrics.rows)
     return summaries
 
 
@@ -299,8 +291,7 @@ def score_with_ray(inputs: list[str], models: list[str], output: str, fmt: str =
         import pandas as pd
 
         partials = (written.map_batches(count_partials, fn_kwargs={"columns": columns}, batch_format="pyarrow")
-                    .to_pandas() if written is not None else pd.DataFrame(columns=["model", "kind", "label",
-                                                                                   "value", "n"]))
+                    .to_pandas() if written is not None else pd.DataFrame(columns=["model", "label", "bin", "n"]))
         summaries = merge_metrics(partials, names)
     except ray.exceptions.RayError as e:  # an actor or task failed: its own one-line reason, not Ray's traceback
         reason = next((line.strip() for line in reversed(str(e).splitlines())

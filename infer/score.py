@@ -19,10 +19,13 @@ from pathlib import Path
 import numpy as np
 
 from tsinfer.infer.batching import CHUNK_ROWS_BY_PROVIDER
-from tsinfer.infer.metrics import StreamingMetrics
+from tsinfer.infer.metrics import StreamingMetrics, format_score_bins, score_bins
 from tsinfer.infer.models import load_scorer
 from tsinfer.infer.reader import (DEFAULT_CHUNK_ROWS, NO_LABEL, Chunk, InputError, input_size, iter_chunks,
                                   open_text, tsv_field, tsv_line)
+
+
+GIL_SWITCH_INTERVAL_S = 0.0005  # while scoring (see score_files); None keeps Python's default
 
 
 @dataclass
@@ -35,7 +38,7 @@ class ModelRun:
     tokens: int = 0
     padded: int = 0
     truncated: int = 0
-    metrics: StreamingMetrics = field(default_factory=StreamingMetrics)  # labelled rows: 4 bytes each
+    metrics: StreamingMetrics = field(default_factory=StreamingMetrics)  # fixed size, see infer.metrics
 
     def summary(self, wall_s: float) -> dict:
         out = {"model": self.name, "kind": self.scorer.kind, "provider": self.scorer.provider,
@@ -89,12 +92,12 @@ class PredictionWriter:
         self.fh.flush()
         return os.fstat(self.fh.fileno()).st_size
 
-    def write(self, chunk: Chunk, results: list) -> None:
+    def write(self, chunk: Chunk, results: list, bins: list) -> None:
         labels = ["" if lab == NO_LABEL else str(lab) for lab in chunk.labels]
         cols = []
-        for r in results:
+        for r, b in zip(results, bins):
             cols.append(list(map(str, r.pred.tolist())))
-            cols.append([f"{s:.6f}" for s in r.score.tolist()])
+            cols.append(format_score_bins(b))
         if self.tsv:  # only the ids can need quoting: the other fields are written here
             ids = list(map(tsv_field, chunk.ids))
             self.fh.write("".join("\t".join(row) + "\n" for row in zip(ids, labels, *cols)))
@@ -103,7 +106,7 @@ class PredictionWriter:
             for row in zip(chunk.ids, labels, *cols):
                 rec = {"id": row[0], "label": int(row[1]) if row[1] else None}
                 for k, name in enumerate(self.columns[2:]):
-                    rec[name] = row[2 + k] if name.startswith("pred") else float(row[2 + k])
+                    rec[name] = int(row[2 + k]) if name.startswith("pred") else float(row[2 + k])
                 buf.write(json.dumps(rec, ensure_ascii=False) + "\n")
             self.fh.write(buf.getvalue())
 
@@ -198,9 +201,9 @@ class Checkpoint:
         self.rows_path.unlink(missing_ok=True)
 
 
-def _append_rows(fh, labels: np.ndarray, preds: np.ndarray, scores: np.ndarray) -> None:
+def _append_rows(fh, labels: np.ndarray, preds: np.ndarray, bins: np.ndarray) -> None:
     fh.write(np.int64(len(labels)).tobytes() + labels.astype(np.int8).tobytes() + preds.astype(np.int8).tobytes()
-             + scores.astype(np.float32).tobytes())
+             + bins.astype(np.int32).tobytes())
 
 
 def _read_rows(path: Path, size: int, runs: list) -> None:
@@ -213,7 +216,7 @@ def _read_rows(path: Path, size: int, runs: list) -> None:
             pos += 8
             if n:
                 run.metrics.add(np.frombuffer(data, np.int8, n, pos), np.frombuffer(data, np.int8, n, pos + n),
-                                np.frombuffer(data, np.float32, n, pos + 2 * n))
+                                np.frombuffer(data, np.int32, n, pos + 2 * n))
             pos += 6 * n
 
 
@@ -324,6 +327,11 @@ def score_files(inputs: list[str], models: list[str], provider: str = "auto", pr
             work.put(e)
 
     producer = threading.Thread(target=produce, name="tsinfer-reader", daemon=True)
+    # The reader thread runs Python while onnxruntime runs without the GIL; when a batch returns, the main thread
+    # waits up to the switch interval (5 ms by default) to get the GIL back, the accelerator idle meanwhile.
+    switch_interval = sys.getswitchinterval()
+    if GIL_SWITCH_INTERVAL_S:
+        sys.setswitchinterval(min(switch_interval, GIL_SWITCH_INTERVAL_S))
     producer.start()
     bar = _progress(progress, inputs)
 
@@ -349,7 +357,7 @@ def score_files(inputs: list[str], models: list[str], provider: str = "auto", pr
                 raise StrictError(f"{source}, line {bad.line}: {bad.reason} (--strict stops at the first bad row; "
                                   "without it bad rows go to the rejects file)")
             rejects.write(source, chunk)
-            results = []
+            results, bins = [], []
             for run, prep in zip(runs, prepared):
                 if not len(chunk):
                     continue
@@ -364,14 +372,16 @@ def score_files(inputs: list[str], models: list[str], provider: str = "auto", pr
                 run.truncated += out.truncated
                 labels = chunk.label_array()
                 has = labels != NO_LABEL
+                written = score_bins(out.score)  # the scores as written: the metrics are the file's
                 if has.any():
-                    run.metrics.add(labels[has], out.pred[has], out.score[has])
+                    run.metrics.add(labels[has], out.pred[has], written[has])
                 if rows_file:
-                    _append_rows(rows_file, labels[has], out.pred[has], out.score[has])
+                    _append_rows(rows_file, labels[has], out.pred[has], written[has])
                 results.append(out)
+                bins.append(written)
             t = time.perf_counter()
             if len(chunk):
-                writer.write(chunk, results)
+                writer.write(chunk, results, bins)
             timings["write_s"] += time.perf_counter() - t
             rows_scored += len(chunk)
             rows_read += len(chunk) + len(chunk.rejects)
@@ -390,6 +400,7 @@ def score_files(inputs: list[str], models: list[str], provider: str = "auto", pr
     except KeyboardInterrupt:
         raise Interrupted(rows_read, rows_scored, resumable=checkpoint is not None) from None
     finally:
+        sys.setswitchinterval(switch_interval)
         stop.set()
         while producer.is_alive():  # let the reader thread finish its chunk: a daemon thread killed inside
             try:                    # native tokenizer code at exit aborts the process

@@ -45,26 +45,30 @@ def test_auc_is_none_with_one_class_and_mcc_zero_when_degenerate():
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_streaming_and_merged_metrics_equal_all_at_once(seed):
-    """Chunked accumulation (the scorer) and per-shard score counts (the Ray engine) give the one-shot figures
-    exactly, ties included (scores rounded so that many repeat)."""
-    from tsinfer.infer.metrics import StreamingMetrics, roc_auc_from_counts, score_counts
+    """Chunked accumulation (the local scorer) and merged partial counts (the Ray engine) give the one-shot
+    figures on the written (6-decimal) scores exactly, ties included."""
+    from tsinfer.infer.metrics import StreamingMetrics, format_score_bins, score_bins
 
     rng = np.random.default_rng(seed)
     n = 5000
     y = rng.integers(0, 2, n)
-    s = np.round(rng.random(n).astype(np.float32) * 0.7 + y * 0.3, 2).astype(np.float32)
+    s = rng.random(n) * 0.7 + y * 0.3
+    s[::7] = np.round(s[::7], 2)  # many ties
     p = (s > 0.5).astype(int)
-    want = binary_metrics(y, p, s.astype(np.float64))
-    stream = StreamingMetrics()
-    parts = []
+    bins = score_bins(s)
+    written = np.array([float(x) for x in format_score_bins(bins)])
+    assert np.abs(written - s).max() <= 5e-7 + 1e-12
+    want = binary_metrics(y, p, written)
+    stream, merged = StreamingMetrics(), StreamingMetrics()
     for a, b in zip([0, 7, 1000, 2500], [7, 1000, 2500, n]):
-        stream.add(y[a:b], p[a:b], s[a:b])
-        parts.append(score_counts(y[a:b], s[a:b]))
-    got = stream.result()
-    for key in ("accuracy", "mcc", "f1", "confusion_matrix", "per_class", "roc_auc"):
-        assert got[key] == want[key], key
-    assert want["roc_auc"] == pytest.approx(skm.roc_auc_score(y, s), abs=1e-12)
-    values, pos, neg = (np.concatenate(x) for x in zip(*parts))
-    assert roc_auc_from_counts(values, pos, neg) == want["roc_auc"]
+        stream.add(y[a:b], p[a:b], bins[a:b])
+        pairs, counts = np.unique(np.stack([y[a:b], bins[a:b]]), axis=1, return_counts=True)
+        merged.merge(np.bincount(y[a:b] * 2 + p[a:b], minlength=4), pairs[0], pairs[1], counts)
+    for got in (stream.result(), merged.result()):
+        for key in ("accuracy", "mcc", "f1", "confusion_matrix", "per_class", "roc_auc"):
+            assert got[key] == want[key], key
+    assert want["roc_auc"] == pytest.approx(skm.roc_auc_score(y, written), abs=1e-12)
     fpr, tpr = stream.roc_curve()
-    assert fpr[0] == tpr[0] == 0 and fpr[-1] == tpr[-1] == 1 and (np.diff(fpr) >= 0).all()
+    ref_fpr, ref_tpr, _ = skm.roc_curve(y, written, drop_intermediate=False)
+    np.testing.assert_allclose(fpr, ref_fpr)
+    np.testing.assert_allclose(tpr, ref_tpr)

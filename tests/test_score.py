@@ -84,6 +84,7 @@ def test_jsonl_output_and_single_model_flat_metrics(all_artifacts, small_data, t
     assert r.metrics == json.loads((tmp_path / "m.json").read_text())
     recs = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert len(recs) == 300 and set(recs[0]) == {"id", "label", "pred", "score"}
+    assert all(isinstance(r["pred"], int) and isinstance(r["score"], float) for r in recs)
     flat = json.loads((tmp_path / "m.json").read_text())
     for key in ("model", "provider", "precision_mode", "rows_read", "rows_scored", "rows_rejected", "accuracy",
                 "precision", "recall", "f1", "mcc", "roc_auc", "confusion_matrix", "tweets_per_s", "tokens_per_s",
