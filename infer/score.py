@@ -25,9 +25,6 @@ from tsinfer.infer.reader import (DEFAULT_CHUNK_ROWS, NO_LABEL, Chunk, InputErro
                                   open_text, tsv_field, tsv_line)
 
 
-GIL_SWITCH_INTERVAL_S = 0.0005  # while scoring (see score_files); None keeps Python's default
-
-
 @dataclass
 class ModelRun:
     name: str
@@ -327,11 +324,6 @@ def score_files(inputs: list[str], models: list[str], provider: str = "auto", pr
             work.put(e)
 
     producer = threading.Thread(target=produce, name="tsinfer-reader", daemon=True)
-    # The reader thread runs Python while onnxruntime runs without the GIL; when a batch returns, the main thread
-    # waits up to the switch interval (5 ms by default) to get the GIL back, the accelerator idle meanwhile.
-    switch_interval = sys.getswitchinterval()
-    if GIL_SWITCH_INTERVAL_S:
-        sys.setswitchinterval(min(switch_interval, GIL_SWITCH_INTERVAL_S))
     producer.start()
     bar = _progress(progress, inputs)
 
@@ -400,7 +392,6 @@ def score_files(inputs: list[str], models: list[str], provider: str = "auto", pr
     except KeyboardInterrupt:
         raise Interrupted(rows_read, rows_scored, resumable=checkpoint is not None) from None
     finally:
-        sys.setswitchinterval(switch_interval)
         stop.set()
         while producer.is_alive():  # let the reader thread finish its chunk: a daemon thread killed inside
             try:                    # native tokenizer code at exit aborts the process

@@ -134,9 +134,9 @@ def torch_dynamic(model, enc, device: str, batch_tokens: int, max_batch: int) ->
 @click.option("--work", type=click.Path(path_type=Path), default=Path("/tmp/tsinfer-gpu"))
 @click.option("--rows", default=200_000, show_default=True)
 @click.option("--seed-rows", default=4096, show_default=True)
-@click.option("--configs", default="65536:2048:16384,131072:2048:16384,262144:8192:16384", show_default=True,
+@click.option("--configs", default="131072:2048:16384,131072:2048:65536,262144:8192:65536", show_default=True,
               help="batch_tokens:max_batch:chunk_rows settings tried with the default fusion.")
-@click.option("--variants", default="default", show_default=True,
+@click.option("--variants", default="default,fastgelu,mha", show_default=True,
               help=f"fp16 fusion variants, each scored at the best setting ({', '.join(FUSION_VARIANTS)}).")
 @click.option("--minilm-fp16", type=click.Path(path_type=Path), default=Path("artifacts/onnx/bert/model_fp16.onnx"),
               help="The fine-tuned MiniLM's fp16 file: scored on test.tsv for fp16 parity, when present.")
@@ -238,14 +238,6 @@ def main(data, tokenizer_dir, out, work, rows, seed_rows, configs, variants, min
 
     tried = [tsinfer_run("default", *map(int, c.split(":"))) for c in configs.split(",")]
     best_setting = max(tried, key=lambda e: e["tweets_per_s"])["setting"]
-    # the same setting with Python's default 5 ms GIL switch interval (score.py shortens it while scoring)
-    from tsinfer.infer import score as score_module
-
-    kept, score_module.GIL_SWITCH_INTERVAL_S = score_module.GIL_SWITCH_INTERVAL_S, None
-    baseline = tsinfer_run("default", *best_setting)
-    baseline["name"] += ", Python's default 5 ms GIL switch interval"
-    score_module.GIL_SWITCH_INTERVAL_S = kept
-    save()
     for variant in folders:
         if variant != "default":
             tried.append(tsinfer_run(variant, *best_setting))
