@@ -7,6 +7,10 @@
 #   calls 1..4:  carry [".ortgpu/pK"], command `ls .ortgpu/*/`   (back to back: the machine stays warm ~30 s)
 #   last call:   carry [".ortgpu/p5", ".ortgpu/WHEEL_NAME", "data/test.tsv", "artifacts/onnx/bert/tokenizer.json"],
 #                command `bash benchmarks/gpu/run.sh`
+#   optional, for the fp16 parity of the trained MiniLM: also carry "artifacts/onnx/bert/model_fp16.onnx" and
+#                ".gpucheck/fp32_cpu.tsv", made here first with (ignore .gpucheck in .git/info/exclude)
+#                `tsinfer score data/test.tsv --model artifacts/onnx/bert --provider cpu --precision fp32
+#                 --output .gpucheck/fp32_cpu.tsv`
 # Any extra arguments go to benchmarks/gpu/bench.py (e.g. --rows 400000).
 set -euo pipefail
 OUT="${OUT:-benchmarks/results/gpu-run}"
