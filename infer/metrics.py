@@ -100,23 +100,19 @@ class StreamingMetrics:
     """binary_metrics of a stream of chunks, in fixed memory: the confusion matrix, and per class a histogram of
     the written scores (1,000,001 bins, 16 MB, however many rows). The ROC-AUC is exact for the scores as written
     (sklearn on the predictions file gives the same number), and the counts add up across shards and machines
-    (the Ray engine merges them with merge()).
+    (the Ray engine adds up per-block counts with add(..., counts)).
     """
 
     def __init__(self):
         self.cm = np.zeros((2, 2), dtype=np.int64)
         self.hist = np.zeros((2, SCORE_BINS + 1), dtype=np.int64)
 
-    def add(self, labels: np.ndarray, preds: np.ndarray, bins: np.ndarray) -> None:
-        labels = np.asarray(labels, dtype=np.int64)
-        self.cm += confusion(labels, preds)
-        np.add.at(self.hist, (labels, np.asarray(bins, dtype=np.int64)), 1)
-
-    def merge(self, cm: np.ndarray, labels: np.ndarray, bins: np.ndarray, counts: np.ndarray) -> None:
-        """Add partial counts: a confusion matrix and (label, bin, count) triples."""
-        self.cm += np.asarray(cm, dtype=np.int64).reshape(2, 2)
-        np.add.at(self.hist, (np.asarray(labels, dtype=np.int64), np.asarray(bins, dtype=np.int64)),
-                  np.asarray(counts, dtype=np.int64))
+    def add(self, labels: np.ndarray, preds: np.ndarray, bins: np.ndarray, counts: np.ndarray | None = None) -> None:
+        """Add rows (label, pred, score bin), or with counts, partial counts of such triples (the Ray engine)."""
+        labels, preds = np.asarray(labels, dtype=np.int64), np.asarray(preds, dtype=np.int64)
+        counts = 1 if counts is None else np.asarray(counts, dtype=np.int64)
+        np.add.at(self.cm, (labels, preds), counts)
+        np.add.at(self.hist, (labels, np.asarray(bins, dtype=np.int64)), counts)
 
     @property
     def rows(self) -> int:
@@ -145,3 +141,11 @@ class StreamingMetrics:
         out = metrics_from_confusion(self.cm)
         out["roc_auc"] = self.roc_auc()
         return out
+
+    def summary(self) -> dict:
+        """The figures a scoring run reports per model (both engines), with rows_labelled; {} without labels."""
+        if not self.rows:
+            return {}
+        m = self.result()
+        keys = ("accuracy", "precision", "recall", "f1", "mcc", "roc_auc", "confusion_matrix", "per_class")
+        return dict({k: m[k] for k in keys}, rows_labelled=self.rows)

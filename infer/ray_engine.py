@@ -29,6 +29,7 @@ import numpy as np
 from tsinfer.infer.metrics import SCORE_BINS, StreamingMetrics, score_bins
 from tsinfer.infer.models import ModelError, load_scorer, read_meta
 from tsinfer.infer.reader import DEFAULT_CHUNK_ROWS, NO_LABEL, TEXT_DECODING, InputError, parse_chunks
+from tsinfer.infer.score import model_names, prediction_columns
 
 FORMATS = ("parquet", "tsv")
 
@@ -89,22 +90,6 @@ def parse_shards(batch, chunk_rows: int = DEFAULT_CHUNK_ROWS):
     return pa.Table.from_pydict(rows, schema=_chunk_schema())
 
 
-def model_names(models: list[str]) -> list[str]:
-    """Output column names per model, as the local path names them (folder name, made unique)."""
-    names: list[str] = []
-    for folder in models:
-        name = Path(folder).name or "model"
-        while name in names:
-            name += "_"
-        names.append(name)
-    return names
-
-
-def prediction_columns(names: list[str]) -> list[tuple[str, str]]:
-    """(pred column, score column) per model: pred/score for one model, pred_NAME/score_NAME for several."""
-    return [("pred", "score")] if len(names) == 1 else [(f"pred_{n}", f"score_{n}") for n in names]
-
-
 class ChunkScorer:
     """Ray actor: one onnxruntime session per model, loaded once; scores whole chunks as the local path does."""
 
@@ -158,26 +143,21 @@ def explode_rejects(batch):
 
 
 def count_partials(batch, columns: list[tuple[str, str]]):
-    """Ray map_batches over the written predictions: per model, this block's confusion matrix and its labelled
-    rows' counts per (label, written score). They add up exactly across blocks, shards and machines."""
+    """Ray map_batches over the written predictions: per model, this block's labelled rows counted per
+    (label, pred, written score). They add up exactly across blocks, shards and machines."""
     import pyarrow as pa
 
     label = batch["label"].to_numpy(zero_copy_only=False).astype(np.float64)
     keep = ~np.isnan(label)
     y = label[keep].astype(np.int64)
-    out = {"model": [], "label": [], "bin": [], "n": []}
+    out = {"model": [], "label": [], "pred": [], "bin": [], "n": []}
     for k, (pred_col, score_col) in enumerate(columns):
         pred = batch[pred_col].to_numpy(zero_copy_only=False)[keep].astype(np.int64)
-        cm = np.bincount(y * 2 + pred, minlength=4)
-        out["model"] += [k] * 4
-        out["label"] += [0, 0, 1, 1]
-        out["bin"] += [-1, -2, -1, -2]  # negative bins: the confusion matrix (pred 0 -> -1, pred 1 -> -2)
-        out["n"] += cm.tolist()
         bins = score_bins(batch[score_col].to_numpy(zero_copy_only=False)[keep])
-        pairs, counts = np.unique(np.stack([y, bins]), axis=1, return_counts=True)
+        triples, counts = np.unique(np.stack([y, pred, bins]), axis=1, return_counts=True)
         out["model"] += [k] * len(counts)
-        out["label"] += pairs[0].tolist()
-        out["bin"] += pairs[1].tolist()
+        for name, values in zip(("label", "pred", "bin"), triples):
+            out[name] += values.tolist()
         out["n"] += counts.tolist()
     return pa.table({name: pa.array(values, pa.int64()) for name, values in out.items()})
 
@@ -188,19 +168,9 @@ def merge_metrics(partials, names: list[str]) -> dict:
     summaries = {}
     for k, name in enumerate(names):
         mine = partials[partials["model"] == k]
-        lab, bins, n = (mine[c].to_numpy().astype(np.int64) for c in ("label", "bin", "n"))
-        cm = np.zeros(4, dtype=np.int64)
-        is_cm = bins < 0
-        np.add.at(cm, lab[is_cm] * 2 + (-bins[is_cm] - 1), n[is_cm])
         metrics = StreamingMetrics()
-        metrics.merge(cm, lab[~is_cm], bins[~is_cm], n[~is_cm])
-        if not metrics.rows:
-            summaries[name] = {"model": name, "rows_labelled": 0}
-            continue
-        m = metrics.result()
-        summaries[name] = dict({key: m[key] for key in ("accuracy", "precision", "recall", "f1", "mcc", "roc_auc",
-                                                        "confusion_matrix", "per_class")},
-                               model=name, rows_labelled=metrics.rows)
+        metrics.add(*(mine[c].to_numpy().astype(np.int64) for c in ("label", "pred", "bin", "n")))
+        summaries[name] = dict(metrics.summary(), model=name, rows_labelled=metrics.rows)
     return summaries
 
 
@@ -291,7 +261,7 @@ def score_with_ray(inputs: list[str], models: list[str], output: str, fmt: str =
         import pandas as pd
 
         partials = (written.map_batches(count_partials, fn_kwargs={"columns": columns}, batch_format="pyarrow")
-                    .to_pandas() if written is not None else pd.DataFrame(columns=["model", "label", "bin", "n"]))
+                    .to_pandas() if written is not None else pd.DataFrame(columns=["model", "label", "pred", "bin", "n"]))
         summaries = merge_metrics(partials, names)
     except ray.exceptions.RayError as e:  # an actor or task failed: its own one-line reason, not Ray's traceback
         reason = next((line.strip() for line in reversed(str(e).splitlines())

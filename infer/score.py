@@ -40,10 +40,7 @@ class ModelRun:
     def summary(self, wall_s: float) -> dict:
         out = {"model": self.name, "kind": self.scorer.kind, "provider": self.scorer.provider,
                "precision_mode": self.scorer.precision, "file": self.scorer.file}
-        if self.metrics.rows:
-            m = self.metrics.result()
-            out.update({k: m[k] for k in ("accuracy", "precision", "recall", "f1", "mcc", "roc_auc",
-                                          "confusion_matrix", "per_class")}, rows_labelled=self.metrics.rows)
+        out.update(self.metrics.summary())
         busy = self.prepare_s + self.infer_s
         out.update({
             "tweets_per_s": self.rows / busy if busy else None,
@@ -58,6 +55,22 @@ class ModelRun:
         return self.metrics.roc_curve()
 
 
+def model_names(models: list[str]) -> list[str]:
+    """One name per model folder (its folder name, made unique): the suffix of its output columns."""
+    names: list[str] = []
+    for folder in models:
+        name = Path(folder).name or "model"
+        while name in names:
+            name += "_"
+        names.append(name)
+    return names
+
+
+def prediction_columns(names: list[str]) -> list[tuple[str, str]]:
+    """(pred column, score column) per model: pred/score for one model, pred_NAME/score_NAME for several."""
+    return [("pred", "score")] if len(names) == 1 else [(f"pred_{n}", f"score_{n}") for n in names]
+
+
 class PredictionWriter:
     """TSV (csv-quoted where a field needs it, so the reader reads it back) or JSONL, to a file or stdout.
 
@@ -69,9 +82,7 @@ class PredictionWriter:
     def __init__(self, path: str | None, names: list[str], fmt: str = "tsv", resume_bytes: int | None = None):
         self.path, self.names, self.fmt = path, names, fmt
         self.tsv = fmt == "tsv"
-        single = len(names) == 1
-        self.columns = ["id", "label"] + (["pred", "score"] if single else
-                                          [c for n in names for c in (f"pred_{n}", f"score_{n}")])
+        self.columns = ["id", "label"] + [c for pair in prediction_columns(names) for c in pair]
         if path in (None, "-"):
             self.tmp, self.fh = None, sys.stdout
         else:
@@ -253,14 +264,9 @@ def score_files(inputs: list[str], models: list[str], provider: str = "auto", pr
     for source in inputs:  # fail on a missing or unreadable input before loading any model
         if source != "-":
             open_text(source).close()
-    runs = []
-    for folder in models:
-        scorer = load_scorer(folder, provider, precision, threads, verify,
-                             **({"batch_tokens": batch_tokens, "max_batch": max_batch}))
-        name = Path(folder).name or "model"
-        while name in {r.name for r in runs}:
-            name += "_"
-        runs.append(ModelRun(name, scorer))
+    runs = [ModelRun(name, load_scorer(folder, provider, precision, threads, verify, batch_tokens=batch_tokens,
+                                       max_batch=max_batch))
+            for name, folder in zip(model_names(models), models)]
     for run in runs:
         run.scorer.warm_up()
     chunk_rows = chunk_rows or CHUNK_ROWS_BY_PROVIDER.get(runs[0].scorer.provider, DEFAULT_CHUNK_ROWS)

@@ -62,8 +62,8 @@ def test_streaming_and_merged_metrics_equal_all_at_once(seed):
     stream, merged = StreamingMetrics(), StreamingMetrics()
     for a, b in zip([0, 7, 1000, 2500], [7, 1000, 2500, n]):
         stream.add(y[a:b], p[a:b], bins[a:b])
-        pairs, counts = np.unique(np.stack([y[a:b], bins[a:b]]), axis=1, return_counts=True)
-        merged.merge(np.bincount(y[a:b] * 2 + p[a:b], minlength=4), pairs[0], pairs[1], counts)
+        triples, counts = np.unique(np.stack([y[a:b], p[a:b], bins[a:b]]), axis=1, return_counts=True)
+        merged.add(*triples, counts)
     for got in (stream.result(), merged.result()):
         for key in ("accuracy", "mcc", "f1", "confusion_matrix", "per_class", "roc_auc"):
             assert got[key] == want[key], key
