@@ -21,6 +21,17 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 FILES = {"fp32": "model.onnx", "fp16": "model_fp16.onnx", "int8": "model_int8.onnx"}
 PROVIDERS = {"fp32": ["cpu", "cuda", "tensorrt"], "fp16": ["cuda", "tensorrt"], "int8": ["cpu"]}
 DEFAULT_PRECISION = {"cpu": "int8", "cuda": "fp16", "tensorrt": "fp16"}
+# Layouts of the fp16 (CUDA) graph: fusion options, packing (RemovePadding/RestorePadding around the encoder, so
+# that every MatMul, norm and attention runs on real tokens only, never on padding) and the CUDA provider options
+# the graph wants (written to meta.json). benchmarks/gpu measures each; GPU_LAYOUT is the one that won there.
+GPU_LAYOUTS = {
+    "padded": {"fusion": {}, "packing": False, "cuda_options": {}},           # Attention, 1D mask index
+    "packed": {"fusion": {}, "packing": True, "cuda_options": {}},            # PackedAttention (cutlass varlen)
+    # PackedMultiHeadAttention; sdpa_kernel 3 = flash or memory-efficient (onnxruntime's AttentionBackend bits)
+    "packed_mha": {"fusion": {"use_multi_head_attention": True}, "packing": True,
+                   "cuda_options": {"sdpa_kernel": "3"}},
+}
+GPU_LAYOUT = "packed"
 
 
 def export_bert_onnx(model_dir: str | Path, out_dir: str | Path, variants=("fp32", "fp16", "int8")) -> dict:
@@ -34,8 +45,8 @@ def export_bert_onnx(model_dir: str | Path, out_dir: str | Path, variants=("fp32
     with tempfile.TemporaryDirectory(prefix="tsinfer-export-") as scratch:
         main_export(str(model_dir), scratch, task="text-classification", opset=OPSET, do_validation=False,
                     local_files_only=True)
-        written = optimize_variants(Path(scratch) / "model.onnx", out_dir, config.num_attention_heads,
-                                    config.hidden_size, variants)
+        written = optimize_variants(Path(scratch) / "model.onnx", out_dir, num_heads=config.num_attention_heads,
+                                    hidden_size=config.hidden_size, variants=variants)
         for name in TOKENIZER_FILES:
             for src in (model_dir / name, Path(scratch) / name):
                 if src.exists():
@@ -46,12 +57,12 @@ def export_bert_onnx(model_dir: str | Path, out_dir: str | Path, variants=("fp32
     return written
 
 
-def optimize_variants(raw: Path, out_dir: Path, num_heads: int, hidden_size: int,
-                      variants=("fp32", "fp16", "int8"), gpu_fusion: dict | None = None) -> dict:
+def optimize_variants(raw: Path, out_dir: Path, *, num_heads: int, hidden_size: int,
+                      variants=("fp32", "fp16", "int8"), gpu_layout: str = GPU_LAYOUT) -> dict:
     """A raw exported BERT graph -> the fused fp32, fp16 and int8 files in out_dir; returns {precision: file}.
 
     Shared by `make export` (graph from optimum-onnx) and benchmarks/gpu (graph from torch.onnx, as the GPU
-    machine has no optimum). gpu_fusion: FusionOptions attributes for the fp16 file (benchmarks/gpu tries some).
+    machine has no optimum). gpu_layout: a GPU_LAYOUTS key for the fp16 file (benchmarks/gpu tries each).
     """
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -59,8 +70,9 @@ def optimize_variants(raw: Path, out_dir: Path, num_heads: int, hidden_size: int
     from onnxruntime.transformers.optimizer import optimize_model
 
     fusion = {"model_type": "bert", "num_heads": num_heads, "hidden_size": hidden_size}
+    layout = GPU_LAYOUTS[gpu_layout]
     gpu_options = FusionOptions("bert")
-    for key, value in (gpu_fusion or {}).items():
+    for key, value in layout["fusion"].items():
         setattr(gpu_options, key, value)
     written = {}
     # opt_level=0: onnxruntime's Python fusions only; the session applies its own graph optimizations at load,
@@ -71,6 +83,8 @@ def optimize_variants(raw: Path, out_dir: Path, num_heads: int, hidden_size: int
         written["fp32"] = FILES["fp32"]
     if "fp16" in variants:
         gpu_fused = optimize_model(str(raw), **fusion, opt_level=0, use_gpu=True, optimization_options=gpu_options)
+        if layout["packing"]:
+            pack(gpu_fused)
         gpu_fused.convert_float_to_float16(keep_io_types=True)
         gpu_fused.save_model_to_file(str(out_dir / FILES["fp16"]))
         written["fp16"] = FILES["fp16"]
@@ -83,3 +97,16 @@ def optimize_variants(raw: Path, out_dir: Path, num_heads: int, hidden_size: int
                          extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
         written["int8"] = FILES["int8"]
     return written
+
+
+def pack(model) -> None:
+    """onnxruntime's packing mode on a fused graph (in place); raises if it did not convert every attention.
+
+    Symbolic shape inference is skipped: it does not know the packed contrib ops, and the session needs none.
+    """
+    from onnxruntime.transformers.convert_to_packing_mode import PackingMode
+
+    PackingMode(model).convert(use_symbolic_shape_infer=False)
+    ops = {n.op_type for n in model.model.graph.node}
+    if "RemovePadding" not in ops or ops & {"Attention", "MultiHeadAttention"}:
+        raise ValueError(f"packing mode did not convert this graph (ops: {sorted(ops)})")

@@ -69,7 +69,7 @@ def export_svc(svc_dir: Path, out: Path, reports: Path) -> tuple:
 def export_bert(bert_dir: Path, out: Path, reports: Path) -> dict:
     from transformers import AutoConfig
 
-    from tsinfer.export.bert import DEFAULT_PRECISION, PROVIDERS, export_bert_onnx
+    from tsinfer.export.bert import DEFAULT_PRECISION, GPU_LAYOUT, GPU_LAYOUTS, PROVIDERS, export_bert_onnx
 
     files = export_bert_onnx(bert_dir, out)
     train_report = reports / "train_bert.json"
@@ -81,8 +81,10 @@ def export_bert(bert_dir: Path, out: Path, reports: Path) -> dict:
         "score": "P(positive), softmax of the logits",
         "files": files, "providers": {p: PROVIDERS[p] for p in files},
         "default_precision": DEFAULT_PRECISION,
+        "gpu_layout": GPU_LAYOUT, "cuda_options": GPU_LAYOUTS[GPU_LAYOUT]["cuda_options"],
         "notes": {"int8": "dynamic int8 quantization has no CUDA kernels: CPU provider only",
-                  "fp16": "fp32 inputs/outputs (keep_io_types); for the CUDA and TensorRT providers"},
+                  "fp16": f"fp32 inputs/outputs (keep_io_types); {GPU_LAYOUT} layout (export/bert.py GPU_LAYOUTS); "
+                          "for the CUDA provider (its packed contrib ops have no CPU kernels)"},
         "architecture": {"layers": config.num_hidden_layers, "hidden": config.hidden_size,
                          "heads": config.num_attention_heads},
         "training_report": _report_figures(reports / "train_bert.json"),

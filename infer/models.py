@@ -73,7 +73,8 @@ def read_meta(folder: Path, verify: bool = True) -> dict:
     return meta
 
 
-def _session(path: Path, provider: str, threads: int | None):
+def _session(path: Path, provider: str, threads: int | None, cuda_options: dict | None = None):
+    """An onnxruntime session; cuda_options (from meta.json) are added to the CUDA provider's options."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -85,8 +86,9 @@ def _session(path: Path, provider: str, threads: int | None):
     if provider == "cuda":
         # Shapes vary batch to batch: grow the arena only by what is asked, never by doubling.
         # SkipLayerNorm strict mode: fp32 statistics in the fp16 kernel (see export/bert.py).
-        providers = [("CUDAExecutionProvider", {"arena_extend_strategy": "kSameAsRequested",
-                                                "enable_skip_layer_norm_strict_mode": "1"}), "CPUExecutionProvider"]
+        # (the strict mode is ignored, and accurate anyway, from onnxruntime 1.28; older releases need it)
+        options = {"arena_extend_strategy": "kSameAsRequested", "enable_skip_layer_norm_strict_mode": "1"}
+        providers = [("CUDAExecutionProvider", dict(options, **(cuda_options or {}))), "CPUExecutionProvider"]
     elif provider == "tensorrt":
         cache = str(path.parent / "trt_cache")
         providers = [("TensorrtExecutionProvider", {"trt_fp16_enable": True, "trt_engine_cache_enable": True,
@@ -137,7 +139,7 @@ class BertScorer:
         self.folder, self.meta, self.provider = folder, meta, provider
         self.precision = choose_precision(meta, provider, precision, folder)
         self.file = meta["files"][self.precision]
-        self.session = _session(folder / self.file, provider, threads)
+        self.session = _session(folder / self.file, provider, threads, meta.get("cuda_options"))
         self.input_names = [i.name for i in self.session.get_inputs()]
         kinds = {i.name: i.type for i in self.session.get_inputs()}
         self.int_dtype = np.int32 if kinds.get("input_ids") == "tensor(int32)" else np.int64
