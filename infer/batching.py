@@ -7,12 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
-# Token budget of one padded batch, by provider. On 2 CPU cores small batches that stay in cache win (int8 MiniLM,
-# 2,000 tweets: 389 tweets/s at 1,024 tokens, 301 at 8,192; benchmarks/results/cpu.md); a GPU wants large ones.
-DEFAULT_BATCH_TOKENS = {"cpu": 1024, "cuda": 65536, "tensorrt": 65536}
-DEFAULT_MAX_BATCH = {"cpu": 256, "cuda": 2048, "tensorrt": 2048}
-# Rows read, tokenized and length-sorted together. On the H200 (benchmarks/results/gpu.md) 16,384-row chunks ran
-# at 38-40k tweets/s against 27-30k for 4,096 (more rows per length, less padding; 65,536 overlapped worse).
+# Token budget of one padded batch, by provider (measured: benchmarks/results/cpu.md and gpu.md). On 2 CPU cores
+# small batches that stay in cache win. On CUDA the default fp16 graph is packed (export/bert.py GPU_LAYOUTS):
+# padding costs it no compute, so the largest batches win.
+DEFAULT_BATCH_TOKENS = {"cpu": 1024, "cuda": 262144, "tensorrt": 65536}
+DEFAULT_MAX_BATCH = {"cpu": 256, "cuda": 8192, "tensorrt": 2048}
+# Rows read, tokenized and length-sorted together: on a GPU larger chunks sort better, but the first one delays
+# the start and a coarser hand-over between the reader thread and the GPU overlaps worse.
 CHUNK_ROWS_BY_PROVIDER = {"cpu": 4096, "cuda": 16384, "tensorrt": 16384}
 
 

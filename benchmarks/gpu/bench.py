@@ -150,8 +150,8 @@ def model_only(model: Path, batches: Path, options: dict) -> dict:
                         str(batches), "--options", json.dumps(options)], env=env, capture_output=True, text=True,
                        timeout=150)
     lines = (p.stdout + p.stderr).splitlines()
-    kernels = sorted({part.split("=", 1)[1] for line in lines for part in line.split()
-                      if part.startswith("SdpaKernel=")})
+    kernels = sorted({part.split("=", 1)[1].split("\x1b")[0] for line in lines for part in line.split()
+                      if part.startswith("SdpaKernel=")})  # the C++ log colours its lines
     found = [json.loads(line[len("RESULT "):]) for line in lines if line.startswith("RESULT ")]
     if not found:
         return {"error": "\n".join(lines[-5:])[-800:], "kernels": kernels}
