@@ -9,8 +9,13 @@ SEED_REPO_RAW ?= https://raw.githubusercontent.com/ihr0008/Twitter-BERT/master
 BASE_MODEL    ?=
 EPOCHS        ?=
 PROVIDER      ?= cpu
+# GPU=1 (implied by PROVIDER=cuda or tensorrt): the CUDA build of torch and onnxruntime-gpu in place of onnxruntime.
+GPU           ?= $(if $(filter cuda tensorrt,$(PROVIDER)),1,)
 # The CPU build of torch lies on this machine's disk; a plain `torch` requirement would pull a multi-GB CUDA build.
+# On a GPU machine PyPI's Linux wheels of torch are the CUDA builds (local wheel folders are ignored for them).
 TORCH_SPEC    ?= torch==2.13.0
+ORT_GPU_SPEC  ?= onnxruntime-gpu[cuda,cudnn]>=1.28
+STAMP         := $(VENV)/.installed-$(if $(GPU),gpu,cpu)
 
 BERT_FLAGS := $(if $(BASE_MODEL),--base-model $(BASE_MODEL)) $(if $(EPOCHS),--epochs $(EPOCHS))
 
@@ -18,12 +23,16 @@ BERT_FLAGS := $(if $(BASE_MODEL),--base-model $(BASE_MODEL)) $(if $(EPOCHS),--ep
 
 demo: setup data train export score
 
-setup: $(VENV)/.installed
-$(VENV)/.installed: pyproject.toml
+setup: $(STAMP)
+$(STAMP): pyproject.toml
+	@if [ -n "$(GPU)" ] && ! nvidia-smi -L >/dev/null 2>&1; then \
+	  echo "setup: GPU=1 (or PROVIDER=cuda) needs an NVIDIA GPU with its driver, and nvidia-smi found none: run 'make setup' without GPU=1 here" >&2; exit 2; fi
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(if $(GPU),PIP_FIND_LINKS= ,)$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[train,export,dist,dev]"
+	$(if $(GPU),$(PY) -m pip uninstall -y -q onnxruntime && $(PY) -m pip install -q "$(ORT_GPU_SPEC)",)
+	rm -f $(VENV)/.installed-*
 	touch $@
 
 data: $(DATA)/dev.tsv $(DATA)/test.tsv

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.conftest import PIPELINE_NAME, ROWS, SEED_NAME, record
+from benchmarks.conftest import PIPELINE_NAME, ROWS, SEED_NAME, cpu_has, record
 
 CORES = len(os.sched_getaffinity(0))
 
@@ -97,7 +97,95 @@ def test_tsinfer_streaming(benchmark, artifacts, bench_tsv, tmp_path, precision)
     # Like every contender here, model loading is left out: wall time minus session creation and warm-up.
     r = out["r"]
     record(benchmark, "bert", f"tsinfer score, {precision} (file in, file out)", r.rows_scored, r.wall_s - r.load_s,
-           padding_efficiency=r.metrics["padding_efficiency"], accuracy=r.metrics["accuracy"], load_s=r.load_s)
+           padding_efficiency=r.metrics["padding_efficiency"], accuracy=r.metrics["accuracy"], load_s=r.load_s,
+           tokens=r.runs[0].tokens)
+
+
+# ---- the strongest peers a user would write: length-sorted token-budget batches, tokenization included ----------
+
+PEER_BUDGET = 4096  # tokens per padded batch for the peers: PyTorch bf16 measured fastest there on 2 cores
+
+
+def _sorted_batches(tok, texts: list[str], budget: int):
+    """Tokenize (the HF fast tokenizer, as tsinfer), sort by length, cut by a token budget, pad each batch."""
+    from tsinfer.infer.batching import encode, pad_batch, plan_batches
+
+    enc = encode(tok, texts)
+    return [(rows, *pad_batch(enc, rows)) for rows in plan_batches(enc.lengths, budget, 256)]
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_pytorch_sorted(benchmark, artifacts, test_rows, dtype):
+    """PyTorch eager, length-sorted token-budget batches; bf16 autocast where the CPU has bf16 instructions."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from tsinfer.infer.batching import load_tokenizer
+
+    if dtype == "bf16" and not cpu_has("avx512_bf16", "amx_bf16"):
+        pytest.skip("this CPU has no bf16 instructions (avx512_bf16/amx_bf16): autocast would only emulate it")
+    torch.set_num_threads(CORES)
+    tok = load_tokenizer(artifacts / "onnx" / "bert", 128)
+    model = AutoModelForSequenceClassification.from_pretrained(artifacts / "bert").eval()
+    texts = test_rows.texts[:ROWS]
+    pred = np.zeros(len(texts), dtype=np.int64)
+
+    def run():
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
+            for rows, ids, mask in _sorted_batches(tok, texts, PEER_BUDGET):
+                logits = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits
+                pred[rows] = logits.float().argmax(-1).numpy()
+
+    run()  # warm-up: oneDNN picks its kernels per shape
+    seconds = timed(benchmark, run, rounds=BERT_ROUNDS)
+    record(benchmark, "bert", f"PyTorch eager {dtype}{' autocast' if dtype == 'bf16' else ''}, length-sorted "
+           f"{PEER_BUDGET}-token batches", len(texts), seconds, accuracy=_accuracy(pred, test_rows))
+
+
+@pytest.fixture(scope="module")
+def optimum_onnx(artifacts, tmp_path_factory):
+    """The fine-tuned model as optimum-onnx exports it, and that file dynamically quantized to int8 (per channel),
+    as onnxruntime's documentation shows: what a user of optimum/onnxruntime would run."""
+    from optimum.exporters.onnx import main_export
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    d = tmp_path_factory.mktemp("optimum")
+    main_export(str(artifacts / "bert"), str(d), task="text-classification", do_validation=False,
+                local_files_only=True)
+    quantize_dynamic(str(d / "model.onnx"), str(d / "model_int8.onnx"), per_channel=True,
+                     weight_type=QuantType.QInt8)
+    return d
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_onnxruntime_sorted(benchmark, artifacts, optimum_onnx, test_rows, precision):
+    """A bare onnxruntime loop (one session, all cores) over the same length-sorted batches."""
+    import onnxruntime as ort
+
+    from tsinfer.infer.batching import load_tokenizer
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = CORES
+    name = "model.onnx" if precision == "fp32" else "model_int8.onnx"
+    session = ort.InferenceSession(str(optimum_onnx / name), opts, providers=["CPUExecutionProvider"])
+    inputs = {i.name for i in session.get_inputs()}
+    tok = load_tokenizer(artifacts / "onnx" / "bert", 128)
+    texts = test_rows.texts[:ROWS]
+    pred = np.zeros(len(texts), dtype=np.int64)
+
+    def run():
+        for rows, ids, mask in _sorted_batches(tok, texts, PEER_BUDGET):
+            feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+            pred[rows] = session.run(None, {k: v for k, v in feeds.items() if k in inputs})[0].argmax(-1)
+
+    run()
+    seconds = timed(benchmark, run, rounds=BERT_ROUNDS)
+    record(benchmark, "bert", f"onnxruntime bare loop, {precision} (optimum export{', quantize_dynamic' if precision == 'int8' else ''}), "
+           f"length-sorted {PEER_BUDGET}-token batches", len(texts), seconds, accuracy=_accuracy(pred, test_rows))
+
+
+def _accuracy(pred: np.ndarray, test_rows) -> float:
+    return float((pred == np.asarray(test_rows.labels[:len(pred)])).mean())
 
 
 # ---- padding strategies on one model (int8, tsinfer's scorer) -----------------------------------------------------
@@ -152,7 +240,7 @@ def test_threads(benchmark, artifacts, test_rows, threads):
     scorer = load_scorer(artifacts / "onnx" / "bert", "cpu", "int8", threads=threads)
     enc = scorer.prepare(test_rows.texts[:ROWS])
     scorer.score(enc)
-    record(benchmark, "scaling", f"int8, {threads} onnxruntime thread(s)", len(enc),
+    record(benchmark, "scaling", f"int8, {threads} lane(s) (single-threaded onnxruntime sessions)", len(enc),
            timed(benchmark, lambda: scorer.score(enc)))
 
 

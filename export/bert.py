@@ -1,7 +1,11 @@
 """Fine-tuned BERT folder -> ONNX variants: fp32 fused (CPU/CUDA), fp16 (CUDA), int8 dynamic (CPU).
 
 - optimum-onnx exports the graph (opset 17, dynamic batch and sequence axes, int64 inputs);
-- onnxruntime's transformer optimizer fuses attention, SkipLayerNorm/LayerNorm, GELU and bias adds (model.onnx);
+- onnxruntime's transformer optimizer fuses the graph. For the CPU files (model.onnx, model_int8.onnx): attention as
+  MultiHeadAttention after separate Q/K/V MatMuls (each then quantized to int8 on its own, where the fused QAttention
+  kernel measured slower), GELU with its bias, and the residual adds left beside standard LayerNormalization ops:
+  onnxruntime's SkipLayerNormalization CPU kernel measured several times slower than Add + LayerNormalization (the
+  runtime also stops onnxruntime from fusing them back at load; see infer/models.py);
 - the fp16 file comes from the GPU-flavoured fusion converted with keep_io_types (int64 ids in, fp32 logits out).
   The known fp16 pitfall is SkipLayerNormalization accumulating mean/variance in fp16 on CUDA (overflow, lost
   precision; fixed upstream in onnxruntime PR 28682 by fp32 accumulation): the runtime also turns on the CUDA
@@ -32,6 +36,8 @@ GPU_LAYOUTS = {
                    "cuda_options": {"sdpa_kernel": "3"}},
 }
 GPU_LAYOUT = "packed"
+# Fusion options of the CPU graphs (see the module docstring; benchmarks/results/cpu.md has the measurements)
+CPU_FUSION = {"enable_skip_layer_norm": False, "use_multi_head_attention": True}
 
 
 def export_bert_onnx(model_dir: str | Path, out_dir: str | Path, variants=("fp32", "fp16", "int8")) -> dict:
@@ -70,6 +76,9 @@ def optimize_variants(raw: Path, out_dir: Path, *, num_heads: int, hidden_size: 
     from onnxruntime.transformers.optimizer import optimize_model
 
     fusion = {"model_type": "bert", "num_heads": num_heads, "hidden_size": hidden_size}
+    cpu_options = FusionOptions("bert")
+    for key, value in CPU_FUSION.items():
+        setattr(cpu_options, key, value)
     layout = GPU_LAYOUTS[gpu_layout]
     gpu_options = FusionOptions("bert")
     for key, value in layout["fusion"].items():
@@ -78,7 +87,7 @@ def optimize_variants(raw: Path, out_dir: Path, *, num_heads: int, hidden_size: 
     # opt_level=0: onnxruntime's Python fusions only; the session applies its own graph optimizations at load,
     # and a GPU-flavoured fusion needs no GPU here.
     if "fp32" in variants or "int8" in variants:
-        fused = optimize_model(str(raw), **fusion, opt_level=0, use_gpu=False)
+        fused = optimize_model(str(raw), **fusion, opt_level=0, use_gpu=False, optimization_options=cpu_options)
         fused.save_model_to_file(str(out_dir / FILES["fp32"]))
         written["fp32"] = FILES["fp32"]
     if "fp16" in variants:

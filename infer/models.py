@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import queue
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,6 +76,11 @@ def read_meta(folder: Path, verify: bool = True) -> dict:
     return meta
 
 
+# onnxruntime's own graph optimizer would fuse Add + LayerNormalization back into SkipLayerNormalization, whose CPU
+# kernel measured several times slower than the two standard ops (export/bert.py leaves them unfused for the CPU).
+CPU_DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"]
+
+
 def _session(path: Path, provider: str, threads: int | None, cuda_options: dict | None = None):
     """An onnxruntime session; cuda_options (from meta.json) are added to the CUDA provider's options."""
     import onnxruntime as ort
@@ -101,8 +109,9 @@ def _session(path: Path, provider: str, threads: int | None, cuda_options: dict 
             ort.preload_dlls()
         except Exception:
             pass
+    disabled = CPU_DISABLED_OPTIMIZERS if provider == "cpu" else None
     try:
-        session = ort.InferenceSession(str(path), opts, providers=providers)
+        session = ort.InferenceSession(str(path), opts, providers=providers, disabled_optimizers=disabled)
     except Exception as e:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
         raise ModelError(f"cannot load {path}: {str(e).splitlines()[0]} (re-run `make export`)") from e
     if provider != "cpu" and session.get_providers()[0] != providers[0][0]:
@@ -139,7 +148,17 @@ class BertScorer:
         self.folder, self.meta, self.provider = folder, meta, provider
         self.precision = choose_precision(meta, provider, precision, folder)
         self.file = meta["files"][self.precision]
-        self.session = _session(folder / self.file, provider, threads, meta.get("cuda_options"))
+        # On the CPU: one single-threaded session per core ("lane"), each running whole batches, instead of one
+        # session splitting every operator over the cores: a small BERT's operators on short rows are too small to
+        # share out (benchmarks/results/cpu.md). Each lane holds its own copy of the weights.
+        lanes = (threads or len(os.sched_getaffinity(0))) if provider == "cpu" else 1
+        self.sessions = [_session(folder / self.file, provider, 1 if provider == "cpu" else threads,
+                                  meta.get("cuda_options")) for _ in range(lanes)]
+        self.session = self.sessions[0]
+        self._free: queue.SimpleQueue = queue.SimpleQueue()
+        for session in self.sessions:
+            self._free.put(session)
+        self._pool = ThreadPoolExecutor(lanes, thread_name_prefix="tsinfer-lane") if lanes > 1 else None
         self.input_names = [i.name for i in self.session.get_inputs()]
         kinds = {i.name: i.type for i in self.session.get_inputs()}
         self.int_dtype = np.int32 if kinds.get("input_ids") == "tensor(int32)" else np.int64
@@ -156,38 +175,50 @@ class BertScorer:
         return encode(self.tokenizer, texts)
 
     def _run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Logits of one padded batch, on whichever lane is free (its own session, so lanes never share one)."""
         feeds = {"input_ids": ids, "attention_mask": mask}
         if "token_type_ids" in self.input_names:
             feeds["token_type_ids"] = np.zeros_like(ids)
-        if self.io_binding:
-            binding = self.session.io_binding()
+        session = self._free.get()
+        try:
+            if not self.io_binding:
+                return session.run(["logits"], feeds)[0]
+            binding = session.io_binding()
             for name, value in feeds.items():
                 binding.bind_cpu_input(name, value)
             binding.bind_output("logits", "cuda")
-            self.session.run_with_iobinding(binding)
+            session.run_with_iobinding(binding)
             return binding.copy_outputs_to_cpu()[0]
-        return self.session.run(["logits"], feeds)[0]
+        finally:
+            self._free.put(session)
 
     def score(self, enc: Encoded, sort: bool = True, on_batch=None) -> Scored:
-        """on_batch(rows) is called after each batch, for progress."""
+        """on_batch(rows) is called after each batch, for progress. Batches run on the lanes in parallel; each
+        writes only its own rows, so the result does not depend on which lane ran which batch or when."""
         n = len(enc)
         pred, prob = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.float64)
-        padded = 0
-        for rows in plan_batches(enc.lengths, self.batch_tokens, self.max_batch, sort=sort):
-            ids, mask = pad_batch(enc, rows, self.int_dtype)
-            padded += ids.size
-            logits = self._run(ids, mask)
+        plan = plan_batches(enc.lengths, self.batch_tokens, self.max_batch, sort=sort)
+
+        def one(rows: np.ndarray) -> None:
+            logits = self._run(*pad_batch(enc, rows, self.int_dtype))
             prob[rows], pred[rows] = positive_probability(logits), (logits[:, 1] > logits[:, 0]).astype(np.int64)
             if on_batch:
                 on_batch(len(rows))
+        if self._pool is None:
+            for rows in plan:
+                one(rows)
+        else:
+            list(self._pool.map(one, plan))  # list(): re-raises a lane's error here
+        padded = sum(len(rows) * int(enc.lengths[rows].max()) for rows in plan if len(rows))
         return Scored(pred, prob, tokens=int(enc.lengths.sum()), padded=padded, truncated=enc.truncated)
 
     def warm_up(self) -> None:
-        """One run at the largest batch shape, so the first real batch does not pay for allocation and tuning."""
+        """One run per lane at the largest batch shape, so the first real batches pay for no allocation."""
         width = max(1, min(int(self.meta.get("max_length", 128)), self.batch_tokens))
         rows = max(1, min(self.max_batch, self.batch_tokens // width))
         ones = np.ones((rows, width), dtype=self.int_dtype)
-        self._run(ones, ones)
+        for _ in self.sessions:
+            self._run(ones, ones)
 
 
 class SvcScorer:

@@ -2,7 +2,7 @@ import json
 
 import onnx
 
-from tsinfer.train.bert import PRESETS, train_bert
+from tsinfer.train.bert import PRESETS, train_bert, training_arguments
 
 REPORT_KEYS = {"val_accuracy", "val_mcc", "val_roc_auc", "test_accuracy", "test_mcc", "test_roc_auc",
                "train_seconds", "n_train", "n_val", "base_model", "hyperparameters", "history"}
@@ -20,11 +20,14 @@ def test_tiny_bert_training_writes_model_tokenizer_report_and_curve(bert_artifac
     assert (bert_artifacts / "reports" / "train_bert_curve.png").stat().st_size > 1000
 
 
-def test_a_few_steps_on_the_real_minilm_lower_the_loss(small_data, tmp_path):
+def test_a_few_steps_on_the_real_minilm_save_a_labelled_model_and_time_each_epoch(small_data, tmp_path):
     r = train_bert(small_data, tmp_path / "bert", tmp_path / "r.json", overrides={"learning_rate": 1e-4},
                    limit=128, max_steps=6)
     assert r["base_model"] == "all-minilm-l6-v2" and r["preset"] == "minilm"
     assert r["n_train"] == 128
+    # 128 rows at batch 32: 4 steps an epoch, so 6 steps end the first epoch and stop inside the second
+    assert len(r["epoch_seconds"]) == 2 and all(t > 0 for t in r["epoch_seconds"])
+    assert r["device"] == "cpu" and r["precision"] == "fp32" and r["train_tweets_per_s"] > 0
     config = json.loads((tmp_path / "bert" / "config.json").read_text())
     assert config["id2label"] == {"0": "negative", "1": "positive"}
     assert 0.0 <= r["val_accuracy"] <= 1.0 and r["test_roc_auc"] is not None
@@ -36,6 +39,13 @@ def test_seed_preset_is_the_notebook_recipe():
                                     "max_length": 128}
 
 
+def test_training_arguments_keep_the_recipe_and_length_grouping(tmp_path):
+    args = training_arguments(str(tmp_path), PRESETS["minilm"], cuda=False, bf16=False, world=1, max_steps=-1)
+    assert args.learning_rate == 8e-5 and args.num_train_epochs == 2 and args.warmup_ratio == 0.06
+    assert args.group_by_length and args.use_cpu and not args.bf16 and not args.fp16
+    assert args.save_strategy == "no"  # no Trainer checkpoints: they would pickle the optimizer state
+
+
 def test_bert_export_variants_meta_and_parity(bert_artifacts):
     folder = bert_artifacts / "onnx" / "bert"
     meta = json.loads((folder / "meta.json").read_text())
@@ -45,8 +55,17 @@ def test_bert_export_variants_meta_and_parity(bert_artifacts):
     assert {"tokenizer.json", "model.onnx", "model_int8.onnx", "model_fp16.onnx"} <= set(meta["sha256"])
     fused = onnx.load(folder / "model.onnx")
     ops = {n.op_type for n in fused.graph.node}
-    assert {"Attention", "SkipLayerNormalization"} <= ops, ops  # onnxruntime's transformer fusions ran
+    # the CPU fusion: attention fused, residual adds beside standard LayerNormalization (export/bert.py)
+    assert {"MultiHeadAttention", "LayerNormalization", "BiasGelu"} <= ops, ops
+    assert "SkipLayerNormalization" not in ops
+    int8_ops = {n.op_type for n in onnx.load(folder / "model_int8.onnx").graph.node}
+    assert "MatMulInteger" in int8_ops and "MultiHeadAttention" in int8_ops, int8_ops
     fp16 = onnx.load(folder / "model_fp16.onnx")
+    # the packed CUDA layout: no padded token reaches a MatMul or the attention
+    fp16_ops = {n.op_type for n in fp16.graph.node}
+    assert {"RemovePadding", "PackedAttention", "RestorePadding"} <= fp16_ops, fp16_ops
+    assert [i.name for i in fp16.graph.input] == [i.name for i in fused.graph.input]
+    assert meta["gpu_layout"] == "packed" and meta["cuda_options"] == {}
     assert fp16.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.INT64
     assert fp16.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # keep_io_types
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in fp16.graph.initializer)

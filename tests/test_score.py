@@ -78,6 +78,23 @@ def test_length_bucketing_gives_the_same_predictions_as_unbucketed(all_artifacts
     assert eff[True] > eff[False]
 
 
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_lanes_give_the_same_answers_as_one_session(all_artifacts, small_data, precision):
+    """Batches run on parallel single-threaded sessions: which lane ran a batch must not change any row."""
+    from tsinfer.infer.models import load_scorer
+    from tsinfer.infer.reader import read_all
+
+    texts = read_all(small_data / "test.tsv").texts
+    outs = {}
+    for lanes in (1, 2):
+        scorer = load_scorer(all_artifacts / "onnx" / "bert", "cpu", precision, threads=lanes, batch_tokens=300)
+        assert len(scorer.sessions) == lanes
+        outs[lanes] = scorer.score(scorer.prepare(texts))
+    assert (outs[1].pred == outs[2].pred).all()
+    np.testing.assert_array_equal(outs[1].score, outs[2].score)
+    assert outs[1].padded == outs[2].padded
+
+
 def test_jsonl_output_and_single_model_flat_metrics(all_artifacts, small_data, tmp_path):
     r = score_files([str(small_data / "test.tsv")], [str(all_artifacts / "onnx" / "svc")], "cpu",
                     output=str(tmp_path / "p.jsonl"), fmt="jsonl", metrics_path=str(tmp_path / "m.json"))
