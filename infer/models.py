@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tsinfer.infer.batching import (DEFAULT_BATCH_TOKENS, DEFAULT_MAX_BATCH, Encoded, encode, load_tokenizer,
-                                    pad_batch, plan_batches)
+from tsinfer.infer.batching import (DEFAULT_BATCH_TOKENS, DEFAULT_LANES, DEFAULT_MAX_BATCH, Encoded, encode,
+                                    load_tokenizer, pad_batch, plan_batches)
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -144,16 +144,19 @@ class BertScorer:
     kind = "bert"
 
     def __init__(self, folder: Path, meta: dict, provider: str, precision: str, threads: int | None,
-                 batch_tokens: int | None = None, max_batch: int | None = None):
+                 batch_tokens: int | None = None, max_batch: int | None = None, lanes: int | None = None):
         self.folder, self.meta, self.provider = folder, meta, provider
         self.precision = choose_precision(meta, provider, precision, folder)
         self.file = meta["files"][self.precision]
         # On the CPU: one single-threaded session per core ("lane"), each running whole batches, instead of one
         # session splitting every operator over the cores: a small BERT's operators on short rows are too small to
-        # share out (benchmarks/results/cpu.md). Each lane holds its own copy of the weights.
-        lanes = (threads or len(os.sched_getaffinity(0))) if provider == "cpu" else 1
-        self.sessions = [_session(folder / self.file, provider, 1 if provider == "cpu" else threads,
-                                  meta.get("cuda_options")) for _ in range(lanes)]
+        # share out (benchmarks/results/cpu.md). On a GPU each lane is a session with its own CUDA stream, so one
+        # lane's host work can overlap another's kernels. Each lane holds its own copy of the weights.
+        if provider == "cpu":
+            lanes, threads = lanes or threads or len(os.sched_getaffinity(0)), 1
+        lanes = lanes or DEFAULT_LANES.get(provider, 1)
+        self.sessions = [_session(folder / self.file, provider, threads, meta.get("cuda_options"))
+                         for _ in range(lanes)]
         self.session = self.sessions[0]
         self._free: queue.SimpleQueue = queue.SimpleQueue()
         for session in self.sessions:

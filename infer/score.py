@@ -259,13 +259,14 @@ def score_files(inputs: list[str], models: list[str], provider: str = "auto", pr
                 fmt: str = "tsv",
                 metrics_path: str | None = None, roc_path: str | None = None, rejects_path: str | None = None,
                 threads: int | None = None, progress: bool = False, chunk_rows: int | None = None,
-                verify: bool = True, sort: bool = True, strict: bool = False, resume: bool = False) -> ScoreResult:
+                verify: bool = True, sort: bool = True, strict: bool = False, resume: bool = False,
+                lanes: int | None = None) -> ScoreResult:
     start = time.perf_counter()
     for source in inputs:  # fail on a missing or unreadable input before loading any model
         if source != "-":
             open_text(source).close()
     runs = [ModelRun(name, load_scorer(folder, provider, precision, threads, verify, batch_tokens=batch_tokens,
-                                       max_batch=max_batch))
+                                       max_batch=max_batch, lanes=lanes))
             for name, folder in zip(model_names(models), models)]
     for run in runs:
         run.scorer.warm_up()

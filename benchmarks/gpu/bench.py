@@ -210,6 +210,9 @@ def minilm_parity(minilm: Path, work: Path, data: Path, layouts: list[str]) -> d
     from tsinfer.export.bert import GPU_LAYOUTS, optimize_variants
     from tsinfer.infer.score import score_files
 
+    from benchmarks.gpu.train import fp32_checkpoint
+
+    minilm = fp32_checkpoint(minilm, work / "minilm_fp32_checkpoint")  # a carried copy may be fp16
     model = AutoModelForSequenceClassification.from_pretrained(minilm, attn_implementation="eager").eval()
     raw = work / "minilm_raw.onnx"
     export_raw(model, raw)
@@ -242,8 +245,8 @@ def minilm_parity(minilm: Path, work: Path, data: Path, layouts: list[str]) -> d
 @click.option("--seed-rows", default=4096, show_default=True)
 @click.option("--layouts", default="padded,packed,packed_mha", show_default=True,
               help="fp16 layouts (export.bert.GPU_LAYOUTS) measured model-only, then end to end.")
-@click.option("--configs", default="65536:2048:16384,262144:8192:16384,262144:8192:65536", show_default=True,
-              help="batch_tokens:max_batch:chunk_rows settings tried end to end with the best packed layout.")
+@click.option("--configs", default="262144:8192:16384:2,131072:4096:16384:2,262144:8192:32768:2", show_default=True,
+              help="batch_tokens:max_batch:chunk_rows:lanes settings tried end to end with the best packed layout.")
 @click.option("--minilm", type=click.Path(path_type=Path), default=Path("/tmp/tsinfer-gpu/minilm_gpu"),
               help="The MiniLM fine-tuned by train.sh in an earlier call: fp16 parity of each layout, if present.")
 @click.option("--small", is_flag=True, help="A 2-layer model (dry run).")
@@ -253,8 +256,8 @@ def main(data, tokenizer_dir, out, work, rows, seed_rows, layouts, configs, mini
 
     import onnxruntime as ort
 
-    from tsinfer.infer.batching import CHUNK_ROWS_BY_PROVIDER, DEFAULT_BATCH_TOKENS, DEFAULT_MAX_BATCH, encode, \
-        load_tokenizer
+    from tsinfer.infer.batching import (CHUNK_ROWS_BY_PROVIDER, DEFAULT_BATCH_TOKENS, DEFAULT_LANES,
+                                        DEFAULT_MAX_BATCH, encode, load_tokenizer)
     from tsinfer.infer.reader import read_all
     from tsinfer.infer.score import score_files
 
@@ -323,19 +326,19 @@ def main(data, tokenizer_dir, out, work, rows, seed_rows, layouts, configs, mini
     warm = work / "warm.tsv"
     repeat_tsv(data, warm, min(20_000, rows))
 
-    def tsinfer_run(layout, budget, max_batch, chunk_rows):
+    def tsinfer_run(layout, budget, max_batch, chunk_rows, lanes):
         score_files([str(warm)], [str(folders[layout])], provider, precision, output=str(work / "warm_pred.tsv"))
         r = score_files([str(big)], [str(folders[layout])], provider, precision, batch_tokens=budget,
-                        max_batch=max_batch, output=str(work / "pred.tsv"), chunk_rows=chunk_rows)
+                        max_batch=max_batch, output=str(work / "pred.tsv"), chunk_rows=chunk_rows, lanes=lanes)
         s = next(iter(r.summaries.values()))
         return add(f"tsinfer score, {precision} {layout}, {provider} (file in, file out), budget {budget}, "
-                   f"max batch {max_batch}, chunk {chunk_rows}", r.rows_scored, r.wall_s - r.load_s,
+                   f"max batch {max_batch}, chunk {chunk_rows}, {lanes} lane(s)", r.rows_scored, r.wall_s - r.load_s,
                    load_s=round(r.load_s, 2), inference_s=r.timings["inference_s"],
                    read_prepare_s=r.timings["read_prepare_s"], write_s=r.timings["write_s"],
                    padding_efficiency=round(s["padding_efficiency"], 3), accuracy=round(s["accuracy"], 4),
-                   setting=(budget, max_batch, chunk_rows), layout=layout)
+                   setting=(budget, max_batch, chunk_rows, lanes), layout=layout)
 
-    default_setting = (budget, max_batch, CHUNK_ROWS_BY_PROVIDER[provider])
+    default_setting = (budget, max_batch, CHUNK_ROWS_BY_PROVIDER[provider], DEFAULT_LANES.get(provider, 1))
     tried = [tsinfer_run(layout, *default_setting) for layout in folders]
     packed = [e for e in tried if e["layout"] != "padded"]
     best_layout = max(packed or tried, key=lambda e: e["tweets_per_s"])["layout"]
@@ -353,7 +356,7 @@ def main(data, tokenizer_dir, out, work, rows, seed_rows, layouts, configs, mini
     whole = Encoded(np.concatenate([e.ids for e in encs2]),
                     np.concatenate([[0], np.cumsum(np.concatenate([e.lengths for e in encs2]))]), 0)
     tok_s2 = time.perf_counter() - t
-    b, m, _ = best["setting"]
+    b, m, _, _ = best["setting"]
     torch_dynamic(tmodel, whole, device, b, m)  # warm-up: kernel selection per shape
     secs = torch_dynamic(tmodel, whole, device, b, m)
     add(f"PyTorch eager {'fp32' if cpu else 'fp16'}, sdpa, all rows length-sorted, budget {b}, max batch {m} "

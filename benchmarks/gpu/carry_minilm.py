@@ -1,6 +1,7 @@
-"""An fp16 copy of the offline MiniLM checkpoint, small enough for one device call's carry (see train.sh).
+"""An fp16 copy of a MiniLM checkpoint, small enough for one device call's carry (see train.sh and run.sh).
 
-    .venv/bin/python -m benchmarks.gpu.carry_minilm .gpucheck/minilm_fp16
+    .venv/bin/python -m benchmarks.gpu.carry_minilm .gpucheck/minilm_fp16                 (the offline base model)
+    .venv/bin/python -m benchmarks.gpu.carry_minilm .gpucheck/minilm_ft artifacts/bert    (the fine-tuned one)
 """
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from safetensors.torch import load_file, save_file
 from tsinfer.train.bert import resolve_base_model
 
 
-def main(dst: str) -> None:
-    src, out = Path(resolve_base_model(None)), Path(dst)
+def main(dst: str, src: str | None = None) -> None:
+    src, out = Path(src or resolve_base_model(None)), Path(dst)
     out.mkdir(parents=True, exist_ok=True)
     for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
         shutil.copy(src / name, out / name)
@@ -26,4 +27,4 @@ def main(dst: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:3])
