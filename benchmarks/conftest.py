@@ -160,8 +160,8 @@ def peer_lines() -> list[str]:
         for kind in ("int8", "bf16"):
             peak = peak_gops(kind)
             if peak:
-                out.append(f"- share of peak: tsinfer int8 does {gops:,.0f} GOPS (the model's MatMul shapes on the real "
-                           f"tokens) against a {kind} peak of {peak[0]:,.0f} GOPS ({peak[1]}, {cores_text()}): "
+                out.append(f"- share of peak: tsinfer int8 does {gops:,.0f} GOPS (the model's MatMul shapes on the "
+                           f"real tokens) against the {kind} peak of {peak[0]:,.0f} GOPS ({peak[1]}, {cores_text()}): "
                            f"{100 * gops / peak[0]:.1f}%")
     return out
 
@@ -177,7 +177,8 @@ def target_lines() -> list[str]:
     sk_svc = _rate("sklearn TfidfVectorizer.transform + SVC.predict")
     checks = [("tsinfer int8 >= 1.2x the strongest PyTorch contender", int8,
                torch_best and torch_best["tweets_per_s"], 1.2),
-              ("tsinfer int8 >= 1.5x the strongest bare onnxruntime fp32 loop", int8, ort_fp32 and ort_fp32["tweets_per_s"], 1.5),
+              ("tsinfer int8 >= 1.5x the strongest bare onnxruntime fp32 loop", int8,
+               ort_fp32 and ort_fp32["tweets_per_s"], 1.5),
               ("tsinfer int8 >= 40x the seed's method", int8, seed, 40),
               ("tsinfer int8 >= 4x the transformers pipeline", int8, pipe, 4),
               ("tsinfer int8 >= 1.5x optimum-onnx's pipeline", int8, optimum, 1.5),

@@ -98,7 +98,7 @@ def test_tsinfer_streaming(benchmark, artifacts, bench_tsv, tmp_path, precision)
     r = out["r"]
     record(benchmark, "bert", f"tsinfer score, {precision} (file in, file out)", r.rows_scored, r.wall_s - r.load_s,
            padding_efficiency=r.metrics["padding_efficiency"], accuracy=r.metrics["accuracy"], load_s=r.load_s,
-           tokens=r.runs[0].tokens)
+           tokens=r.models[0].tokens)
 
 
 # ---- the strongest peers a user would write: length-sorted token-budget batches, tokenization included ----------
@@ -180,8 +180,9 @@ def test_onnxruntime_sorted(benchmark, artifacts, optimum_onnx, test_rows, preci
 
     run()
     seconds = timed(benchmark, run, rounds=BERT_ROUNDS)
-    record(benchmark, "bert", f"onnxruntime bare loop, {precision} (optimum export{', quantize_dynamic' if precision == 'int8' else ''}), "
-           f"length-sorted {PEER_BUDGET}-token batches", len(texts), seconds, accuracy=_accuracy(pred, test_rows))
+    how = "optimum export, quantize_dynamic" if precision == "int8" else "optimum export"
+    record(benchmark, "bert", f"onnxruntime bare loop, {precision} ({how}), length-sorted {PEER_BUDGET}-token batches",
+           len(texts), seconds, accuracy=_accuracy(pred, test_rows))
 
 
 def _accuracy(pred: np.ndarray, test_rows) -> float:

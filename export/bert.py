@@ -11,8 +11,8 @@
   precision; fixed upstream in onnxruntime PR 28682 by fp32 accumulation): the runtime also turns on the CUDA
   provider's enable_skip_layer_norm_strict_mode, which computes it in fp32 on older onnxruntime releases;
 - onnxruntime's dynamic quantizer makes per-channel int8 weights for the MatMuls (model_int8.onnx). Its
-  activations are quantized per batch, so int8 predictions can move slightly with batch composition. It has no CUDA kernels,
-  so meta.json marks it CPU-only and the runtime never picks it for CUDA.
+  activations are quantized per batch, so int8 predictions can move slightly with batch composition. It has no
+  CUDA kernels, so meta.json marks it CPU-only and the runtime never picks it for CUDA.
 """
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ DEFAULT_MAX_BATCH = {"cpu": 256, "cuda": 8192, "tensorrt": 2048}
 # the start and a coarser hand-over between the reader thread and the GPU overlaps worse.
 CHUNK_ROWS_BY_PROVIDER = {"cpu": 4096, "cuda": 16384, "tensorrt": 16384}
 # Sessions running batches side by side on a GPU (on the CPU: one per core; see infer/models.py BertScorer).
-DEFAULT_LANES = {"cuda": 1, "tensorrt": 1}
+DEFAULT_LANES = {"cuda": 2, "tensorrt": 1}
 
 
 def load_tokenizer(folder: str | Path, max_length: int):

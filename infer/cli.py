@@ -70,7 +70,8 @@ def main():
 @click.option("--rejects", "rejects_path", type=click.Path(dir_okay=False), default=None,
               help="Rows that could not be read, with line and reason [default: OUTPUT.rejects.tsv, or "
                    "rejects.tsv when writing to stdout].")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads [all cores].")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU: lanes, each a single-threaded onnxruntime session running whole batches [all cores].")
 @click.option("--chunk-rows", type=click.IntRange(min=1), default=None,
               help="Rows read, prepared and sorted together [cpu 4096, cuda/tensorrt 16384].")
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr [when stderr is a terminal].")

@@ -40,6 +40,10 @@ class ModelRun:
     def summary(self, wall_s: float) -> dict:
         out = {"model": self.name, "kind": self.scorer.kind, "provider": self.scorer.provider,
                "precision_mode": self.scorer.precision, "file": self.scorer.file}
+        # the run-time choices made for this machine, so that a figure can be traced to its settings
+        out["settings"] = {k: getattr(self.scorer, k) for k in ("batch_tokens", "max_batch", "batch_rows")
+                           if hasattr(self.scorer, k)}
+        out["settings"]["lanes"] = len(getattr(self.scorer, "sessions", [None]))
         out.update(self.metrics.summary())
         busy = self.prepare_s + self.infer_s
         out.update({
@@ -417,7 +421,7 @@ def score_files(inputs: list[str], models: list[str], provider: str = "auto", pr
     summaries = {r.name: r.summary(wall) for r in runs}
     head = {"rows_read": rows_read, "rows_scored": rows_scored, "rows_rejected": rejects.count,
             "tweets_per_s": rows_scored / wall if wall else None, "wall_s": round(wall, 3),
-            "load_s": round(load_s, 3), "timings": timings}
+            "load_s": round(load_s, 3), "timings": timings, "chunk_rows": chunk_rows}
     if len(runs) == 1:
         metrics = dict(next(iter(summaries.values())), **head)
     else:

@@ -128,7 +128,8 @@ def training_arguments(scratch: str, hp: dict, *, cuda: bool, bf16: bool, world:
         per_device_train_batch_size=hp["batch_size"], per_device_eval_batch_size=128,
         learning_rate=hp["learning_rate"], adam_epsilon=hp["adam_epsilon"], weight_decay=hp["weight_decay"],
         num_train_epochs=hp["epochs"], max_steps=max_steps, lr_scheduler_type="linear",
-        max_grad_norm=hp["max_grad_norm"], bf16=bf16, fp16=cuda and not bf16, use_cpu=not cuda, dataloader_num_workers=0,
+        max_grad_norm=hp["max_grad_norm"], bf16=bf16, fp16=cuda and not bf16, use_cpu=not cuda,
+        dataloader_num_workers=0,
         ddp_backend=("nccl" if cuda else "gloo") if world > 1 else None,
     )
     # transformers 5 (the GPU image's) replaced group_by_length with train_sampling_strategy, and warmup_ratio

@@ -248,7 +248,8 @@ def minilm_parity(minilm: Path, work: Path, data: Path, layouts: list[str]) -> d
 @click.option("--configs", default="262144:8192:16384:2,131072:4096:16384:2,262144:8192:32768:2", show_default=True,
               help="batch_tokens:max_batch:chunk_rows:lanes settings tried end to end with the best packed layout.")
 @click.option("--minilm", type=click.Path(path_type=Path), default=Path("/tmp/tsinfer-gpu/minilm_gpu"),
-              help="The MiniLM fine-tuned by train.sh in an earlier call: fp16 parity of each layout, if present.")
+              help="A fine-tuned MiniLM (default: the one train.sh left in an earlier call; or a carried copy made "
+                   "by carry_minilm): fp16 parity of each layout, if present.")
 @click.option("--small", is_flag=True, help="A 2-layer model (dry run).")
 @click.option("--cpu", is_flag=True, help="CPU provider and fp32 (dry run without a GPU: end to end only).")
 def main(data, tokenizer_dir, out, work, rows, seed_rows, layouts, configs, minilm, small, cpu):
@@ -464,7 +465,7 @@ def markdown(r: dict) -> str:
               f"- target >= 60,000 tweets/s end to end and >= 1.3x PyTorch: {r['tsinfer_best']['tweets_per_s']:,.0f} "
               f"({r['target']['x_pytorch']:.2f}x) -> {'met' if r['target']['met'] else 'MISSED'}"]
     for layout, q in r.get("minilm_fp16_parity", {}).items():
-        lines.append(f"- fp16 parity, {layout}: the MiniLM fine-tuned on this GPU, test.tsv ({q['rows']:,} rows), "
+        lines.append(f"- fp16 parity, {layout}: the fine-tuned MiniLM of --minilm, test.tsv ({q['rows']:,} rows), "
                      f"CUDA fp16 vs fp32 (CPU provider): agreement {q['agreement']:.5f}, max |dp| "
                      f"{q['max_abs_delta_p']:.2e}, accuracy {q['accuracy_fp16']:.4f} vs {q['accuracy_fp32']:.4f}")
     lines.append("")
