@@ -85,30 +85,110 @@ def _header_layout(fields: list[str]) -> tuple[int | None, int | None, int | Non
     return found.get("id"), found.get("label"), found["text"], len(fields)
 
 
+# Inputs are recognised by their first bytes, not their names (also on stdin): compressed streams are read through
+# the standard library's decompressors (zstd through the optional `zstandard` package), files that are plainly not
+# text are refused at once instead of being scored as garbage, and a UTF-16/32 byte-order mark picks the decoding.
+COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bz2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
+NOT_TEXT = {b"PK\x03\x04": "a zip archive", b"PAR1": "a Parquet file", b"\x89PNG": "a PNG image",
+            b"%PDF": "a PDF document", b"SQLite format 3\x00": "an SQLite database", b"\x7fELF": "an executable",
+            b"7z\xbc\xaf\x27\x1c": "a 7-Zip archive", b"Rar!": "a RAR archive"}
+UNICODE_BOMS = ((b"\xff\xfe\x00\x00", "utf-32"), (b"\x00\x00\xfe\xff", "utf-32"), (b"\xff\xfe", "utf-16"),
+                (b"\xfe\xff", "utf-16"))
+
+
+def _decompressed(raw: IO[bytes], kind: str, name: str) -> IO[bytes]:
+    import bz2
+    import gzip
+    import lzma
+
+    if kind == "zstd":
+        try:
+            import zstandard
+        except ImportError:
+            raise InputError(f"{name} is zstd-compressed: pip install zstandard, or decompress it first") from None
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))
+    opener = {"gzip": gzip.GzipFile, "bz2": bz2.BZ2File, "xz": lzma.LZMAFile}[kind]
+    return io.BufferedReader(opener(fileobj=raw) if kind == "gzip" else opener(raw))
+
+
 def open_text(path: str | Path) -> IO[str]:
-    """Open a path (or '-' for stdin) as text for the csv module; errors name the path and the fix."""
+    """Open a path (or '-' for stdin) as text for the csv module, decompressing it where its first bytes say so;
+    errors name the path and the fix. The text stream's `compression` and `raw` (the file as stored, for progress
+    by bytes) are set on it."""
+    name = "stdin" if str(path) == "-" else str(path)
     if str(path) == "-":
-        return io.TextIOWrapper(sys.stdin.buffer, **TEXT_DECODING)
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"input file not found: {p}")
-    if p.is_dir():
-        raise InputError(f"input is a directory, not a TSV file: {p}")
+        raw = sys.stdin.buffer if hasattr(sys.stdin.buffer, "peek") else io.BufferedReader(sys.stdin.buffer)
+    else:
+        p = Path(path)
+        if not p.exists():
+            raise InputError(f"input file not found: {p}")
+        if p.is_dir():
+            raise InputError(f"input is a directory, not a TSV file: {p}")
+        try:
+            raw = open(p, "rb")
+        except OSError as e:
+            raise InputError(f"cannot open {p}: {e.strerror}") from e
+    kind = next((k for magic, k in COMPRESSED.items() if raw.peek(8).startswith(magic)), None)
+    stream = _decompressed(raw, kind, name) if kind else raw
     try:
-        return open(p, **TEXT_DECODING)
-    except OSError as e:
-        raise InputError(f"cannot open {p}: {e.strerror}") from e
+        head = stream.peek(32)
+    except (OSError, EOFError) as e:
+        raise InputError(f"{name}: the {kind} stream is damaged or cut short ({e})") from e
+    what = next((v for magic, v in NOT_TEXT.items() if head.startswith(magic)), None)
+    if what:
+        stream.close()
+        raise InputError(f"{name} is {what}, not text: give a TSV or text file (gzip, bz2, xz or zstd compressed)")
+    encoding = next((enc for bom, enc in UNICODE_BOMS if head.startswith(bom)), TEXT_DECODING["encoding"])
+    fh = _Text(stream, **dict(TEXT_DECODING, encoding=encoding))
+    fh.compression, fh.raw, fh.owns_raw = kind, raw, str(path) != "-"
+    return fh
+
+
+class _Text(io.TextIOWrapper):
+    """A text stream that also closes the file under a decompressor (which leaves a file it was given open)."""
+
+    def close(self):
+        super().close()
+        if getattr(self, "owns_raw", False):
+            self.raw.close()
+
+
+def refuse_input_as_output(inputs: list[str], outputs: dict[str, str | None]) -> None:
+    """Raise InputError when a path to be written ({what: path}) is one of the input files: the same file by
+    device and inode, so also through links and other spellings. Called before anything is written."""
+    import os
+
+    sources = {}
+    for source in inputs:
+        if source != "-" and os.path.exists(source):
+            st = os.stat(source)
+            sources[(st.st_dev, st.st_ino)] = source
+    for what, path in outputs.items():
+        if path in (None, "-") or not os.path.exists(path):
+            continue
+        st = os.stat(path)
+        if (st.st_dev, st.st_ino) in sources:
+            raise InputError(f"the {what} path {path} is the input file {sources[(st.st_dev, st.st_ino)]}: writing "
+                             "it would destroy the input; choose another path")
 
 
 def iter_chunks(path: str | Path, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Iterator[Chunk]:
     """Yield Chunks of at most chunk_rows accepted rows; memory stays flat in the file's size."""
+    import lzma
+    import zlib
+
     with open_text(path) as fh:
-        for chunk in parse_chunks(fh, chunk_rows):
-            try:
-                chunk.bytes_read = fh.buffer.tell()
-            except (AttributeError, OSError, ValueError):  # stdin or a pipe
-                pass
-            yield chunk
+        try:
+            for chunk in parse_chunks(fh, chunk_rows):
+                try:
+                    chunk.bytes_read = fh.raw.tell()  # bytes of the file as stored, compressed or not
+                except (AttributeError, OSError, ValueError):  # stdin or a pipe
+                    pass
+                yield chunk
+        except (EOFError, zlib.error, lzma.LZMAError, OSError) as e:
+            if not fh.compression:
+                raise
+            raise InputError(f"{path}: the {fh.compression} stream is damaged or cut short ({e})") from e
 
 
 def input_size(path: str | Path) -> int | None:

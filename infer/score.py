@@ -22,7 +22,7 @@ from tsinfer.infer.batching import CHUNK_ROWS_BY_PROVIDER
 from tsinfer.infer.metrics import StreamingMetrics, format_score_bins, score_bins
 from tsinfer.infer.models import load_scorer
 from tsinfer.infer.reader import (DEFAULT_CHUNK_ROWS, NO_LABEL, Chunk, InputError, input_size, iter_chunks,
-                                  open_text, tsv_field, tsv_line)
+                                  open_text, refuse_input_as_output, tsv_field, tsv_line)
 
 
 @dataclass
@@ -269,6 +269,8 @@ def score_files(inputs: list[str], models: list[str], provider: str = "auto", pr
     for source in inputs:  # fail on a missing or unreadable input before loading any model
         if source != "-":
             open_text(source).close()
+    refuse_input_as_output(inputs, {"output": output, "rejects": rejects_path, "metrics": metrics_path,
+                                    "ROC": roc_path})
     runs = [ModelRun(name, load_scorer(folder, provider, precision, threads, verify, batch_tokens=batch_tokens,
                                        max_batch=max_batch, lanes=lanes))
             for name, folder in zip(model_names(models), models)]

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tsinfer.infer.cli import main
-from tsinfer.infer.reader import iter_chunks, read_all, write_rows
+from tsinfer.infer.reader import InputError, iter_chunks, read_all, write_rows
 
 MESSY = b"".join([
     b"\xef\xbb\xbf1\t0\ta\tfine first row with a BOM before it\r\n",
@@ -166,7 +166,13 @@ def test_arbitrary_bytes_never_crash_the_reader(tmp_path, data):
     path = tmp_path / "fuzz.tsv"
     path.write_bytes(data)
     n_lines = 0
-    for chunk in iter_chunks(path, chunk_rows=7):
-        assert len(chunk.ids) == len(chunk.texts) == len(chunk.labels)
-        n_lines += len(chunk) + len(chunk.rejects)
+    try:
+        for chunk in iter_chunks(path, chunk_rows=7):
+            assert len(chunk.ids) == len(chunk.texts) == len(chunk.labels)
+            n_lines += len(chunk) + len(chunk.rejects)
+    except InputError as e:  # bytes that start like a compressed or non-text file: one clean error, no crash
+        assert str(e)
+        return
+    if data.startswith((b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")):
+        return  # read as UTF-16/32: its line breaks are not these bytes
     assert n_lines <= data.count(b"\n") + data.count(b"\r") + 1
