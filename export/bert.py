@@ -5,7 +5,8 @@
   MultiHeadAttention after separate Q/K/V MatMuls (each then quantized to int8 on its own, where the fused QAttention
   kernel measured slower), GELU with its bias, and the residual adds left beside standard LayerNormalization ops:
   onnxruntime's SkipLayerNormalization CPU kernel measured several times slower than Add + LayerNormalization (the
-  runtime also stops onnxruntime from fusing them back at load; see infer/models.py);
+  runtime also stops onnxruntime from fusing them back at load; see infer/models.py); and the last layer computed
+  for the [CLS] token alone, the only one the classifier reads (last_layer_for_first_token_only);
 - the fp16 file comes from the GPU-flavoured fusion converted with keep_io_types (int64 ids in, fp32 logits out).
   The known fp16 pitfall is SkipLayerNormalization accumulating mean/variance in fp16 on CUDA (overflow, lost
   precision; fixed upstream in onnxruntime PR 28682 by fp32 accumulation): the runtime also turns on the CUDA
