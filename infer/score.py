@@ -13,6 +13,7 @@ import queue
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -258,7 +259,37 @@ class ScoreResult:
     metrics: dict
 
 
-def score_files(inputs: list[str], models: list[str], provider: str = "auto", precision: str = "auto",
+def score_files(*args, **kwargs) -> ScoreResult:
+    """Score the input files with every model (see _score_files), one run at a time per output file."""
+    import inspect
+
+    output = inspect.signature(_score_files).bind(*args, **kwargs).arguments.get("output", "-")
+    with output_lock(output):
+        return _score_files(*args, **kwargs)
+
+
+@contextmanager
+def output_lock(output: str | None):
+    """Hold an exclusive lock on a hidden file beside the output while a run writes it: a second run on the same
+    output would share its partial file, checkpoint and rejects, so it stops at once instead. The lock file is
+    left in place (removing it would let a third run lock a new file while the second holds the old one)."""
+    if output in (None, "-"):
+        yield
+        return
+    import fcntl
+
+    path = sidecar(output, "lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(f"another tsinfer run is writing {output}: wait for it to end, or choose another "
+                             "--output") from None
+        yield
+
+
+def _score_files(inputs: list[str], models: list[str], provider: str = "auto", precision: str = "auto",
                 batch_tokens: int | None = None, max_batch: int | None = None, output: str | None = "-",
                 fmt: str = "tsv",
                 metrics_path: str | None = None, roc_path: str | None = None, rejects_path: str | None = None,

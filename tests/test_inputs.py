@@ -67,3 +67,18 @@ def test_an_output_path_that_is_the_input_is_refused_and_the_input_kept(svc_arti
     result = _score(args)
     assert result.exit_code == 2 and "would destroy the input" in result.stderr, result.output
     assert src.read_bytes() == before and link.is_symlink()
+
+
+def test_a_second_run_on_the_same_output_stops_at_once(svc_artifacts, small_data, tmp_path):
+    import fcntl
+
+    from tsinfer.infer.score import sidecar
+
+    out = tmp_path / "p.tsv"
+    with open(sidecar(str(out), "lock"), "a") as held:  # a first run, holding the output
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result = _score([str(small_data / "test.tsv"), "--model", str(svc_artifacts / "onnx" / "svc"), "-o", str(out)])
+    assert result.exit_code == 2 and "another tsinfer run is writing" in result.stderr
+    assert not out.exists()
+    result = _score([str(small_data / "test.tsv"), "--model", str(svc_artifacts / "onnx" / "svc"), "-o", str(out)])
+    assert result.exit_code == 0 and out.exists()
