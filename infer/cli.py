@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from tsinfer.infer.formats import Columns
 from tsinfer.infer.models import ModelError, available_providers, load_scorer, read_meta
 from tsinfer.infer.reader import InputError
 from tsinfer.infer.score import Interrupted, StrictError
@@ -58,8 +59,15 @@ def main():
 @click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "int8"]), default="auto", show_default=True,
               help="BERT model file; auto = int8 on cpu, fp16 on cuda/tensorrt (as meta.json says).")
 @click.option("--batch-tokens", type=click.IntRange(min=1), default=None,
-              help="Token budget of one padded batch (rows x longest row) [cpu 1024, cuda/tensorrt 65536].")
-@click.option("--max-batch", type=click.IntRange(min=1), default=None, help="Rows per batch at most [cpu 256, cuda 2048].")
+              help="Token budget of one padded batch (rows x longest row) [cpu 1024, cuda 262144, tensorrt 65536].")
+@click.option("--max-batch", type=click.IntRange(min=1), default=None,
+              help="Rows per batch at most [cpu 256, cuda 8192, tensorrt 2048].")
+@click.option("--input-format", type=click.Choice(["auto", "tsv", "jsonl", "csv", "parquet"]), default="auto",
+              show_default=True, help="auto: by suffix (.jsonl/.ndjson/.json, .csv, .parquet; else TSV), under any "
+                                      "compression suffix.")
+@click.option("--text-column", default=None, help="CSV/JSONL/Parquet: the text column [text, full_text, tweet, ...].")
+@click.option("--id-column", default=None, help="CSV/JSONL/Parquet: the id column [id_str, id, ...; else the row].")
+@click.option("--label-column", default=None, help="CSV/JSONL/Parquet: the label column [label, sentiment, ...].")
 @click.option("--output", "-o", default="-", show_default=True, help="Predictions file, or - for stdout.")
 @click.option("--format", "fmt", type=click.Choice(["tsv", "jsonl", "parquet"]), default=None,
               help="Predictions format [tsv; parquet or tsv shards with --engine ray, default parquet].")
@@ -90,9 +98,9 @@ def main():
               help="[ray] GPUs per actor; above 0 the actors use the CUDA provider.")
 @click.option("--cpus-per-actor", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
               help="[ray] CPUs per actor (also its onnxruntime threads).")
-def score(inputs, models, provider, precision, batch_tokens, max_batch, output, fmt, metrics_path, roc_path,
-          rejects_path, threads, chunk_rows, progress, verify, strict, resume, engine, address, actors,
-          gpus_per_actor, cpus_per_actor):
+def score(inputs, models, provider, precision, batch_tokens, max_batch, input_format, text_column, id_column,
+          label_column, output, fmt, metrics_path, roc_path, rejects_path, threads, chunk_rows, progress, verify, strict,
+          resume, engine, address, actors, gpus_per_actor, cpus_per_actor):
     """Score INPUT TSV files (or - for stdin) and print a comparison of the models.
 
     Input layouts: the seed's dev.tsv/test.tsv, `id<TAB>label<TAB>text`, `id<TAB>text`, or one text a line.
@@ -104,7 +112,11 @@ def score(inputs, models, provider, precision, batch_tokens, max_batch, output, 
 
     if progress is None:
         progress = sys.stderr.isatty()
+    columns = Columns(text_column, id_column, label_column)
     if engine == "ray":
+        if input_format not in ("auto", "tsv") or columns.given():
+            raise click.UsageError("--engine ray reads TSV shards: --input-format and the column options are for "
+                                   "--engine local")
         return _score_ray(inputs, models, provider, precision, batch_tokens, max_batch, output, fmt or "parquet",
                           metrics_path, roc_path, threads, chunk_rows, progress, verify, strict, resume, address,
                           actors, gpus_per_actor, cpus_per_actor)
@@ -116,7 +128,7 @@ def score(inputs, models, provider, precision, batch_tokens, max_batch, output, 
         rejects_path = "rejects.tsv" if output == "-" else f"{output}.rejects.tsv"
     result = score_files(list(inputs), list(models), provider, precision, batch_tokens, max_batch, output, fmt,
                          metrics_path, roc_path, rejects_path, threads, progress, chunk_rows, verify,
-                         strict=strict, resume=resume)
+                         strict=strict, resume=resume, input_format=input_format, columns=columns)
     click.echo(comparison_table(result), err=True)
     if result.rows_rejected:
         click.echo(f"{result.rows_rejected:,} rows rejected: see {rejects_path}", err=True)

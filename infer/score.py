@@ -22,7 +22,9 @@ import numpy as np
 from tsinfer.infer.batching import CHUNK_ROWS_BY_PROVIDER
 from tsinfer.infer.metrics import StreamingMetrics, format_score_bins, score_bins
 from tsinfer.infer.models import load_scorer
-from tsinfer.infer.reader import (DEFAULT_CHUNK_ROWS, NO_LABEL, Chunk, InputError, input_size, iter_chunks,
+from tsinfer.infer import formats
+from tsinfer.infer.formats import Columns
+from tsinfer.infer.reader import (DEFAULT_CHUNK_ROWS, NO_LABEL, Chunk, InputError, input_size,
                                   open_text, refuse_input_as_output, tsv_field, tsv_line)
 
 
@@ -295,11 +297,14 @@ def _score_files(inputs: list[str], models: list[str], provider: str = "auto", p
                 metrics_path: str | None = None, roc_path: str | None = None, rejects_path: str | None = None,
                 threads: int | None = None, progress: bool = False, chunk_rows: int | None = None,
                 verify: bool = True, sort: bool = True, strict: bool = False, resume: bool = False,
-                lanes: int | None = None) -> ScoreResult:
+                lanes: int | None = None, input_format: str = "auto", columns: Columns | None = None) -> ScoreResult:
     start = time.perf_counter()
+    columns = columns or Columns()
     for source in inputs:  # fail on a missing or unreadable input before loading any model
-        if source != "-":
+        if source != "-" and formats.input_format(source, input_format) != "parquet":
             open_text(source).close()
+        elif source != "-" and not Path(source).is_file():
+            raise InputError(f"input file not found: {source}")
     refuse_input_as_output(inputs, {"output": output, "rejects": rejects_path, "metrics": metrics_path,
                                     "ROC": roc_path})
     runs = [ModelRun(name, load_scorer(folder, provider, precision, threads, verify, batch_tokens=batch_tokens,
@@ -318,7 +323,8 @@ def _score_files(inputs: list[str], models: list[str], provider: str = "auto", p
                        if i != "-" else ["-"] for i in inputs],
             "models": [str(Path(m).resolve()) for m in models],
             "provider": runs[0].scorer.provider, "precisions": [r.scorer.precision for r in runs], "format": fmt,
-            "chunk_rows": chunk_rows, "batch_tokens": batch_tokens, "max_batch": max_batch, "sort": sort})
+            "chunk_rows": chunk_rows, "batch_tokens": batch_tokens, "max_batch": max_batch, "sort": sort,
+            "input_format": input_format, "columns": [columns.text, columns.id, columns.label]})
         state = checkpoint.load() if resume else None
         if state is None:
             checkpoint.remove()
@@ -344,7 +350,7 @@ def _score_files(inputs: list[str], models: list[str], provider: str = "auto", p
         try:
             seen = 0
             for source in inputs:
-                for chunk in iter_chunks(source, chunk_rows):
+                for chunk in formats.read_chunks(source, chunk_rows, input_format, columns):
                     seen += 1
                     if seen <= skip:  # done before the interruption: parsed again, not prepared or scored
                         continue

@@ -17,10 +17,13 @@ def _score(args, **kwargs):
     return CliRunner().invoke(main, ["score", *args, "--provider", "cpu", "--no-progress"], **kwargs)
 
 
-@pytest.mark.parametrize("kind", ["gzip", "bz2", "xz", "utf-16"])
+@pytest.mark.parametrize("kind", ["gzip", "bz2", "xz", "zstd", "utf-16"])
 def test_compressed_and_utf16_inputs_give_the_plain_file_s_predictions(svc_artifacts, small_data, tmp_path, kind):
     plain = (small_data / "test.tsv").read_bytes()
+    import zstandard
+
     encode = {"gzip": gzip.compress, "bz2": bz2.compress, "xz": lzma.compress,
+              "zstd": zstandard.ZstdCompressor().compress,
               "utf-16": lambda b: b.decode("utf-8").encode("utf-16")}[kind]
     src = tmp_path / "tweets.dat"  # no telling suffix: the first bytes decide
     src.write_bytes(encode(plain))
@@ -82,3 +85,68 @@ def test_a_second_run_on_the_same_output_stops_at_once(svc_artifacts, small_data
     assert not out.exists()
     result = _score([str(small_data / "test.tsv"), "--model", str(svc_artifacts / "onnx" / "svc"), "-o", str(out)])
     assert result.exit_code == 0 and out.exists()
+
+
+def _as_records(small_data):
+    rows = read_all(small_data / "test.tsv")
+    return [{"id_str": i, "full_text": t, "label": 4 if y == 1 else 0} for i, t, y in zip(rows.ids, rows.texts,
+                                                                                         rows.labels)]
+
+
+def _write_formats(records, folder):
+    import csv
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with open(folder / "t.jsonl", "w", encoding="utf-8") as fh:
+        for r in records:
+            fh.write(json.dumps(r) + "\n")
+    (folder / "t.jsonl.gz").write_bytes(gzip.compress((folder / "t.jsonl").read_bytes()))
+    with open(folder / "t.csv", "w", encoding="utf-8", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["id_str", "label", "full_text"])
+        w.writeheader()
+        w.writerows(records)
+    pq.write_table(pa.Table.from_pylist(records), folder / "t.parquet", row_group_size=97)
+
+
+def test_jsonl_csv_and_parquet_give_the_tsv_s_predictions(svc_artifacts, small_data, tmp_path):
+    _write_formats(_as_records(small_data), tmp_path)
+    model = ["--model", str(svc_artifacts / "onnx" / "svc")]
+    result = _score([str(small_data / "test.tsv"), *model, "-o", str(tmp_path / "tsv.out")])
+    assert result.exit_code == 0, result.output
+    for name in ("t.jsonl", "t.jsonl.gz", "t.csv", "t.parquet"):
+        result = _score([str(tmp_path / name), *model, "-o", str(tmp_path / f"{name}.out"), "--chunk-rows", "64"])
+        assert result.exit_code == 0, (name, result.output)
+        assert (tmp_path / f"{name}.out").read_bytes() == (tmp_path / "tsv.out").read_bytes(), name
+
+
+def test_bad_jsonl_records_are_rejected_with_their_line(svc_artifacts, tmp_path):
+    import json
+
+    src = tmp_path / "dump.jsonl"
+    src.write_text("\n".join([json.dumps({"id": 1, "text": "a lovely day", "sentiment": 1}), "{not json",
+                              json.dumps({"id": 3, "text": "", "sentiment": 0}),
+                              json.dumps({"id": 4, "text": "fine", "sentiment": "neutral"}), "",
+                              json.dumps({"id": 6, "body": "no text here"}), json.dumps([1, 2]),
+                              json.dumps({"id": 8, "text": "the worst", "sentiment": 0})]) + "\n")
+    out = tmp_path / "p.tsv"
+    result = _score([str(src), "--model", str(svc_artifacts / "onnx" / "svc"), "-o", str(out),
+                     "--label-column", "sentiment", "--metrics", str(tmp_path / "m.json")])
+    assert result.exit_code == 0, result.output
+    assert [r.split("\t")[0] for r in out.read_text().splitlines()[1:]] == ["1", "8"]
+    rejects = [r.split("\t") for r in (tmp_path / "p.tsv.rejects.tsv").read_text().splitlines()[1:]]
+    reasons = {int(r[1]): r[2] for r in rejects}
+    assert reasons == {2: "not a JSON object", 3: "empty text", 4: "label 'neutral' is not 0, 1 or 4",
+                       5: "empty line", 6: "no 'text' field", 7: "not a JSON object"}
+    import json as js
+    m = js.loads((tmp_path / "m.json").read_text())
+    assert m["rows_read"] == m["rows_scored"] + m["rows_rejected"] == 8
+
+
+def test_a_named_column_that_is_missing_is_one_clean_line(svc_artifacts, small_data, tmp_path):
+    _write_formats(_as_records(small_data), tmp_path)
+    result = _score([str(tmp_path / "t.csv"), "--model", str(svc_artifacts / "onnx" / "svc"), "-o",
+                     str(tmp_path / "p.tsv"), "--text-column", "body"])
+    assert result.exit_code == 2 and "has no column 'body'" in result.stderr and "full_text" in result.stderr
