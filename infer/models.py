@@ -174,8 +174,13 @@ class BertScorer:
         self.io_binding = provider in ("cuda", "tensorrt")
 
     def prepare(self, texts: list[str]) -> Encoded:
-        """CPU-side work for a chunk (runs in the reader thread, overlapping inference of the previous chunk)."""
-        return encode(self.tokenizer, texts)
+        """CPU-side work for a chunk (runs in the reader thread, overlapping inference of the previous chunk).
+
+        A text is cut to what max_length tokens can use before it reaches the tokenizer (no WordPiece token is
+        longer than its 100-character word limit), so a huge row costs no more memory or time than a long one;
+        such a row is still counted as truncated by the tokenizer."""
+        limit = 100 * int(self.meta.get("max_length", 128))
+        return encode(self.tokenizer, [t if len(t) <= limit else t[:limit] for t in texts])
 
     def _run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Logits of one padded batch, on whichever lane is free (its own session, so lanes never share one)."""

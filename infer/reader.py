@@ -36,6 +36,7 @@ LAYOUTS = {5: (1, 2, 4), 4: (0, 1, 3), 3: (0, 1, 2), 2: (0, None, 1), 1: (None, 
 DEFAULT_CHUNK_ROWS = 4096  # sorted and batched together; larger chunks pad a little less but hold more memory
 MAX_QUOTED_LINES = 64   # a quoted field may span this many more lines; beyond, its quote is taken as unterminated
 LAYOUT_SAMPLE = 64      # rows read before the column layout is decided
+MAX_LINE_CHARS = 1_000_000  # a longer line is rejected, read in pieces of this size: memory stays bounded
 # Bad UTF-8 becomes U+FFFD (the row is still read and counted); a BOM is skipped; newline="" keeps quoted CR/LF.
 TEXT_DECODING = {"encoding": "utf-8-sig", "errors": "replace", "newline": ""}
 
@@ -219,13 +220,19 @@ def _records(fh: IO[str]) -> Iterator[tuple[int, list[str], str]]:
     line_no = 0
 
     def next_line():
-        return pushback.pop() if pushback else fh.readline()
+        return pushback.pop() if pushback else fh.readline(MAX_LINE_CHARS + 1)
 
     while True:
         line = next_line()
         if not line:
             return
         line_no += 1
+        if len(line) > MAX_LINE_CHARS and not line.endswith(("\n", "\r")):
+            head = line[:200]
+            while line and not line.endswith(("\n", "\r")):  # the rest of the line, piece by piece, dropped
+                line = fh.readline(MAX_LINE_CHARS)
+            yield line_no, None, head
+            continue
         if "\0" in line:
             line = line.replace("\0", "")
         if '"' not in line:
@@ -256,10 +263,10 @@ def _choose_layout(first: list[tuple[int, list[str], str]]):
     """A header names the columns; otherwise the most common column count among the first rows decides."""
     if not first:
         return None, 0
-    header = _header_layout(first[0][1])
+    header = _header_layout(first[0][1]) if first[0][1] else None
     if header is not None:
         return header, 1
-    counts = Counter(min(len(f), 5) for _, f, _ in first if any(x.strip() for x in f))
+    counts = Counter(min(len(f), 5) for _, f, _ in first if f and any(x.strip() for x in f))
     n = counts.most_common(1)[0][0] if counts else 1
     return (*LAYOUTS[n], n), 0
 
@@ -271,6 +278,9 @@ def parse_chunks(fh: IO[str], chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Iterator[
     layout, skip = _choose_layout(first)
     chunk = Chunk()
     for line, fields, raw in chain(first[skip:], records):
+        if fields is None:
+            chunk.rejects.append(Reject(line, f"line longer than {MAX_LINE_CHARS:,} characters", raw))
+            continue
         if not any(f.strip() for f in fields):
             chunk.rejects.append(Reject(line, "empty line", raw))
             continue

@@ -25,7 +25,7 @@ MESSY = b"".join([
     b"7\t4\ta\tinvalid utf-8 \xff\xfe here\n",
     b"8\t0\ta\tNUL \x00 byte\n",
     b"id\tlabel\ta\ttext\n",                        # a header in the middle: label 'label' is rejected
-    b"9\t4\ta\t" + b"long " * 2_000_000 + b"\n",  # a single 10 MB line
+    b"9\t4\ta\t" + b"long " * 150_000 + b"\n",  # a single 750 kB line: scored, cut to what the model reads
     b"\x00\x01\x02\x03binary\xff\xfe\xfd garbage\n",
     b"10\t0\ta\t\"unterminated quote runs to EOF\n",
     b"11\t4\ta\tstill read after it\n",
@@ -54,7 +54,7 @@ def test_every_row_is_scored_or_rejected_exactly_once(messy_run):
     assert [int(r[1]) for r in rejected] == [4, 5, 6, 9, 11]  # line numbers
     assert metrics["rows_read"] == metrics["rows_scored"] + metrics["rows_rejected"] == 14
     assert metrics["rows_scored"] == len(scored) and metrics["rows_rejected"] == len(rejected)
-    assert metrics["rows_truncated"] >= 1  # the 10 MB line, cut at max_length, not rejected
+    assert metrics["rows_truncated"] >= 1  # the 750 kB line, cut at max_length, not rejected
 
 
 def test_the_messy_rows_keep_their_text():
@@ -176,3 +176,18 @@ def test_arbitrary_bytes_never_crash_the_reader(tmp_path, data):
     if data.startswith((b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")):
         return  # read as UTF-16/32: its line breaks are not these bytes
     assert n_lines <= data.count(b"\n") + data.count(b"\r") + 1
+
+
+def test_a_line_past_the_limit_is_rejected_in_bounded_memory(tmp_path):
+    from tsinfer.infer.reader import MAX_LINE_CHARS
+
+    path = tmp_path / "long.tsv"
+    with open(path, "wb") as fh:
+        fh.write(b"1\t0\tbefore\n2\t4\t")
+        for _ in range(3 * MAX_LINE_CHARS // 100_000):  # three limits' worth, without a line break
+            fh.write(b"x" * 100_000)
+        fh.write(b"\n3\t4\tafter\n")
+    chunk = read_all(path)
+    assert chunk.texts == ["before", "after"] and chunk.lines == [1, 3]
+    assert [(r.line, r.reason) for r in chunk.rejects] == [(2, f"line longer than {MAX_LINE_CHARS:,} characters")]
+    assert len(chunk.rejects[0].raw) <= 200
