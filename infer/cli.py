@@ -42,6 +42,11 @@ class CleanErrors(click.Group):
         except BrokenPipeError:  # `tsinfer score ... | head`
             sys.stderr.close()
             ctx.exit(0)
+        except OSError as e:  # a full disk, a permission, a vanished folder: one line, never a traceback
+            where = f": {e.filename}" if e.filename else ""
+            click.echo(f"Error: {e.strerror or e}{where}. Nothing was left under the output's name; fix it and run "
+                       "again (with --resume to continue from the last checkpoint).", err=True)
+            ctx.exit(1)
 
 
 @click.group(cls=CleanErrors)

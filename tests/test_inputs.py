@@ -150,3 +150,13 @@ def test_a_named_column_that_is_missing_is_one_clean_line(svc_artifacts, small_d
     result = _score([str(tmp_path / "t.csv"), "--model", str(svc_artifacts / "onnx" / "svc"), "-o",
                      str(tmp_path / "p.tsv"), "--text-column", "body"])
     assert result.exit_code == 2 and "has no column 'body'" in result.stderr and "full_text" in result.stderr
+
+
+def test_a_write_error_is_one_line_and_a_non_zero_exit(svc_artifacts, small_data, tmp_path):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the output's folder should be")
+    result = _score([str(small_data / "test.tsv"), "--model", str(svc_artifacts / "onnx" / "svc"), "-o",
+                     str(blocker / "p.tsv")])
+    assert result.exit_code == 1 and result.stderr.startswith("Error: ") and "not_a_folder" in result.stderr, result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.output and blocker.read_text().startswith("a file")
