@@ -78,6 +78,23 @@ def prediction_columns(names: list[str]) -> list[tuple[str, str]]:
     return [("pred", "score")] if len(names) == 1 else [(f"pred_{n}", f"score_{n}") for n in names]
 
 
+COMPRESSED_OUTPUT = (".gz", ".zst")  # output names that are written compressed (not resumable: see _score_files)
+
+
+def _open_output(tmp: Path, final: str):
+    if final.endswith(".gz"):
+        import gzip
+
+        return gzip.open(tmp, "wt", encoding="utf-8", newline="")
+    if final.endswith(".zst"):
+        try:
+            import zstandard
+        except ImportError:
+            raise InputError(f"{final}: writing zstd needs pip install zstandard (or name the output .gz)") from None
+        return zstandard.open(tmp, "wt", encoding="utf-8", newline="")
+    return open(tmp, "w", encoding="utf-8", newline="")
+
+
 class PredictionWriter:
     """TSV (csv-quoted where a field needs it, so the reader reads it back) or JSONL, to a file or stdout.
 
@@ -99,7 +116,7 @@ class PredictionWriter:
                 os.truncate(self.tmp, resume_bytes)
                 self.fh = open(self.tmp, "a", encoding="utf-8", newline="")
                 return
-            self.fh = open(self.tmp, "w", encoding="utf-8", newline="")
+            self.fh = _open_output(self.tmp, str(path))
         if self.tsv:
             self.fh.write(tsv_line(self.columns))
 
@@ -315,8 +332,12 @@ def _score_files(inputs: list[str], models: list[str], provider: str = "auto", p
     chunk_rows = chunk_rows or CHUNK_ROWS_BY_PROVIDER.get(runs[0].scorer.provider, DEFAULT_CHUNK_ROWS)
     load_s = time.perf_counter() - start
     to_file = output not in (None, "-")
+    compressed = to_file and str(output).endswith(COMPRESSED_OUTPUT)
+    if resume and compressed:
+        raise InputError(f"--resume cannot continue a compressed output ({output}): a compressed stream cannot be "
+                         "cut back to its last chunk; write plain text to be able to resume, or run without --resume")
     checkpoint = state = None
-    if to_file:
+    if to_file and not compressed:
         checkpoint = Checkpoint(output, {
             # an input edited since the checkpoint must not be continued: its size and mtime are part of the key
             "inputs": [[str(Path(i).resolve()), Path(i).stat().st_size, Path(i).stat().st_mtime_ns]

@@ -160,3 +160,19 @@ def test_a_write_error_is_one_line_and_a_non_zero_exit(svc_artifacts, small_data
     assert result.exit_code == 1 and result.stderr.startswith("Error: ") and "not_a_folder" in result.stderr, result.output
     assert len(result.stderr.strip().splitlines()) == 1
     assert "Traceback" not in result.output and blocker.read_text().startswith("a file")
+
+
+@pytest.mark.parametrize("suffix", [".gz", ".zst"])
+def test_a_compressed_output_holds_the_plain_output(svc_artifacts, small_data, tmp_path, suffix):
+    import zstandard
+
+    model = ["--model", str(svc_artifacts / "onnx" / "svc")]
+    for name in ("p.tsv", f"p.tsv{suffix}"):
+        result = _score([str(small_data / "test.tsv"), *model, "-o", str(tmp_path / name)])
+        assert result.exit_code == 0, result.output
+    packed = (tmp_path / f"p.tsv{suffix}").read_bytes()
+    plain = gzip.decompress(packed) if suffix == ".gz" else zstandard.ZstdDecompressor().decompressobj().decompress(
+        packed)
+    assert plain == (tmp_path / "p.tsv").read_bytes()
+    result = _score([str(small_data / "test.tsv"), *model, "-o", str(tmp_path / f"p.tsv{suffix}"), "--resume"])
+    assert result.exit_code == 2 and "--resume cannot continue a compressed output" in result.stderr
