@@ -190,14 +190,24 @@ def target_lines() -> list[str]:
             continue
         ratio = ours / theirs
         out.append(f"- {text}: {ratio:.2f}x -> {'met' if ratio >= factor else 'MISSED'}")
-    sizes = [r for r in RESULTS if r["group"] == "size"]
+    plain, packed = _rate("tsinfer score, SVC, none input"), _rate("tsinfer score, SVC, gzip input")
+    if plain and packed:
+        out.append(f"- gzip input within 15% of the plain file's rate (SVC): {packed / plain:.2f}x -> "
+                   f"{'met' if packed >= 0.85 * plain else 'MISSED'}")
+    for group in ("size", "size-parquet"):
+        out += _flat_line([r for r in RESULTS if r["group"] == group], group.replace("size", "").strip("-") or "tsv")
+    return out
+
+
+def _flat_line(sizes: list[dict], fmt: str) -> list[str]:
+    out = []
     if len(sizes) > 1:
         # flat: the largest run's peak within 10% of the next smaller one's (10x fewer rows)
         first, last = sizes[-2], sizes[-1]
         per_row = (last["peak_rss_mb"] - first["peak_rss_mb"]) * 2**20 / (last["rows"] - first["rows"])
         verdict = "flat" if last["peak_rss_mb"] <= 1.10 * first["peak_rss_mb"] else "GROWS"
         pairs = ", ".join(f"{r['rows']:,} rows: {r['peak_rss_mb']:.0f} MB" for r in sizes)
-        out.append(f"- peak RSS flat with input size ({pairs}; {per_row:.1f} bytes per extra row from "
+        out.append(f"- peak RSS flat with input size, {fmt} ({pairs}; {per_row:.1f} bytes per extra row from "
                    f"{first['rows']:,} to {last['rows']:,}) -> {verdict}")
     return out
 

@@ -314,13 +314,23 @@ def tiny_onnx(tmp_path_factory, artifacts):
     return d / "onnx"
 
 
-@pytest.mark.parametrize("n_rows", [10_000, 100_000, 1_000_000])
-def test_cost_vs_input_size(benchmark, tiny_onnx, test_rows, tmp_path, n_rows):
-    src = tmp_path / "big.tsv"
-    with open(src, "w", encoding="utf-8") as fh:
-        texts = [t.replace("\t", " ").replace('"', "'") for t in test_rows.texts]
-        for i in range(n_rows):
-            fh.write(f"{i}\t{test_rows.labels[i % len(texts)]}\t{texts[i % len(texts)]}\n")
+@pytest.mark.parametrize("fmt, n_rows", [("tsv", 10_000), ("tsv", 100_000), ("tsv", 1_000_000),
+                                         ("parquet", 100_000), ("parquet", 1_000_000)])
+def test_cost_vs_input_size(benchmark, tiny_onnx, test_rows, tmp_path, fmt, n_rows):
+    src = tmp_path / f"big.{fmt}"
+    texts = [t.replace("\t", " ").replace('"', "'") for t in test_rows.texts]
+    if fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        idx = np.arange(n_rows)
+        table = pa.table({"id": idx.astype(str), "label": np.asarray(test_rows.labels)[idx % len(texts)],
+                          "text": [texts[i % len(texts)] for i in range(n_rows)]})
+        pq.write_table(table, src, row_group_size=65_536)
+    else:
+        with open(src, "w", encoding="utf-8") as fh:
+            for i in range(n_rows):
+                fh.write(f"{i}\t{test_rows.labels[i % len(texts)]}\t{texts[i % len(texts)]}\n")
     cmd = [sys.executable, "-c",
            "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)",
@@ -333,4 +343,26 @@ def test_cost_vs_input_size(benchmark, tiny_onnx, test_rows, tmp_path, n_rows):
 
     seconds = timed(benchmark, run)
     rss_mb = int(out["p"].stdout.strip().splitlines()[-1]) / 1024
-    record(benchmark, "size", f"streaming, tiny model, {n_rows:,} rows", n_rows, seconds, peak_rss_mb=rss_mb)
+    record(benchmark, "size" if fmt == "tsv" else "size-parquet", f"streaming, tiny model, {fmt}, {n_rows:,} rows",
+           n_rows, seconds, peak_rss_mb=rss_mb)
+
+
+@pytest.mark.parametrize("compression", ["none", "gzip"])
+def test_compressed_input(benchmark, artifacts, bench_tsv, tmp_path, compression):
+    """The SVC model (the cheapest, so reading weighs most) on the same rows, plain and gzip-compressed."""
+    import gzip
+
+    from tsinfer.infer.score import score_files
+
+    src = bench_tsv
+    if compression == "gzip":
+        src = tmp_path / "rows.tsv.gz"
+        src.write_bytes(gzip.compress(bench_tsv.read_bytes()))
+    out = {}
+
+    def run():
+        out["r"] = score_files([str(src)], [str(artifacts / "onnx" / "svc")], "cpu", output=str(tmp_path / "p.tsv"))
+
+    timed(benchmark, run, rounds=2)
+    r = out["r"]
+    record(benchmark, "inputs", f"tsinfer score, SVC, {compression} input", r.rows_scored, r.wall_s - r.load_s)

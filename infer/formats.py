@@ -83,7 +83,8 @@ def _label(value) -> int | str:
 
 def rows_to_chunks(records: Iterator[tuple[int, dict | None, str]], roles: dict, chunk_rows: int,
                    ) -> Iterator[Chunk]:
-    """(line, record or None with the reason in raw's place, raw text) -> Chunks, by the TSV path's rules."""
+    """(line, record or None with (reason, raw) in raw's place, raw text or None) -> Chunks, by the TSV path's
+    rules; a reject's raw text, when None, is its record as JSON."""
     chunk = Chunk()
     for line, record, raw in records:
         reason = None
@@ -101,6 +102,7 @@ def rows_to_chunks(records: Iterator[tuple[int, dict | None, str]], roles: dict,
             elif not text.strip():
                 reason = "empty text"
         if reason:
+            raw = raw if raw is not None else json.dumps(record, default=str, ensure_ascii=False)[:1000]
             chunk.rejects.append(Reject(line, reason, raw))
             continue
         ident = record.get(roles["id"]) if roles["id"] else None
@@ -191,11 +193,12 @@ def parquet_chunks(path: str, columns: Columns, chunk_rows: int) -> Iterator[Chu
     row = 0
 
     def records():
+        # one row group in memory at a time (pyarrow's own batch iterator reads ahead several)
         nonlocal row
-        for batch in parquet.iter_batches(batch_size=chunk_rows, columns=wanted):
-            data = batch.to_pydict()
-            for i in range(batch.num_rows):
-                row += 1
-                record = {c: data[c][i] for c in wanted}
-                yield row, record, json.dumps(record, default=str, ensure_ascii=False)[:1000]
+        for group in range(parquet.num_row_groups):
+            for batch in parquet.read_row_group(group, columns=wanted, use_threads=False).to_batches(chunk_rows):
+                data = batch.to_pydict()
+                for i in range(batch.num_rows):
+                    row += 1
+                    yield row, {c: data[c][i] for c in wanted}, None  # raw text made only for a reject
     yield from rows_to_chunks(records(), roles, chunk_rows)
