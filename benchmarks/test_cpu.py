@@ -223,7 +223,7 @@ def test_padding_strategies(benchmark, artifacts, test_rows, strategy):
 
 # ---- scaling: token budget and threads -------------------------------------------------------------------------
 
-@pytest.mark.parametrize("batch_tokens", [512, 1024, 2048, 8192])
+@pytest.mark.parametrize("batch_tokens", [256, 512, 1024, 2048, 8192])
 def test_token_budget(benchmark, artifacts, test_rows, batch_tokens):
     from tsinfer.infer.models import load_scorer
 

@@ -10,7 +10,7 @@ import numpy as np
 # Token budget of one padded batch, by provider (measured: benchmarks/results/cpu.md and gpu.md). On 2 CPU cores
 # small batches that stay in cache win. On CUDA the default fp16 graph is packed (export/bert.py GPU_LAYOUTS):
 # padding costs it no compute, so the largest batches win.
-DEFAULT_BATCH_TOKENS = {"cpu": 1024, "cuda": 262144, "tensorrt": 65536}
+DEFAULT_BATCH_TOKENS = {"cpu": 512, "cuda": 262144, "tensorrt": 65536}
 DEFAULT_MAX_BATCH = {"cpu": 256, "cuda": 8192, "tensorrt": 2048}
 # Rows read, tokenized and length-sorted together: on a GPU larger chunks sort better, but the first one delays
 # the start and a coarser hand-over between the reader thread and the GPU overlaps worse.

@@ -64,7 +64,7 @@ def main():
 @click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "int8"]), default="auto", show_default=True,
               help="BERT model file; auto = int8 on cpu, fp16 on cuda/tensorrt (as meta.json says).")
 @click.option("--batch-tokens", type=click.IntRange(min=1), default=None,
-              help="Token budget of one padded batch (rows x longest row) [cpu 1024, cuda 262144, tensorrt 65536].")
+              help="Token budget of one padded batch (rows x longest row) [cpu 512, cuda 262144, tensorrt 65536].")
 @click.option("--max-batch", type=click.IntRange(min=1), default=None,
               help="Rows per batch at most [cpu 256, cuda 8192, tensorrt 2048].")
 @click.option("--input-format", type=click.Choice(["auto", "tsv", "jsonl", "csv", "parquet"]), default="auto",
