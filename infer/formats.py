@@ -106,10 +106,7 @@ def rows_to_chunks(records: Iterator[tuple[int, dict | None, str]], roles: dict,
             chunk.rejects.append(Reject(line, reason, raw))
             continue
         ident = record.get(roles["id"]) if roles["id"] else None
-        chunk.lines.append(line)
-        chunk.ids.append(str(line) if ident is None else str(ident))
-        chunk.labels.append(label)
-        chunk.texts.append(text)
+        chunk.add(line, str(line) if ident is None else str(ident), label, text)
         if len(chunk) >= chunk_rows:
             yield chunk
             chunk = Chunk()

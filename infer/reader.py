@@ -67,6 +67,13 @@ class Chunk:
     def label_array(self) -> np.ndarray:
         return np.asarray(self.labels, dtype=np.int8)
 
+    def add(self, line: int, ident: str, label: int, text: str) -> None:
+        """One accepted row (every reader builds its chunks through this)."""
+        self.lines.append(line)
+        self.ids.append(ident)
+        self.labels.append(label)
+        self.texts.append(text)
+
 
 class InputError(Exception):
     """The input as a whole cannot be read (missing, a directory, undecodable)."""
@@ -304,10 +311,7 @@ def parse_chunks(fh: IO[str], chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Iterator[
         if not text.strip():
             chunk.rejects.append(Reject(line, "empty text", raw))
             continue
-        chunk.lines.append(line)
-        chunk.ids.append(fields[id_col] if id_col is not None else str(line))
-        chunk.labels.append(label)
-        chunk.texts.append(text)
+        chunk.add(line, fields[id_col] if id_col is not None else str(line), label, text)
         if len(chunk) >= chunk_rows:
             yield chunk
             chunk = Chunk()
