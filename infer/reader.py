@@ -104,6 +104,17 @@ UNICODE_BOMS = ((b"\xff\xfe\x00\x00", "utf-32"), (b"\x00\x00\xfe\xff", "utf-32")
                 (b"\xfe\xff", "utf-16"))
 
 
+BINARY_SAMPLE = 8192        # bytes looked at to tell text from binary data
+BINARY_CONTROL_SHARE = 0.1  # more NUL or other control bytes than this share (tab, CR, LF, FF aside): binary
+
+
+def _looks_binary(sample: bytes) -> bool:
+    """A file whose first bytes are largely control bytes is no text, whatever stray bad bytes a text may hold."""
+    sample = sample[:BINARY_SAMPLE]
+    controls = sum(1 for b in sample if b < 32 and b not in (9, 10, 12, 13))
+    return len(sample) >= 64 and controls > BINARY_CONTROL_SHARE * len(sample)
+
+
 def _decompressed(raw: IO[bytes], kind: str, name: str) -> IO[bytes]:
     import bz2
     import gzip
@@ -142,11 +153,13 @@ def open_text(path: str | Path) -> IO[str]:
         head = stream.peek(32)
     except (OSError, EOFError) as e:
         raise InputError(f"{name}: the {kind} stream is damaged or cut short ({e})") from e
+    encoding = next((enc for bom, enc in UNICODE_BOMS if head.startswith(bom)), TEXT_DECODING["encoding"])
     what = next((v for magic, v in NOT_TEXT.items() if head.startswith(magic)), None)
+    if what is None and encoding == TEXT_DECODING["encoding"] and _looks_binary(stream.peek(BINARY_SAMPLE)):
+        what = "binary data (an unknown format or compression)"
     if what:
         stream.close()
         raise InputError(f"{name} is {what}, not text: give a TSV or text file (gzip, bz2, xz or zstd compressed)")
-    encoding = next((enc for bom, enc in UNICODE_BOMS if head.startswith(bom)), TEXT_DECODING["encoding"])
     fh = _Text(stream, **dict(TEXT_DECODING, encoding=encoding))
     fh.compression, fh.raw, fh.owns_raw = kind, raw, str(path) != "-"
     return fh

@@ -176,3 +176,16 @@ def test_a_compressed_output_holds_the_plain_output(svc_artifacts, small_data, t
     assert plain == (tmp_path / "p.tsv").read_bytes()
     result = _score([str(small_data / "test.tsv"), *model, "-o", str(tmp_path / f"p.tsv{suffix}"), "--resume"])
     assert result.exit_code == 2 and "--resume cannot continue a compressed output" in result.stderr
+
+
+def test_unknown_binary_data_is_refused_but_a_text_with_stray_bytes_is_read(tmp_path):
+    import random
+
+    rng = random.Random(0)
+    blob = tmp_path / "blob.tsv"
+    blob.write_bytes(bytes(rng.randrange(256) for _ in range(20_000)))
+    with pytest.raises(InputError, match="binary data"):
+        read_all(blob)
+    text = tmp_path / "text.tsv"
+    text.write_bytes(b"1\t0\ta fine row\n2\t4\tNUL \x00 and \x01\x02 stray bytes\n3\t4\tanother\n" * 20)
+    assert len(read_all(text)) == 60
