@@ -189,3 +189,37 @@ def test_unknown_binary_data_is_refused_but_a_text_with_stray_bytes_is_read(tmp_
     text = tmp_path / "text.tsv"
     text.write_bytes(b"1\t0\ta fine row\n2\t4\tNUL \x00 and \x01\x02 stray bytes\n3\t4\tanother\n" * 20)
     assert len(read_all(text)) == 60
+
+
+def test_cr_only_line_ends_give_no_phantom_rows(tmp_path):
+    src = tmp_path / "mac.tsv"
+    src.write_bytes(b"".join(f"{i}\t{i % 2}\ttweet number {i}\r".encode() for i in range(1, 2001)))
+    chunk = read_all(src)
+    assert len(chunk) == 2000 and not chunk.rejects and chunk.texts[-1] == "tweet number 2000"
+
+
+def test_a_full_disk_mid_run_keeps_a_partial_that_resume_completes(svc_artifacts, small_data, tmp_path,
+                                                                    monkeypatch):
+    import errno
+
+    from tsinfer.infer import score
+
+    model = ["--model", str(svc_artifacts / "onnx" / "svc"), "--chunk-rows", "64"]
+    assert _score([str(small_data / "test.tsv"), *model, "-o", str(tmp_path / "whole.tsv")]).exit_code == 0
+    real_write, calls = score.PredictionWriter.write, []
+
+    def write_until_full(self, chunk, results, bins):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.tmp))
+        real_write(self, chunk, results, bins)
+
+    monkeypatch.setattr(score.PredictionWriter, "write", write_until_full)
+    out = tmp_path / "p.tsv"
+    result = _score([str(small_data / "test.tsv"), *model, "-o", str(out)])
+    assert result.exit_code == 1 and "No space left on device" in result.stderr and "Traceback" not in result.output
+    assert not out.exists() and score.sidecar(str(out), "partial").exists()
+    monkeypatch.setattr(score.PredictionWriter, "write", real_write)
+    result = _score([str(small_data / "test.tsv"), *model, "-o", str(out), "--resume"])
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes() == (tmp_path / "whole.tsv").read_bytes()
