@@ -94,8 +94,10 @@ def main():
               help="Continue an interrupted run from its last completed chunk (same command, --output FILE).")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="local: this process; ray: Ray Data over many shards and machines (extra `dist`).")
-@click.option("--address", default=None, help="[ray] Join this Ray cluster (default: a local Ray with this "
-                                               "machine's cores).")
+@click.option("--address", default=None, help="[ray] Join this Ray cluster: HOST:PORT, ray://HOST:PORT (Ray "
+                                               "Client) or auto (default: a local Ray with this machine's cores).")
+@click.option("--connect-timeout", type=click.FloatRange(min=0.1), default=15.0, show_default=True,
+              help="[ray] Seconds to wait for --address before giving up.")
 @click.option("--actors", type=click.IntRange(min=1), default=None,
               help="[ray] Scoring actors, each holding one onnxruntime session per model [GPUs / gpus-per-actor, "
                    "or CPUs - 1].")
@@ -105,7 +107,7 @@ def main():
               help="[ray] CPUs per actor (also its onnxruntime threads).")
 def score(inputs, models, provider, precision, batch_tokens, max_batch, input_format, text_column, id_column,
           label_column, output, fmt, metrics_path, roc_path, rejects_path, threads, chunk_rows, progress, verify, strict,
-          resume, engine, address, actors, gpus_per_actor, cpus_per_actor):
+          resume, engine, address, connect_timeout, actors, gpus_per_actor, cpus_per_actor):
     """Score INPUT TSV files (or - for stdin) and print a comparison of the models.
 
     Input layouts: the seed's dev.tsv/test.tsv, `id<TAB>label<TAB>text`, `id<TAB>text`, or one text a line.
@@ -124,7 +126,7 @@ def score(inputs, models, provider, precision, batch_tokens, max_batch, input_fo
                                    "--engine local")
         return _score_ray(inputs, models, provider, precision, batch_tokens, max_batch, output, fmt or "parquet",
                           metrics_path, roc_path, threads, chunk_rows, progress, verify, strict, resume, address,
-                          actors, gpus_per_actor, cpus_per_actor)
+                          actors, gpus_per_actor, cpus_per_actor, connect_timeout)
     fmt = fmt or "tsv"
     if fmt == "parquet":
         raise click.UsageError("--format parquet is for --engine ray; the local engine writes tsv or jsonl")
@@ -141,7 +143,7 @@ def score(inputs, models, provider, precision, batch_tokens, max_batch, input_fo
 
 def _score_ray(inputs, models, provider, precision, batch_tokens, max_batch, output, fmt, metrics_path, roc_path,
                threads, chunk_rows, progress, verify, strict, resume, address, actors, gpus_per_actor,
-               cpus_per_actor):
+               cpus_per_actor, connect_timeout=15.0):
     from tsinfer.infer.ray_engine import score_with_ray
 
     unsupported = [name for name, used in (("--resume", resume), ("--strict", strict), ("--roc", roc_path),
@@ -155,7 +157,8 @@ def _score_ray(inputs, models, provider, precision, batch_tokens, max_batch, out
     if provider in ("cuda", "tensorrt") and not gpus_per_actor:
         gpus_per_actor = 1.0
     m = score_with_ray(list(inputs), list(models), output, fmt, address, actors, gpus_per_actor, cpus_per_actor,
-                       precision, batch_tokens, max_batch, chunk_rows, verify, metrics_path, progress)
+                       precision, batch_tokens, max_batch, chunk_rows, verify, metrics_path, progress,
+                       connect_timeout_s=connect_timeout)
     for name, s in (m["models"].items() if "models" in m else [(m.get("model", "model"), m)]):
         if s.get("accuracy") is not None:
             click.echo(f"{name}: accuracy {s['accuracy']:.4f}  MCC {s['mcc']:.4f}  ROC-AUC {s['roc_auc'] or 0:.4f}  "

@@ -201,11 +201,38 @@ def _read(path: str, fmt: str, columns: list[str] | None = None):
     return ds
 
 
+def connect(address: str | None, *, num_cpus: int | None, timeout_s: float) -> None:
+    """ray.init, with a cluster that cannot be reached turned into one InputError within timeout_s.
+
+    Ray itself retries an unreachable address for minutes; a TCP connection to HOST:PORT (also for ray://) is tried
+    first, within the wait the user chose. 'auto' and no address are left to Ray.
+    """
+    import socket
+
+    import ray
+
+    if address and address != "auto":
+        hostport = address.removeprefix("ray://")
+        host, _, port = hostport.rpartition(":")
+        try:
+            socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s).close()
+        except (OSError, ValueError) as e:
+            raise InputError(f"cannot reach the Ray cluster at {address} within {timeout_s:g} s ({e}): start it "
+                             "(ray start --head), check the address (HOST:PORT, ray://HOST:PORT or auto) or raise "
+                             "--connect-timeout") from None
+    try:
+        ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise InputError(f"cannot join the Ray cluster at {address or 'local'}: {str(e).splitlines()[0]}") from None
+
+
 def score_with_ray(inputs: list[str], models: list[str], output: str, fmt: str = "parquet",
                    address: str | None = None, actors: int | None = None, gpus_per_actor: float = 0.0,
                    cpus_per_actor: float = 1.0, precision: str = "auto", batch_tokens: int | None = None,
                    max_batch: int | None = None, chunk_rows: int | None = None, verify: bool = True,
-                   metrics_path: str | None = None, progress: bool = False, num_cpus: int | None = None) -> dict:
+                   metrics_path: str | None = None, progress: bool = False, num_cpus: int | None = None,
+                   connect_timeout_s: float = 15.0) -> dict:
     """Score shards on Ray Data; returns the metrics dict (also written to OUTPUT/metrics.json)."""
     require_ray()
     import ray
@@ -224,8 +251,7 @@ def score_with_ray(inputs: list[str], models: list[str], output: str, fmt: str =
     start = time.perf_counter()
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
-                 log_to_driver=False, configure_logging=False)
+        connect(address, num_cpus=num_cpus, timeout_s=connect_timeout_s)
     try:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = progress  # Ray Data's own bars: rows and blocks per operator, with rates

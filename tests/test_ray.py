@@ -85,3 +85,22 @@ def test_ray_cli_errors(tmp_path):
     assert r.exit_code == 2 and "--output FOLDER" in r.output
     r = runner.invoke(main, ["score", "x.tsv", "--engine", "ray", "--output", str(tmp_path / "o"), "--resume"])
     assert r.exit_code == 2 and "--resume" in r.output
+
+
+def test_an_unreachable_cluster_is_one_line_within_the_timeout(svc_artifacts, small_data, tmp_path):
+    from click.testing import CliRunner
+
+    from tsinfer.infer.cli import main
+
+    import socket
+    import time
+
+    with socket.socket() as s:  # a port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start = time.perf_counter()
+    result = CliRunner().invoke(main, ["score", str(small_data / "test.tsv"), "--engine", "ray", "--model",
+                                       str(svc_artifacts / "onnx" / "svc"), "--output", str(tmp_path / "out"),
+                                       "--address", f"127.0.0.1:{port}", "--connect-timeout", "2"])
+    assert result.exit_code == 2 and "cannot reach the Ray cluster at 127.0.0.1:" in result.stderr, result.output
+    assert "Traceback" not in result.output and time.perf_counter() - start < 30
