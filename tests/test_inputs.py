@@ -2,6 +2,7 @@
 output path may be an input file."""
 import bz2
 import gzip
+import json
 import lzma
 import os
 import zipfile
@@ -117,9 +118,12 @@ def test_jsonl_csv_and_parquet_give_the_tsv_s_predictions(svc_artifacts, small_d
     result = _score([str(small_data / "test.tsv"), *model, "-o", str(tmp_path / "tsv.out")])
     assert result.exit_code == 0, result.output
     for name in ("t.jsonl", "t.jsonl.gz", "t.csv", "t.parquet"):
-        result = _score([str(tmp_path / name), *model, "-o", str(tmp_path / f"{name}.out"), "--chunk-rows", "64"])
+        result = _score([str(tmp_path / name), *model, "-o", str(tmp_path / f"{name}.out"), "--chunk-rows", "64",
+                         "--metrics", str(tmp_path / f"{name}.json")])
         assert result.exit_code == 0, (name, result.output)
         assert (tmp_path / f"{name}.out").read_bytes() == (tmp_path / "tsv.out").read_bytes(), name
+        m = json.loads((tmp_path / f"{name}.json").read_text())
+        assert m["rows_read"] == m["rows_scored"] + m["rows_rejected"] == 300, name
 
 
 def test_bad_jsonl_records_are_rejected_with_their_line(svc_artifacts, tmp_path):
