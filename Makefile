@@ -9,8 +9,9 @@ SEED_REPO_RAW ?= https://raw.githubusercontent.com/ihr0008/Twitter-BERT/master
 BASE_MODEL    ?=
 EPOCHS        ?=
 PROVIDER      ?= cpu
-# GPU=1 (implied by PROVIDER=cuda or tensorrt): the CUDA build of torch and onnxruntime-gpu in place of onnxruntime.
-GPU           ?= $(if $(filter cuda tensorrt,$(PROVIDER)),1,)
+# GPU=1 (implied by PROVIDER=cuda or tensorrt, and kept once set up): the CUDA build of torch and onnxruntime-gpu in
+# place of onnxruntime.
+GPU           ?= $(if $(filter cuda tensorrt,$(PROVIDER)),1,$(if $(wildcard $(VENV)/.installed-gpu),1,))
 # The CPU build of torch lies on this machine's disk; a plain `torch` requirement would pull a multi-GB CUDA build.
 # On a GPU machine PyPI's Linux wheels of torch are the CUDA builds (local wheel folders are ignored for them).
 TORCH_SPEC    ?= torch==2.13.0

@@ -45,7 +45,7 @@ class CleanErrors(click.Group):
         except OSError as e:  # a full disk, a permission, a vanished folder: one line, never a traceback
             where = f": {e.filename}" if e.filename else ""
             click.echo(f"Error: {e.strerror or e}{where}. Nothing was left under the output's name; fix it and run "
-                       "again (with --resume to continue from the last checkpoint).", err=True)
+                       "again (a plain output file continues from its last checkpoint with --resume).", err=True)
             ctx.exit(1)
 
 

@@ -8,13 +8,14 @@ read by pyarrow one record batch at a time, never whole.
 """
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Iterator
 
-from tsinfer.infer.reader import LABEL_MAP, NO_LABEL, Chunk, InputError, Reject, iter_chunks, open_text
+from tsinfer.infer.reader import (LABEL_MAP, MAX_LINE_CHARS, NO_LABEL, Chunk, InputError, Reject, _records,
+                                  damaged_as_input_error, iter_chunks, open_text)
 
 FORMATS = ("tsv", "jsonl", "csv", "parquet")
 SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet",
@@ -62,11 +63,13 @@ def resolve(names: list[str], columns: Columns, source: str) -> dict[str, str | 
     """{role: column name} for text, id and label; a missing text column, or a named column that is not there,
     is an InputError that lists the columns the input has."""
     out = {}
+    # the usual names match whatever their case and spacing (as TSV headers do); a named column must match exactly
+    usual = {n.strip().lower(): n for n in reversed(names)}
     for role in ("text", "id", "label"):
         wanted = getattr(columns, role)
         if wanted is not None and wanted not in names:
             raise InputError(f"{source} has no column {wanted!r} (--{role}-column); its columns: {', '.join(names)}")
-        out[role] = wanted or next((n for n in DEFAULT_NAMES[role] if n in names), None)
+        out[role] = wanted or next((usual[n] for n in DEFAULT_NAMES[role] if n in usual), None)
     if out["text"] is None:
         raise InputError(f"{source} has no text column ({', '.join(DEFAULT_NAMES['text'])}): name it with "
                          f"--text-column; its columns: {', '.join(names) or 'none'}")
@@ -115,20 +118,40 @@ def rows_to_chunks(records: Iterator[tuple[int, dict | None, str]], roles: dict,
 
 
 def jsonl_chunks(path: str, columns: Columns, chunk_rows: int) -> Iterator[Chunk]:
-    with open_text(path) as fh:
-        lines = ((n, line.rstrip("\r\n")) for n, line in enumerate(fh, 1))
-        first = [(n, line) for n, line in _until_first_object(lines)]
-        names = list(json.loads(first[-1][1])) if first and _object(first[-1][1]) else []
-        roles = resolve(names, columns, path) if first else {"text": None, "id": None, "label": None}
+    with open_text(path) as fh, damaged_as_input_error(fh, path):
+        lines = _bounded_lines(fh)
+        first = list(_until_first_object(lines))
+        if first and first[0][1] is not None and first[0][1].lstrip().startswith("["):
+            raise InputError(f"{path} is a JSON array, not JSON Lines (one object a line): convert it, for example "
+                             "with jq -c '.[]'")
+        obj = _object(first[-1][1]) if first and first[-1][1] is not None else None
+        roles = resolve(list(obj) if obj else [], columns, path) if first else {"text": None, "id": None,
+                                                                               "label": None}
 
         def records():
-            for n, line in _chain(first, lines):
-                if not line.strip():
+            for n, line in chain(first, lines):
+                if line is None:
+                    yield n, None, (f"line longer than {MAX_LINE_CHARS:,} characters", "")
+                elif not line.strip():
                     yield n, None, ("empty line", line)
-                    continue
-                obj = _object(line)
-                yield (n, obj, line) if obj is not None else (n, None, ("not a JSON object", line[:1000]))
+                elif (obj := _object(line)) is None:
+                    yield n, None, ("not a JSON object", line[:1000])
+                else:
+                    yield n, obj, line
         yield from rows_to_chunks(records(), roles, chunk_rows)
+
+
+def _bounded_lines(fh):
+    """(line number, line without its end) with memory bounded: a line over MAX_LINE_CHARS comes back as None."""
+    n = 0
+    while line := fh.readline(MAX_LINE_CHARS + 1):
+        n += 1
+        if len(line) > MAX_LINE_CHARS and not line.endswith(("\n", "\r")):
+            while line and not line.endswith(("\n", "\r")):
+                line = fh.readline(MAX_LINE_CHARS)
+            yield n, None
+        else:
+            yield n, line.rstrip("\r\n")
 
 
 def _object(line: str) -> dict | None:
@@ -139,53 +162,55 @@ def _object(line: str) -> dict | None:
     return obj if isinstance(obj, dict) else None
 
 
-def _until_first_object(lines):
-    """The lines up to and including the first JSON object (its keys name the columns)."""
-    for n, line in lines:
+def _until_first_object(lines, limit: int = 64):
+    """The lines up to and including the first JSON object (its keys name the columns), at most `limit`."""
+    for k, (n, line) in enumerate(lines):
         yield n, line
-        if _object(line) is not None:
+        if (line is not None and _object(line) is not None) or k + 1 >= limit:
             return
-
-
-def _chain(first, rest):
-    yield from first
-    yield from rest
 
 
 def csv_chunks(path: str, columns: Columns, chunk_rows: int) -> Iterator[Chunk]:
-    with open_text(path) as fh:
-        reader = csv.reader(fh)
-        header = next(reader, None)
-        if header is None:
+    """CSV with a header line, through the TSV path's record reader (bounded quotes and lines, line numbers)."""
+    with open_text(path) as fh, damaged_as_input_error(fh, path):
+        records = _records(fh, delimiter=",")
+        first = next(records, None)
+        if first is None:
             return
+        header = first[1] or []
         roles = resolve(header, columns, path)
 
-        def records():
-            start = reader.line_num + 1
-            for row in reader:
-                raw = ",".join(row)
-                if not any(cell.strip() for cell in row):
-                    yield start, None, ("empty line", raw)
-                elif len(row) != len(header):
-                    yield start, None, (f"expected {len(header)} columns, got {len(row)}", raw)
+        def rows():
+            for line, fields, raw in records:
+                if fields is None:
+                    yield line, None, (f"line longer than {MAX_LINE_CHARS:,} characters", raw)
+                elif not any(cell.strip() for cell in fields):
+                    yield line, None, ("empty line", raw)
+                elif len(fields) != len(header):
+                    yield line, None, (f"expected {len(header)} columns, got {len(fields)}", raw)
                 else:
-                    yield start, dict(zip(header, row)), raw
-                start = reader.line_num + 1
-        yield from rows_to_chunks(records(), roles, chunk_rows)
+                    yield line, dict(zip(header, fields)), raw
+        yield from rows_to_chunks(rows(), roles, chunk_rows)
 
 
 def parquet_chunks(path: str, columns: Columns, chunk_rows: int) -> Iterator[Chunk]:
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        raise InputError(f"{path} is Parquet: pip install pyarrow (or tsinfer-sentiment[dist])") from None
+        raise InputError(f"{path} is Parquet: pip install 'tsinfer-sentiment[formats]' (pyarrow)") from None
     if str(path) == "-":
         raise InputError("Parquet cannot be read from stdin: give its path")
     try:
         parquet = pq.ParquetFile(path)
     except Exception as e:  # pyarrow raises its own ArrowInvalid/OSError types
         raise InputError(f"cannot read {path} as Parquet: {str(e).splitlines()[0]}") from e
-    roles = resolve(parquet.schema_arrow.names, columns, path)
+    try:
+        yield from _parquet_rows(parquet, resolve(parquet.schema_arrow.names, columns, path), chunk_rows)
+    finally:
+        parquet.close()
+
+
+def _parquet_rows(parquet, roles: dict, chunk_rows: int) -> Iterator[Chunk]:
     wanted = [c for c in dict.fromkeys(roles.values()) if c]
     row = 0
 

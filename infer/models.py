@@ -79,6 +79,8 @@ def read_meta(folder: Path, verify: bool = True) -> dict:
 # onnxruntime's own graph optimizer would fuse Add + LayerNormalization back into SkipLayerNormalization, whose CPU
 # kernel measured several times slower than the two standard ops (export/bert.py leaves them unfused for the CPU).
 CPU_DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"]
+# Each lane holds its own copy of the weights: on many cores, a few lanes of several threads each.
+MAX_CPU_LANES = 8
 
 
 def _session(path: Path, provider: str, threads: int | None, cuda_options: dict | None = None):
@@ -152,8 +154,10 @@ class BertScorer:
         # session splitting every operator over the cores: a small BERT's operators on short rows are too small to
         # share out (benchmarks/results/cpu.md). On a GPU each lane is a session with its own CUDA stream, so one
         # lane's host work can overlap another's kernels. Each lane holds its own copy of the weights.
-        if provider == "cpu":
-            lanes, threads = lanes or threads or len(os.sched_getaffinity(0)), 1
+        if provider == "cpu":  # lanes up to MAX_CPU_LANES, the cores shared out among them
+            cores = threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+            lanes = lanes or min(cores or 1, MAX_CPU_LANES)
+            threads = max(1, (cores or 1) // lanes)
         lanes = lanes or DEFAULT_LANES.get(provider, 1)
         self.sessions = [_session(folder / self.file, provider, threads, meta.get("cuda_options"))
                          for _ in range(lanes)]
@@ -174,13 +178,8 @@ class BertScorer:
         self.io_binding = provider in ("cuda", "tensorrt")
 
     def prepare(self, texts: list[str]) -> Encoded:
-        """CPU-side work for a chunk (runs in the reader thread, overlapping inference of the previous chunk).
-
-        A text is cut to what max_length tokens can use before it reaches the tokenizer (no WordPiece token is
-        longer than its 100-character word limit), so a huge row costs no more memory or time than a long one;
-        such a row is still counted as truncated by the tokenizer."""
-        limit = 100 * int(self.meta.get("max_length", 128))
-        return encode(self.tokenizer, [t if len(t) <= limit else t[:limit] for t in texts])
+        """CPU-side work for a chunk (runs in the reader thread, overlapping inference of the previous chunk)."""
+        return encode(self.tokenizer, texts)
 
     def _run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Logits of one padded batch, on whichever lane is free (its own session, so lanes never share one)."""
@@ -216,7 +215,14 @@ class BertScorer:
             for rows in plan:
                 one(rows)
         else:
-            list(self._pool.map(one, plan))  # list(): re-raises a lane's error here
+            futures = [self._pool.submit(one, rows) for rows in plan]
+            try:
+                for future in futures:
+                    future.result()  # re-raises a lane's error here
+            except BaseException:  # an error or Ctrl-C: the batches not started are dropped, not run
+                for future in futures:
+                    future.cancel()
+                raise
         padded = sum(len(rows) * int(enc.lengths[rows].max()) for rows in plan if len(rows))
         return Scored(pred, prob, tokens=int(enc.lengths.sum()), padded=padded, truncated=enc.truncated)
 

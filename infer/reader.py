@@ -17,6 +17,7 @@ import io
 import re
 import sys
 from collections import Counter
+from contextlib import contextmanager
 from itertools import chain, islice
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,6 +116,23 @@ def _looks_binary(sample: bytes) -> bool:
     return len(sample) >= 64 and controls > BINARY_CONTROL_SHARE * len(sample)
 
 
+def _damaged_stream_errors() -> tuple:
+    """The exceptions a damaged or cut-short compressed stream raises while it is read."""
+    import lzma
+    import zlib
+
+    errors: tuple = (EOFError, zlib.error, lzma.LZMAError)
+    try:
+        import zstandard
+        errors += (zstandard.ZstdError,)
+    except ImportError:
+        pass
+    return errors
+
+
+DAMAGED = _damaged_stream_errors()
+
+
 def _decompressed(raw: IO[bytes], kind: str, name: str) -> IO[bytes]:
     import bz2
     import gzip
@@ -147,19 +165,25 @@ def open_text(path: str | Path) -> IO[str]:
             raw = open(p, "rb")
         except OSError as e:
             raise InputError(f"cannot open {p}: {e.strerror}") from e
-    kind = next((k for magic, k in COMPRESSED.items() if raw.peek(8).startswith(magic)), None)
-    stream = _decompressed(raw, kind, name) if kind else raw
     try:
-        head = stream.peek(32)
-    except (OSError, EOFError) as e:
-        raise InputError(f"{name}: the {kind} stream is damaged or cut short ({e})") from e
-    encoding = next((enc for bom, enc in UNICODE_BOMS if head.startswith(bom)), TEXT_DECODING["encoding"])
-    what = next((v for magic, v in NOT_TEXT.items() if head.startswith(magic)), None)
-    if what is None and encoding == TEXT_DECODING["encoding"] and _looks_binary(stream.peek(BINARY_SAMPLE)):
-        what = "binary data (an unknown format or compression)"
-    if what:
-        stream.close()
-        raise InputError(f"{name} is {what}, not text: give a TSV or text file (gzip, bz2, xz or zstd compressed)")
+        kind = next((k for magic, k in COMPRESSED.items() if raw.peek(8).startswith(magic)), None)
+        stream = _decompressed(raw, kind, name) if kind else raw
+        try:
+            head = stream.peek(32)
+            sample = stream.peek(BINARY_SAMPLE)
+        except (*DAMAGED, OSError) as e:
+            raise InputError(f"{name}: the {kind} stream is damaged or cut short ({e})") from e
+        encoding = next((enc for bom, enc in UNICODE_BOMS if head.startswith(bom)), TEXT_DECODING["encoding"])
+        what = next((v for magic, v in NOT_TEXT.items() if head.startswith(magic)), None)
+        if what is None and encoding == TEXT_DECODING["encoding"] and _looks_binary(sample):
+            what = "binary data (an unknown format or compression)"
+        if what:
+            raise InputError(f"{name} is {what}, not text: give a TSV or text file (gzip, bz2, xz or zstd "
+                             "compressed)")
+    except BaseException:
+        if str(path) != "-":
+            raw.close()  # a decompressor does not close the file it was given
+        raise
     fh = _Text(stream, **dict(TEXT_DECODING, encoding=encoding))
     fh.compression, fh.raw, fh.owns_raw = kind, raw, str(path) != "-"
     return fh
@@ -195,21 +219,24 @@ def refuse_input_as_output(inputs: list[str], outputs: dict[str, str | None]) ->
 
 def iter_chunks(path: str | Path, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Iterator[Chunk]:
     """Yield Chunks of at most chunk_rows accepted rows; memory stays flat in the file's size."""
-    import lzma
-    import zlib
+    with open_text(path) as fh, damaged_as_input_error(fh, path):
+        for chunk in parse_chunks(fh, chunk_rows):
+            try:
+                chunk.bytes_read = fh.raw.tell()  # bytes of the file as stored, compressed or not
+            except (AttributeError, OSError, ValueError):  # stdin or a pipe
+                pass
+            yield chunk
 
-    with open_text(path) as fh:
-        try:
-            for chunk in parse_chunks(fh, chunk_rows):
-                try:
-                    chunk.bytes_read = fh.raw.tell()  # bytes of the file as stored, compressed or not
-                except (AttributeError, OSError, ValueError):  # stdin or a pipe
-                    pass
-                yield chunk
-        except (EOFError, zlib.error, lzma.LZMAError, OSError) as e:
-            if not fh.compression:
-                raise
-            raise InputError(f"{path}: the {fh.compression} stream is damaged or cut short ({e})") from e
+
+@contextmanager
+def damaged_as_input_error(fh, path):
+    """A compressed input that breaks while it is read (cut short, damaged) becomes one InputError."""
+    try:
+        yield
+    except (*DAMAGED, OSError) as e:
+        if not getattr(fh, "compression", None):
+            raise
+        raise InputError(f"{path}: the {fh.compression} stream is damaged or cut short ({e})") from e
 
 
 def input_size(path: str | Path) -> int | None:
@@ -221,21 +248,22 @@ def input_size(path: str | Path) -> int | None:
         return None
 
 
-def _quoted_fields(record: str) -> list[str] | None:
+def _quoted_fields(record: str, delimiter: str = "\t") -> list[str] | None:
     """csv-parse one record; None when a quoted field is still open at its end (it may go on next line)."""
     try:
-        return next(csv.reader([record], delimiter="\t", quotechar='"', strict=True), [""])
+        return next(csv.reader([record], delimiter=delimiter, quotechar='"', strict=True), [""])
     except csv.Error as e:
         if "unexpected end of data" in str(e):
             return None
-        return next(csv.reader([record], delimiter="\t", quotechar='"', strict=False), [""])
+        return next(csv.reader([record], delimiter=delimiter, quotechar='"', strict=False), [""])
 
 
-def _records(fh: IO[str]) -> Iterator[tuple[int, list[str], str]]:
-    """(first line number, fields, raw text) per record. Lines without a double quote split on tabs (the fast
-    path); a quoted field may run over at most MAX_QUOTED_LINES lines, else its line is read on its own, literally,
-    and the lines after it are read as records again: an unterminated quote never swallows the rest of the file.
-    NUL bytes are dropped (the csv module cannot read them)."""
+def _records(fh: IO[str], delimiter: str = "\t") -> Iterator[tuple[int, list[str] | None, str]]:
+    """(first line number, fields, raw text) per record. Lines without a double quote split on the delimiter (the
+    fast path); a quoted field may run over at most MAX_QUOTED_LINES lines, else its line is read on its own,
+    literally, and the lines after it are read as records again: an unterminated quote never swallows the rest of
+    the file. NUL bytes are dropped (the csv module cannot read them). A line over MAX_LINE_CHARS comes back with
+    fields None and the start of its text, read in pieces (CSV files share this reader with TSV)."""
     pushback: list[str] = []
     line_no = 0
 
@@ -250,28 +278,28 @@ def _records(fh: IO[str]) -> Iterator[tuple[int, list[str], str]]:
         if len(line) > MAX_LINE_CHARS and not line.endswith(("\n", "\r")):
             head = line[:200]
             while line and not line.endswith(("\n", "\r")):  # the rest of the line, piece by piece, dropped
-                line = fh.readline(MAX_LINE_CHARS)
+                line = next_line()
             yield line_no, None, head
             continue
         if "\0" in line:
             line = line.replace("\0", "")
         if '"' not in line:
             body = line.rstrip("\r\n")
-            yield line_no, body.split("\t"), body
+            yield line_no, body.split(delimiter), body
             continue
         record, taken = line, []
-        fields = _quoted_fields(record)
+        fields = _quoted_fields(record, delimiter)
         while fields is None and len(taken) < MAX_QUOTED_LINES:
             more = next_line()
             if not more:
                 break
             taken.append(more.replace("\0", ""))
             record += taken[-1]
-            fields = _quoted_fields(record)
+            fields = _quoted_fields(record, delimiter)
         if fields is None:  # unterminated: this line alone, as written
             pushback.extend(reversed(taken))
             body = line.rstrip("\r\n")
-            yield line_no, body.split("\t"), body
+            yield line_no, body.split(delimiter), body
             continue
         if fields and fields[-1].endswith(("\n", "\r")) and not record.rstrip("\r\n").endswith('"'):
             fields[-1] = fields[-1].rstrip("\r\n")

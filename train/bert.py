@@ -251,8 +251,10 @@ def train_bert(data_dir: str | Path = "data", out_dir: str | Path = "artifacts/b
         "device_name": torch.cuda.get_device_name(0) if cuda else platform.processor() or platform.machine(),
         "precision": "bf16" if bf16 else ("fp16" if cuda else "fp32"),
         "epoch_seconds": [round(t, 2) for t in timer.seconds],
-        # rows seen per second of training (evaluation excluded), over the epochs that ran to their end
-        "train_tweets_per_s": (len(train.texts) * len(timer.seconds) / sum(timer.seconds)) if timer.seconds else None,
+        # rows seen per second of training (evaluation excluded): optimizer steps x batch x processes
+        "train_tweets_per_s": (min(trainer.state.global_step * hp["batch_size"] * world,
+                                   len(train.texts) * trainer.state.num_train_epochs) / sum(timer.seconds)
+                               if timer.seconds else None),
         "world_size": world,
         "effective_batch_size": hp["batch_size"] * world,
         "best_epoch": keep_best.best_epoch,
