@@ -220,7 +220,7 @@ def _parquet_rows(parquet, roles: dict, chunk_rows: int) -> Iterator[Chunk]:
         for group in range(parquet.num_row_groups):
             for batch in parquet.read_row_group(group, columns=wanted, use_threads=False).to_batches(chunk_rows):
                 data = batch.to_pydict()
-                for i in range(batch.num_rows):
+                for values in zip(*(data[c] for c in wanted)):
                     row += 1
-                    yield row, {c: data[c][i] for c in wanted}, None  # raw text made only for a reject
+                    yield row, dict(zip(wanted, values)), None  # raw text made only for a reject
     yield from rows_to_chunks(records(), roles, chunk_rows)
