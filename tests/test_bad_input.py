@@ -125,10 +125,12 @@ def test_resume_after_a_hard_kill_is_byte_identical(all_artifacts, tmp_path):
     subprocess.run(cmd("whole.tsv"), check=True, capture_output=True)
     proc = subprocess.Popen(cmd("cut.tsv"), stderr=subprocess.DEVNULL)
     checkpoint = tmp_path / ".cut.tsv.checkpoint.json"
-    deadline = time.time() + 60
-    while time.time() < deadline and not checkpoint.exists():
-        time.sleep(0.05)
-    time.sleep(1.0)
+    deadline = time.time() + 120
+    # a known point: a checkpoint with at least 5 of the 30 chunks done and most of the file still to do
+    while time.time() < deadline and proc.poll() is None and _rows_checkpointed(checkpoint) < 10_000:
+        time.sleep(0.01)
+    if proc.poll() is not None:
+        pytest.fail("the run ended before it could be killed mid-way: give it a larger input")
     proc.kill()  # SIGKILL: no handler runs, only the checkpoint of the last completed chunk is left
     proc.wait()
     assert not (tmp_path / "cut.tsv").exists()
@@ -142,6 +144,13 @@ def test_resume_after_a_hard_kill_is_byte_identical(all_artifacts, tmp_path):
     for key in ("rows_read", "rows_scored", "rows_rejected", "accuracy", "mcc", "roc_auc", "confusion_matrix"):
         assert cut[key] == whole[key], key
     assert not checkpoint.exists()
+
+
+def _rows_checkpointed(path) -> int:
+    try:
+        return json.loads(path.read_text())["rows_read"]
+    except (FileNotFoundError, ValueError, KeyError):  # not written yet, or caught mid-replace
+        return 0
 
 
 texts = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1,
