@@ -105,15 +105,20 @@ UNICODE_BOMS = ((b"\xff\xfe\x00\x00", "utf-32"), (b"\x00\x00\xfe\xff", "utf-32")
                 (b"\xfe\xff", "utf-16"))
 
 
-BINARY_SAMPLE = 8192        # bytes looked at to tell text from binary data
-BINARY_CONTROL_SHARE = 0.1  # more NUL or other control bytes than this share (tab, CR, LF, FF aside): binary
+BINARY_SAMPLE = 8192    # bytes looked at to tell text from binary data
+BINARY_NUL_SHARE = 0.05  # binary: more NUL bytes than this share of the sample,
+BINARY_BAD_SHARE = 0.1   # or more bytes that are not UTF-8 than this share
 
 
 def _looks_binary(sample: bytes) -> bool:
-    """A file whose first bytes are largely control bytes is no text, whatever stray bad bytes a text may hold."""
+    """A file whose first bytes are largely NULs or not UTF-8 is no text, whatever stray bad bytes a text may
+    hold; control characters alone do not decide it (a text may carry them, and the writer writes them back)."""
     sample = sample[:BINARY_SAMPLE]
-    controls = sum(1 for b in sample if b < 32 and b not in (9, 10, 12, 13))
-    return len(sample) >= 64 and controls > BINARY_CONTROL_SHARE * len(sample)
+    if len(sample) < 64:
+        return False
+    # replacement characters from undecodable bytes, not those the text itself holds (valid EF BF BD)
+    bad = sample.decode("utf-8", errors="replace").count("\ufffd") - sample.count("\ufffd".encode())
+    return sample.count(0) > BINARY_NUL_SHARE * len(sample) or bad > BINARY_BAD_SHARE * len(sample)
 
 
 def _damaged_stream_errors() -> tuple:
