@@ -106,8 +106,8 @@ def main():
 @click.option("--cpus-per-actor", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
               help="[ray] CPUs per actor (also its onnxruntime threads).")
 def score(inputs, models, provider, precision, batch_tokens, max_batch, input_format, text_column, id_column,
-          label_column, output, fmt, metrics_path, roc_path, rejects_path, threads, chunk_rows, progress, verify, strict,
-          resume, engine, address, connect_timeout, actors, gpus_per_actor, cpus_per_actor):
+          label_column, output, fmt, metrics_path, roc_path, rejects_path, threads, chunk_rows, progress, verify,
+          strict, resume, engine, address, connect_timeout, actors, gpus_per_actor, cpus_per_actor):
     """Score INPUT TSV files (or - for stdin) and print a comparison of the models.
 
     Input layouts: the seed's dev.tsv/test.tsv, `id<TAB>label<TAB>text`, `id<TAB>text`, or one text a line.
@@ -143,7 +143,7 @@ def score(inputs, models, provider, precision, batch_tokens, max_batch, input_fo
 
 def _score_ray(inputs, models, provider, precision, batch_tokens, max_batch, output, fmt, metrics_path, roc_path,
                threads, chunk_rows, progress, verify, strict, resume, address, actors, gpus_per_actor,
-               cpus_per_actor, connect_timeout=15.0):
+               cpus_per_actor, connect_timeout):
     from tsinfer.infer.ray_engine import score_with_ray
 
     unsupported = [name for name, used in (("--resume", resume), ("--strict", strict), ("--roc", roc_path),

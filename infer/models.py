@@ -206,24 +206,23 @@ class BertScorer:
         pred, prob = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.float64)
         plan = plan_batches(enc.lengths, self.batch_tokens, self.max_batch, sort=sort)
 
-        def one(rows: np.ndarray) -> None:
-            logits = self._run(*pad_batch(enc, rows, self.int_dtype))
+        def one(rows: np.ndarray) -> int:
+            ids, mask = pad_batch(enc, rows, self.int_dtype)
+            logits = self._run(ids, mask)
             prob[rows], pred[rows] = positive_probability(logits), (logits[:, 1] > logits[:, 0]).astype(np.int64)
             if on_batch:
                 on_batch(len(rows))
+            return ids.size  # padded tokens
         if self._pool is None:
-            for rows in plan:
-                one(rows)
+            padded = sum(one(rows) for rows in plan)
         else:
             futures = [self._pool.submit(one, rows) for rows in plan]
             try:
-                for future in futures:
-                    future.result()  # re-raises a lane's error here
+                padded = sum(future.result() for future in futures)  # re-raises a lane's error here
             except BaseException:  # an error or Ctrl-C: the batches not started are dropped, not run
                 for future in futures:
                     future.cancel()
                 raise
-        padded = sum(len(rows) * int(enc.lengths[rows].max()) for rows in plan if len(rows))
         return Scored(pred, prob, tokens=int(enc.lengths.sum()), padded=padded, truncated=enc.truncated)
 
     def warm_up(self) -> None:

@@ -257,32 +257,21 @@ def main(data, tokenizer_dir, out, work, rows, seed_rows, layouts, configs, mini
 
     import onnxruntime as ort
 
-    from tsinfer.infer.batching import (CHUNK_ROWS_BY_PROVIDER, DEFAULT_BATCH_TOKENS, DEFAULT_LANES,
-                                        DEFAULT_MAX_BATCH, encode, load_tokenizer)
     from tsinfer.infer.reader import read_all
-    from tsinfer.infer.score import score_files
 
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     device = "cpu" if cpu else "cuda"
     provider, precision = ("cpu", "fp32") if cpu else ("cuda", "fp16")
     layouts = ["padded"] if cpu else layouts.split(",")
-    result = {"date": datetime.date.today().isoformat(), "onnxruntime": ort.__version__,
-              "providers": ort.get_available_providers(), "torch": torch.__version__, "cpu_cores": os.cpu_count(),
-              "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-              "python": platform.python_version(), "contenders": [], "export": {}, "model_only": {}}
+    res = Results(out, {"date": datetime.date.today().isoformat(), "onnxruntime": ort.__version__,
+                        "providers": ort.get_available_providers(), "torch": torch.__version__,
+                        "cpu_cores": os.cpu_count(),
+                        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+                        "python": platform.python_version(), "contenders": [], "export": {}, "model_only": {}})
+    result = res.result
     log(f"onnxruntime {ort.__version__} providers {result['providers']}; torch {torch.__version__}; "
         f"gpu {result['gpu']}; {os.cpu_count()} cores")
-
-    def save():  # after each step, so a run cut short still leaves its figures
-        (out / "gpu.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
-
-    def add(name, n, seconds, **extra):
-        entry = dict(name=name, rows=n, seconds=round(seconds, 3), tweets_per_s=n / seconds, **extra)
-        result["contenders"].append(entry)
-        log(f"{name}: {n:,} rows in {seconds:.2f} s = {n / seconds:,.0f} tweets/s {extra or ''}")
-        save()
-        return entry
 
     t = time.perf_counter()
     config, model = build_model(small)
@@ -290,81 +279,17 @@ def main(data, tokenizer_dir, out, work, rows, seed_rows, layouts, configs, mini
     result["export"]["exporter"] = export_raw(model, raw)
     result["export"]["export_s"] = round(time.perf_counter() - t, 1)
     folders = build_layouts(raw, work, config, layouts, precision, tokenizer_dir / "tokenizer.json", result)
-    save()
+    res.save()
 
     big = work / "big.tsv"
     repeat_tsv(data, big, rows)
     texts = read_all(big).texts
-    tok = load_tokenizer(tokenizer_dir, 128)
-    chunk = CHUNK_ROWS_BY_PROVIDER[provider]
-    t = time.perf_counter()
-    encs = [encode(tok, texts[i:i + chunk]) for i in range(0, len(texts), chunk)]
-    tok_s = time.perf_counter() - t
-    lengths = np.concatenate([e.lengths for e in encs])
-    result["tokenization"] = {"tweets_per_s": len(texts) / tok_s, "mean_tokens": float(lengths.mean())}
-    log(f"{len(texts):,} rows; tokenization alone {len(texts) / tok_s:,.0f} tweets/s (mean {lengths.mean():.1f} "
-        "tokens)")
-
-    # model only: every layout on the same saved batches (tsinfer's default CUDA plan), then PyTorch on them
-    batches = work / "batches.npz"
-    budget, max_batch = DEFAULT_BATCH_TOKENS[provider], DEFAULT_MAX_BATCH[provider]
-    result["model_only_batches"] = save_batches(encs, batches, budget, max_batch)
     tmodel = torch_model(config).to(device=device, dtype=torch.float32 if cpu else torch.float16).eval()
-    if not cpu:
-        from tsinfer.export.bert import GPU_LAYOUTS
-
-        for layout, folder in folders.items():
-            r = model_only(folder / "model_fp16.onnx", batches, GPU_LAYOUTS[layout]["cuda_options"])
-            result["model_only"][layout] = r
-            log(f"model only, {layout}: {r}")
-            save()
-    secs = torch_batches(tmodel, batches, device)
-    result["model_only"]["pytorch_fp16_sdpa"] = {"tweets_per_s": len(texts) / secs, "seconds": secs}
-    log(f"model only, PyTorch: {len(texts) / secs:,.0f} tweets/s")
-    save()
-
-    # end to end: tsinfer's streaming path (file in, file out); model load is reported apart
-    warm = work / "warm.tsv"
-    repeat_tsv(data, warm, min(20_000, rows))
-
-    def tsinfer_run(layout, budget, max_batch, chunk_rows, lanes):
-        score_files([str(warm)], [str(folders[layout])], provider, precision, output=str(work / "warm_pred.tsv"))
-        r = score_files([str(big)], [str(folders[layout])], provider, precision, batch_tokens=budget,
-                        max_batch=max_batch, output=str(work / "pred.tsv"), chunk_rows=chunk_rows, lanes=lanes)
-        s = next(iter(r.summaries.values()))
-        return add(f"tsinfer score, {precision} {layout}, {provider} (file in, file out), budget {budget}, "
-                   f"max batch {max_batch}, chunk {chunk_rows}, {lanes} lane(s)", r.rows_scored, r.wall_s - r.load_s,
-                   load_s=round(r.load_s, 2), inference_s=r.timings["inference_s"],
-                   read_prepare_s=r.timings["read_prepare_s"], write_s=r.timings["write_s"],
-                   padding_efficiency=round(s["padding_efficiency"], 3), accuracy=round(s["accuracy"], 4),
-                   setting=(budget, max_batch, chunk_rows, lanes), layout=layout)
-
-    default_setting = (budget, max_batch, CHUNK_ROWS_BY_PROVIDER[provider], DEFAULT_LANES.get(provider, 1))
-    tried = [tsinfer_run(layout, *default_setting) for layout in folders]
-    packed = [e for e in tried if e["layout"] != "padded"]
-    best_layout = max(packed or tried, key=lambda e: e["tweets_per_s"])["layout"]
-    for c in configs.split(","):
-        setting = tuple(map(int, c.split(":")))
-        if setting != default_setting:
-            tried.append(tsinfer_run(best_layout, *setting))
-    best = max(tried, key=lambda e: e["tweets_per_s"])
-    result["tsinfer_best"] = best
-
-    # PyTorch eager fp16 (sdpa), tokenization included, all rows length-sorted at once with tsinfer's plan
-    t = time.perf_counter()
-    encs2 = [encode(tok, texts[i:i + 4096]) for i in range(0, len(texts), 4096)]
-    from tsinfer.infer.batching import Encoded
-    whole = Encoded(np.concatenate([e.ids for e in encs2]),
-                    np.concatenate([[0], np.cumsum(np.concatenate([e.lengths for e in encs2]))]), 0)
-    tok_s2 = time.perf_counter() - t
-    b, m, _, _ = best["setting"]
-    torch_dynamic(tmodel, whole, device, b, m)  # warm-up: kernel selection per shape
-    secs = torch_dynamic(tmodel, whole, device, b, m)
-    add(f"PyTorch eager {'fp32' if cpu else 'fp16'}, sdpa, all rows length-sorted, budget {b}, max batch {m} "
-        "(tokenization included, no file I/O)", len(texts), secs + tok_s2, model_only_s=round(secs, 3))
-
-    seed = add("seed method (PyTorch eager fp32, pad 284, batch 32)", *seed_method(config, tokenizer_dir, texts,
-                                                                                  seed_rows, device))
+    lengths = measure_model_only(res, folders, tmodel, texts, tokenizer_dir, work, provider, device)
+    best = tsinfer_sweep(res, folders, data, big, work, provider, precision, configs, rows)
+    pytorch_end_to_end(res, tmodel, texts, tokenizer_dir, best["setting"], device, cpu)
+    seed = res.add("seed method (PyTorch eager fp32, pad 284, batch 32)",
+                   *seed_method(config, tokenizer_dir, texts, seed_rows, device))
     for e in result["contenders"]:
         e["x_seed"] = e["tweets_per_s"] / seed["tweets_per_s"]
     fpt = flops_per_tweet(lengths, config)
@@ -374,16 +299,119 @@ def main(data, tokenizer_dir, out, work, rows, seed_rows, layouts, configs, mini
     torch_e2e = next(e for e in result["contenders"] if e["name"].startswith("PyTorch"))
     result["target"] = {"tweets_per_s": 60000, "met": best["tweets_per_s"] >= 60000,
                         "x_pytorch": best["tweets_per_s"] / torch_e2e["tweets_per_s"]}
-    save()
+    res.save()
     if not cpu and minilm.exists():
         try:
             result["minilm_fp16_parity"] = minilm_parity(minilm, work, data, list(folders))
         except Exception as e:  # reported, not fatal: the speed figures above stand on their own
             result["minilm_fp16_parity_error"] = str(e)[:500]
             log(f"MiniLM parity failed: {e}")
-    save()
+    res.save()
     (out / "gpu.md").write_text(markdown(result))
     print(markdown(result), flush=True)
+
+
+class Results:
+    """gpu.json, saved after each step so that a run cut short still leaves its figures."""
+
+    def __init__(self, out: Path, result: dict):
+        self.out, self.result = out, result
+
+    def save(self) -> None:
+        (self.out / "gpu.json").write_text(json.dumps(self.result, indent=2, default=float) + "\n")
+
+    def add(self, name: str, n: int, seconds: float, **extra) -> dict:
+        entry = dict(name=name, rows=n, seconds=round(seconds, 3), tweets_per_s=n / seconds, **extra)
+        self.result["contenders"].append(entry)
+        log(f"{name}: {n:,} rows in {seconds:.2f} s = {n / seconds:,.0f} tweets/s {extra or ''}")
+        self.save()
+        return entry
+
+
+def measure_model_only(res: Results, folders: dict, tmodel, texts: list[str], tokenizer_dir: Path, work: Path,
+                       provider: str, device: str) -> np.ndarray:
+    """Tokenization alone, then every layout and PyTorch on the same saved batches (tsinfer's default plan);
+    returns the rows' token lengths."""
+    from tsinfer.export.bert import GPU_LAYOUTS
+    from tsinfer.infer.batching import (CHUNK_ROWS_BY_PROVIDER, DEFAULT_BATCH_TOKENS, DEFAULT_MAX_BATCH, encode,
+                                        load_tokenizer)
+
+    tok = load_tokenizer(tokenizer_dir, 128)
+    chunk = CHUNK_ROWS_BY_PROVIDER[provider]
+    t = time.perf_counter()
+    encs = [encode(tok, texts[i:i + chunk]) for i in range(0, len(texts), chunk)]
+    tok_s = time.perf_counter() - t
+    lengths = np.concatenate([e.lengths for e in encs])
+    res.result["tokenization"] = {"tweets_per_s": len(texts) / tok_s, "mean_tokens": float(lengths.mean())}
+    log(f"{len(texts):,} rows; tokenization alone {len(texts) / tok_s:,.0f} tweets/s (mean {lengths.mean():.1f} "
+        "tokens)")
+    batches = work / "batches.npz"
+    res.result["model_only_batches"] = save_batches(encs, batches, DEFAULT_BATCH_TOKENS[provider],
+                                                    DEFAULT_MAX_BATCH[provider])
+    if provider != "cpu":
+        for layout, folder in folders.items():
+            r = model_only(folder / "model_fp16.onnx", batches, GPU_LAYOUTS[layout]["cuda_options"])
+            res.result["model_only"][layout] = r
+            log(f"model only, {layout}: {r}")
+            res.save()
+    secs = torch_batches(tmodel, batches, device)
+    res.result["model_only"]["pytorch_fp16_sdpa"] = {"tweets_per_s": len(texts) / secs, "seconds": secs}
+    log(f"model only, PyTorch: {len(texts) / secs:,.0f} tweets/s")
+    res.save()
+    return lengths
+
+
+def tsinfer_sweep(res: Results, folders: dict, data: Path, big: Path, work: Path, provider: str, precision: str,
+                  configs: str, rows: int) -> dict:
+    """tsinfer's streaming path end to end (file in, file out): every layout at the defaults, then the settings
+    of --configs with the best packed layout; model load is reported apart. Returns the best entry."""
+    from tsinfer.infer.batching import CHUNK_ROWS_BY_PROVIDER, DEFAULT_BATCH_TOKENS, DEFAULT_LANES, DEFAULT_MAX_BATCH
+    from tsinfer.infer.score import score_files
+
+    warm = work / "warm.tsv"
+    repeat_tsv(data, warm, min(20_000, rows))
+
+    def run(layout, budget, max_batch, chunk_rows, lanes):
+        score_files([str(warm)], [str(folders[layout])], provider, precision, output=str(work / "warm_pred.tsv"))
+        r = score_files([str(big)], [str(folders[layout])], provider, precision, batch_tokens=budget,
+                        max_batch=max_batch, output=str(work / "pred.tsv"), chunk_rows=chunk_rows, lanes=lanes)
+        s = next(iter(r.summaries.values()))
+        return res.add(f"tsinfer score, {precision} {layout}, {provider} (file in, file out), budget {budget}, "
+                       f"max batch {max_batch}, chunk {chunk_rows}, {lanes} lane(s)", r.rows_scored,
+                       r.wall_s - r.load_s, load_s=round(r.load_s, 2), inference_s=r.timings["inference_s"],
+                       read_prepare_s=r.timings["read_prepare_s"], write_s=r.timings["write_s"],
+                       padding_efficiency=round(s["padding_efficiency"], 3), accuracy=round(s["accuracy"], 4),
+                       setting=(budget, max_batch, chunk_rows, lanes), layout=layout)
+
+    default_setting = (DEFAULT_BATCH_TOKENS[provider], DEFAULT_MAX_BATCH[provider], CHUNK_ROWS_BY_PROVIDER[provider],
+                       DEFAULT_LANES.get(provider, 1))
+    tried = [run(layout, *default_setting) for layout in folders]
+    packed = [e for e in tried if e["layout"] != "padded"]
+    best_layout = max(packed or tried, key=lambda e: e["tweets_per_s"])["layout"]
+    for c in configs.split(","):
+        setting = tuple(map(int, c.split(":")))
+        if setting != default_setting:
+            tried.append(run(best_layout, *setting))
+    res.result["tsinfer_best"] = max(tried, key=lambda e: e["tweets_per_s"])
+    return res.result["tsinfer_best"]
+
+
+def pytorch_end_to_end(res: Results, tmodel, texts: list[str], tokenizer_dir: Path, setting: tuple, device: str,
+                       cpu: bool) -> None:
+    """PyTorch eager (sdpa), tokenization included, all rows length-sorted at once with tsinfer's best plan."""
+    from tsinfer.infer.batching import Encoded, encode, load_tokenizer
+
+    tok = load_tokenizer(tokenizer_dir, 128)
+    t = time.perf_counter()
+    encs = [encode(tok, texts[i:i + 4096]) for i in range(0, len(texts), 4096)]
+    whole = Encoded(np.concatenate([e.ids for e in encs]),
+                    np.concatenate([[0], np.cumsum(np.concatenate([e.lengths for e in encs]))]), 0)
+    tok_s = time.perf_counter() - t
+    b, m = setting[:2]
+    torch_dynamic(tmodel, whole, device, b, m)  # warm-up: kernel selection per shape
+    secs = torch_dynamic(tmodel, whole, device, b, m)
+    res.add(f"PyTorch eager {'fp32' if cpu else 'fp16'}, sdpa, all rows length-sorted, budget {b}, max batch {m} "
+            "(tokenization included, no file I/O)", len(texts), secs + tok_s, model_only_s=round(secs, 3))
 
 
 def seed_method(config, tokenizer_dir: Path, texts: list[str], seed_rows: int, device: str) -> tuple[int, float]:
