@@ -1,6 +1,8 @@
 """Tokenization and dynamic padding: the HF fast tokenizer, length-sorted batches formed by a token budget."""
 from __future__ import annotations
 
+import os
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -17,6 +19,21 @@ DEFAULT_MAX_BATCH = {"cpu": 256, "cuda": 8192, "tensorrt": 2048}
 CHUNK_ROWS_BY_PROVIDER = {"cpu": 4096, "cuda": 16384, "tensorrt": 16384}
 # Sessions running batches side by side on a GPU (on the CPU: one per core; see infer/models.py BertScorer).
 DEFAULT_LANES = {"cuda": 2, "tensorrt": 1}
+# Tokenizer processes beside a GPU (see TokenizerPool); on the CPU the cores run the model and the reader thread's
+# tokenizer already uses all of them.
+MAX_TOKENIZER_WORKERS = 8
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def default_tokenizer_workers(provider: str) -> int:
+    """Worker processes for tokenization: none on the CPU provider; on a GPU, one per two cores (at most 8),
+    if the machine has at least 4."""
+    if provider == "cpu" or usable_cores() < 4:
+        return 0
+    return min(MAX_TOKENIZER_WORKERS, usable_cores() // 2)
 
 
 def load_tokenizer(folder: str | Path, max_length: int):
@@ -60,6 +77,80 @@ def encode(tokenizer, texts: list[str]) -> Encoded:
     limit = (tokenizer.truncation or {}).get("max_length")
     truncated = 0 if limit is None else sum(1 for k in np.flatnonzero(lengths >= limit) if encodings[k].overflowing)
     return Encoded(ids, offsets, truncated)
+
+
+def concat_encoded(parts: list[Encoded]) -> Encoded:
+    """Encoded pieces of consecutive texts as one (the same arrays as encoding all the texts at once)."""
+    if len(parts) == 1:
+        return parts[0]
+    lengths = np.concatenate([p.lengths for p in parts])
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return Encoded(np.concatenate([p.ids for p in parts]), offsets, sum(p.truncated for p in parts))
+
+
+_worker_tokenizer = None
+
+
+def _start_worker(folder: str, max_length: int, threads: int) -> None:
+    import signal
+
+    global _worker_tokenizer
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: no traceback per worker
+    os.environ["RAYON_NUM_THREADS"] = str(threads)  # read when the tokenizer's thread pool starts, below
+    _worker_tokenizer = load_tokenizer(folder, max_length)
+
+
+def _encode_in_worker(texts: list[str]) -> Encoded:
+    return encode(_worker_tokenizer, texts)
+
+
+class TokenizerPool:
+    """Tokenization in worker processes, each chunk split among them.
+
+    Written by hand because no library does this part: the HF tokenizer's encode_batch runs its Rust part on all
+    cores, but turning its Encoding objects into arrays (encode) holds the interpreter lock, and beside a GPU that
+    one Python thread bounds the tweets/s. The arrays are the same as encode's on the whole chunk.
+    """
+
+    def __init__(self, folder: str | Path, max_length: int, workers: int):
+        import multiprocessing
+
+        threads = max(1, usable_cores() // workers)
+        # spawn, not fork: the parent has threads and a tokenizer thread pool that a fork would copy half-way
+        self.workers = workers
+        self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                         initializer=_start_worker, initargs=(str(folder), max_length, threads))
+
+    def submit(self, texts: list[str]) -> "PendingEncoded":
+        step = -(-len(texts) // self.workers) or 1
+        return PendingEncoded([self._pool.submit(_encode_in_worker, texts[i:i + step])
+                               for i in range(0, max(len(texts), 1), step)])
+
+    def warm_up(self) -> None:
+        """Start every worker (and load its tokenizer) now rather than on the first chunk."""
+        from concurrent.futures.process import BrokenProcessPool
+
+        try:
+            self.submit(["warm up"] * self.workers).result()
+        except BrokenProcessPool:
+            self.close()
+            raise RuntimeError("the tokenizer processes did not start: a script that scores with tokenizer_workers "
+                               "must run its work under `if __name__ == \"__main__\":` (or pass "
+                               "tokenizer_workers=0)") from None
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class PendingEncoded:
+    """A chunk being tokenized by a TokenizerPool; result() waits and joins the pieces in order."""
+
+    def __init__(self, futures: list[Future]):
+        self.futures = futures
+
+    def result(self) -> Encoded:
+        return concat_encoded([f.result() for f in self.futures])
 
 
 def plan_batches(lengths: np.ndarray, batch_tokens: int = DEFAULT_BATCH_TOKENS["cpu"],

@@ -85,6 +85,8 @@ def main():
                    "rejects.tsv when writing to stdout].")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU: lanes, each a single-threaded onnxruntime session running whole batches [all cores].")
+@click.option("--tokenizer-workers", type=click.IntRange(min=0), default=None,
+              help="Processes tokenizing beside the model, 0 for none [cuda: one per two cores, at most 8; cpu: 0].")
 @click.option("--chunk-rows", type=click.IntRange(min=1), default=None,
               help="Rows read, prepared and sorted together [cpu 4096, cuda/tensorrt 16384].")
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr [when stderr is a terminal].")
@@ -106,8 +108,8 @@ def main():
 @click.option("--cpus-per-actor", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
               help="[ray] CPUs per actor (also its onnxruntime threads).")
 def score(inputs, models, provider, precision, batch_tokens, max_batch, input_format, text_column, id_column,
-          label_column, output, fmt, metrics_path, roc_path, rejects_path, threads, chunk_rows, progress, verify,
-          strict, resume, engine, address, connect_timeout, actors, gpus_per_actor, cpus_per_actor):
+          label_column, output, fmt, metrics_path, roc_path, rejects_path, threads, tokenizer_workers, chunk_rows,
+          progress, verify, strict, resume, engine, address, connect_timeout, actors, gpus_per_actor, cpus_per_actor):
     """Score INPUT TSV files (or - for stdin) and print a comparison of the models.
 
     Input layouts: the seed's dev.tsv/test.tsv, `id<TAB>label<TAB>text`, `id<TAB>text`, or one text a line.
@@ -135,7 +137,8 @@ def score(inputs, models, provider, precision, batch_tokens, max_batch, input_fo
         rejects_path = "rejects.tsv" if output == "-" else f"{output}.rejects.tsv"
     result = score_files(list(inputs), list(models), provider, precision, batch_tokens, max_batch, output, fmt,
                          metrics_path, roc_path, rejects_path, threads, progress, chunk_rows, verify,
-                         strict=strict, resume=resume, input_format=input_format, columns=columns)
+                         strict=strict, resume=resume, input_format=input_format, columns=columns,
+                         tokenizer_workers=tokenizer_workers)
     click.echo(comparison_table(result), err=True)
     if result.rows_rejected:
         click.echo(f"{result.rows_rejected:,} rows rejected: see {rejects_path}", err=True)

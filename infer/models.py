@@ -7,16 +7,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import queue
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from tsinfer.infer.batching import (DEFAULT_BATCH_TOKENS, DEFAULT_LANES, DEFAULT_MAX_BATCH, Encoded, encode,
-                                    load_tokenizer, pad_batch, plan_batches)
+from tsinfer.infer.batching import (DEFAULT_BATCH_TOKENS, DEFAULT_LANES, DEFAULT_MAX_BATCH, Encoded, TokenizerPool,
+                                    default_tokenizer_workers, encode, load_tokenizer, pad_batch, plan_batches,
+                                    usable_cores)
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -146,7 +146,8 @@ class BertScorer:
     kind = "bert"
 
     def __init__(self, folder: Path, meta: dict, provider: str, precision: str, threads: int | None,
-                 batch_tokens: int | None = None, max_batch: int | None = None, lanes: int | None = None):
+                 batch_tokens: int | None = None, max_batch: int | None = None, lanes: int | None = None,
+                 tokenizer_workers: int | None = None):
         self.folder, self.meta, self.provider = folder, meta, provider
         self.precision = choose_precision(meta, provider, precision, folder)
         self.file = meta["files"][self.precision]
@@ -155,7 +156,7 @@ class BertScorer:
         # share out (benchmarks/results/cpu.md). On a GPU each lane is a session with its own CUDA stream, so one
         # lane's host work can overlap another's kernels. Each lane holds its own copy of the weights.
         if provider == "cpu":  # lanes up to MAX_CPU_LANES, the cores shared out among them
-            cores = threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+            cores = threads or usable_cores()
             lanes = lanes or min(cores or 1, MAX_CPU_LANES)
             threads = max(1, (cores or 1) // lanes)
         lanes = lanes or DEFAULT_LANES.get(provider, 1)
@@ -176,10 +177,20 @@ class BertScorer:
         self.batch_tokens = batch_tokens or DEFAULT_BATCH_TOKENS[provider]
         self.max_batch = max_batch or DEFAULT_MAX_BATCH[provider]
         self.io_binding = provider in ("cuda", "tensorrt")
+        self.tokenizer_workers = default_tokenizer_workers(provider) if tokenizer_workers is None else tokenizer_workers
+        self._tokenizers = (TokenizerPool(folder, int(meta.get("max_length", 128)), self.tokenizer_workers)
+                            if self.tokenizer_workers else None)
 
     def prepare(self, texts: list[str]) -> Encoded:
-        """CPU-side work for a chunk (runs in the reader thread, overlapping inference of the previous chunk)."""
+        """CPU-side work for a chunk, in this thread."""
         return encode(self.tokenizer, texts)
+
+    def prepare_async(self, texts: list[str]):
+        """The same, started now and awaited with .result(): in the tokenizer processes if there are any, else at
+        once in this thread (the reader thread, overlapping inference of the previous chunk)."""
+        if self._tokenizers is not None:
+            return self._tokenizers.submit(texts)
+        return done(self.prepare(texts))
 
     def _run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Logits of one padded batch, on whichever lane is free (its own session, so lanes never share one)."""
@@ -230,8 +241,17 @@ class BertScorer:
         width = max(1, min(int(self.meta.get("max_length", 128)), self.batch_tokens))
         rows = max(1, min(self.max_batch, self.batch_tokens // width))
         ones = np.ones((rows, width), dtype=self.int_dtype)
+        if self._tokenizers is not None:
+            self._tokenizers.warm_up()
         for _ in self.sessions:
             self._run(ones, ones)
+
+    def close(self) -> None:
+        """Stop the tokenizer processes and the lane threads (the sessions go with the object)."""
+        if self._tokenizers is not None:
+            self._tokenizers.close()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 class SvcScorer:
@@ -250,6 +270,9 @@ class SvcScorer:
 
         return preprocess(texts)
 
+    def prepare_async(self, texts: list[str]):
+        return done(self.prepare(texts))
+
     def score(self, docs: list[str], sort: bool = True, on_batch=None) -> Scored:
         preds, decisions, probs = [np.zeros(0, dtype=np.int64)], [np.zeros(0)], [np.zeros(0)]
         for i in range(0, len(docs), self.batch_rows):
@@ -264,6 +287,16 @@ class SvcScorer:
 
     def warm_up(self) -> None:
         self.score(["warm up"])
+
+    def close(self) -> None:
+        pass
+
+
+def done(value) -> Future:
+    """A finished Future holding value (prepare_async's answer when the work was done in the calling thread)."""
+    future: Future = Future()
+    future.set_result(value)
+    return future
 
 
 def choose_precision(meta: dict, provider: str, precision: str, folder: Path) -> str:

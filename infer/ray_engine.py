@@ -95,8 +95,9 @@ class ChunkScorer:
 
     def __init__(self, models: list[str], provider: str, precision: str, threads: int | None, verify: bool,
                  batch_tokens: int | None, max_batch: int | None):
+        # tokenization in the actor's own thread: Ray's actors are the parallelism here
         self.scorers = [load_scorer(m, provider, precision, threads, verify, batch_tokens=batch_tokens,
-                                    max_batch=max_batch) for m in models]
+                                    max_batch=max_batch, tokenizer_workers=0) for m in models]
         for scorer in self.scorers:
             scorer.warm_up()
         self.columns = prediction_columns(model_names(models))

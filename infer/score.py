@@ -44,7 +44,8 @@ class ModelRun:
         out = {"model": self.name, "kind": self.scorer.kind, "provider": self.scorer.provider,
                "precision_mode": self.scorer.precision, "file": self.scorer.file}
         # the run-time choices made for this machine, so that a figure can be traced to its settings
-        out["settings"] = {k: getattr(self.scorer, k) for k in ("batch_tokens", "max_batch", "batch_rows")
+        out["settings"] = {k: getattr(self.scorer, k) for k in ("batch_tokens", "max_batch", "batch_rows",
+                                                                "tokenizer_workers")
                            if hasattr(self.scorer, k)}
         out["settings"]["lanes"] = len(getattr(self.scorer, "sessions", [None]))
         out.update(self.metrics.summary())
@@ -314,7 +315,8 @@ def _score_files(inputs: list[str], models: list[str], provider: str = "auto", p
                 metrics_path: str | None = None, roc_path: str | None = None, rejects_path: str | None = None,
                 threads: int | None = None, progress: bool = False, chunk_rows: int | None = None,
                 verify: bool = True, sort: bool = True, strict: bool = False, resume: bool = False,
-                lanes: int | None = None, input_format: str = "auto", columns: Columns | None = None) -> ScoreResult:
+                lanes: int | None = None, input_format: str = "auto", columns: Columns | None = None,
+                tokenizer_workers: int | None = None) -> ScoreResult:
     start = time.perf_counter()
     columns = columns or Columns()
     for source in inputs:  # fail on a missing or unreadable input before loading any model
@@ -325,7 +327,7 @@ def _score_files(inputs: list[str], models: list[str], provider: str = "auto", p
     refuse_input_as_output(inputs, {"output": output, "rejects": rejects_path, "metrics": metrics_path,
                                     "ROC": roc_path})
     runs = [ModelRun(name, load_scorer(folder, provider, precision, threads, verify, batch_tokens=batch_tokens,
-                                       max_batch=max_batch, lanes=lanes))
+                                       max_batch=max_batch, lanes=lanes, tokenizer_workers=tokenizer_workers))
             for name, folder in zip(model_names(models), models)]
     for run in runs:
         run.scorer.warm_up()
@@ -363,7 +365,7 @@ def _score_files(inputs: list[str], models: list[str], provider: str = "auto", p
                     setattr(run, key, value)
             os.truncate(checkpoint.rows_path, state["rows_bytes"])
         rows_file = open(checkpoint.rows_path, "ab" if state else "wb")
-    timings = {"read_prepare_s": 0.0, "inference_s": 0.0, "write_s": 0.0}
+    timings = {"read_prepare_s": 0.0, "prepare_wait_s": 0.0, "inference_s": 0.0, "write_s": 0.0}
     work: queue.Queue = queue.Queue(maxsize=2)
     stop = threading.Event()
 
@@ -379,7 +381,7 @@ def _score_files(inputs: list[str], models: list[str], provider: str = "auto", p
                     prepared = []
                     for run in runs:
                         t = time.perf_counter()
-                        prepared.append(run.scorer.prepare(chunk.texts) if len(chunk) else None)
+                        prepared.append(run.scorer.prepare_async(chunk.texts) if len(chunk) else None)
                         run.prepare_s += time.perf_counter() - t
                     timings["read_prepare_s"] += time.perf_counter() - t0
                     while not stop.is_set():
@@ -424,6 +426,10 @@ def _score_files(inputs: list[str], models: list[str], provider: str = "auto", p
             for run, prep in zip(runs, prepared):
                 if not len(chunk):
                     continue
+                t = time.perf_counter()
+                prep = prep.result()  # tokenizer processes (if any) finishing this chunk
+                run.prepare_s += time.perf_counter() - t
+                timings["prepare_wait_s"] += time.perf_counter() - t
                 t = time.perf_counter()
                 out = run.scorer.score(prep, sort=sort, on_batch=advance)
                 dt = time.perf_counter() - t
@@ -470,6 +476,8 @@ def _score_files(inputs: list[str], models: list[str], provider: str = "auto", p
             except queue.Empty:
                 pass
         bar.close()
+        for run in runs:
+            run.scorer.close()
         writer.close(ok, keep=checkpoint is not None)
         rejects.close()
         if rows_file:

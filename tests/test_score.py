@@ -95,6 +95,19 @@ def test_lanes_give_the_same_answers_as_one_session(all_artifacts, small_data, p
     assert outs[1].padded == outs[2].padded
 
 
+def test_tokenizer_processes_write_the_same_file_as_one_thread(all_artifacts, small_data, tmp_path):
+    """Tokenizing in worker processes (the GPU default) splits each chunk among them: the output must not change,
+    whatever the split (chunks of 37 rows over 3 workers leave uneven pieces)."""
+    files = {}
+    for workers in (0, 3):
+        out = tmp_path / f"{workers}.tsv"
+        r = score_files([str(small_data / "test.tsv")], [str(all_artifacts / "onnx" / "bert")], "cpu", "fp32",
+                        output=str(out), chunk_rows=37, tokenizer_workers=workers)
+        assert r.summaries["bert"]["settings"]["tokenizer_workers"] == workers
+        files[workers] = out.read_bytes()
+    assert files[0] == files[3] and files[0].count(b"\n") > 37
+
+
 def test_jsonl_output_and_single_model_flat_metrics(all_artifacts, small_data, tmp_path):
     r = score_files([str(small_data / "test.tsv")], [str(all_artifacts / "onnx" / "svc")], "cpu",
                     output=str(tmp_path / "p.jsonl"), fmt="jsonl", metrics_path=str(tmp_path / "m.json"))

@@ -245,8 +245,9 @@ def minilm_parity(minilm: Path, work: Path, data: Path, layouts: list[str]) -> d
 @click.option("--seed-rows", default=4096, show_default=True)
 @click.option("--layouts", default="padded,packed,packed_mha", show_default=True,
               help="fp16 layouts (export.bert.GPU_LAYOUTS) measured model-only, then end to end.")
-@click.option("--configs", default="262144:8192:16384:2,131072:4096:16384:2,262144:8192:32768:2", show_default=True,
-              help="batch_tokens:max_batch:chunk_rows:lanes settings tried end to end with the best packed layout.")
+@click.option("--configs", default="262144:8192:16384:2:0,262144:8192:16384:3:8,262144:8192:8192:2:8",
+              show_default=True, help="batch_tokens:max_batch:chunk_rows:lanes:tokenizer_workers settings tried end "
+                                      "to end with the best packed layout (besides the defaults).")
 @click.option("--minilm", type=click.Path(path_type=Path), default=Path("/tmp/tsinfer-gpu/minilm_gpu"),
               help="A fine-tuned MiniLM (default: the one train.sh left in an earlier call; or a carried copy made "
                    "by carry_minilm): fp16 parity of each layout, if present.")
@@ -365,26 +366,30 @@ def tsinfer_sweep(res: Results, folders: dict, data: Path, big: Path, work: Path
                   configs: str, rows: int) -> dict:
     """tsinfer's streaming path end to end (file in, file out): every layout at the defaults, then the settings
     of --configs with the best packed layout; model load is reported apart. Returns the best entry."""
-    from tsinfer.infer.batching import CHUNK_ROWS_BY_PROVIDER, DEFAULT_BATCH_TOKENS, DEFAULT_LANES, DEFAULT_MAX_BATCH
+    from tsinfer.infer.batching import (CHUNK_ROWS_BY_PROVIDER, DEFAULT_BATCH_TOKENS, DEFAULT_LANES, DEFAULT_MAX_BATCH,
+                                        default_tokenizer_workers)
     from tsinfer.infer.score import score_files
 
     warm = work / "warm.tsv"
     repeat_tsv(data, warm, min(20_000, rows))
 
-    def run(layout, budget, max_batch, chunk_rows, lanes):
+    def run(layout, budget, max_batch, chunk_rows, lanes, workers):
         score_files([str(warm)], [str(folders[layout])], provider, precision, output=str(work / "warm_pred.tsv"))
         r = score_files([str(big)], [str(folders[layout])], provider, precision, batch_tokens=budget,
-                        max_batch=max_batch, output=str(work / "pred.tsv"), chunk_rows=chunk_rows, lanes=lanes)
+                        max_batch=max_batch, output=str(work / "pred.tsv"), chunk_rows=chunk_rows, lanes=lanes,
+                        tokenizer_workers=workers)
         s = next(iter(r.summaries.values()))
         return res.add(f"tsinfer score, {precision} {layout}, {provider} (file in, file out), budget {budget}, "
-                       f"max batch {max_batch}, chunk {chunk_rows}, {lanes} lane(s)", r.rows_scored,
+                       f"max batch {max_batch}, chunk {chunk_rows}, {lanes} lane(s), {workers} tokenizer "
+                       "process(es)", r.rows_scored,
                        r.wall_s - r.load_s, load_s=round(r.load_s, 2), inference_s=r.timings["inference_s"],
-                       read_prepare_s=r.timings["read_prepare_s"], write_s=r.timings["write_s"],
+                       read_prepare_s=r.timings["read_prepare_s"], prepare_wait_s=r.timings["prepare_wait_s"],
+                       write_s=r.timings["write_s"],
                        padding_efficiency=round(s["padding_efficiency"], 3), accuracy=round(s["accuracy"], 4),
-                       setting=(budget, max_batch, chunk_rows, lanes), layout=layout)
+                       setting=(budget, max_batch, chunk_rows, lanes, workers), layout=layout)
 
     default_setting = (DEFAULT_BATCH_TOKENS[provider], DEFAULT_MAX_BATCH[provider], CHUNK_ROWS_BY_PROVIDER[provider],
-                       DEFAULT_LANES.get(provider, 1))
+                       DEFAULT_LANES.get(provider, 1), default_tokenizer_workers(provider))
     tried = [run(layout, *default_setting) for layout in folders]
     packed = [e for e in tried if e["layout"] != "padded"]
     best_layout = max(packed or tried, key=lambda e: e["tweets_per_s"])["layout"]
@@ -481,7 +486,8 @@ def markdown(r: dict) -> str:
               "| contender | rows | seconds | tweets/s | x seed | x PyTorch fp16 | notes |",
               "|---|---:|---:|---:|---:|---:|---|"]
     for e in r["contenders"]:
-        notes = ", ".join(f"{k}={e[k]}" for k in ("load_s", "inference_s", "model_only_s", "read_prepare_s", "write_s",
+        notes = ", ".join(f"{k}={e[k]}" for k in ("load_s", "inference_s", "model_only_s", "read_prepare_s",
+                                                  "prepare_wait_s", "write_s",
                                                   "padding_efficiency", "accuracy") if k in e)
         lines.append(f"| {e['name']} | {e['rows']:,} | {e['seconds']:.2f} | {e['tweets_per_s']:,.0f} | "
                      f"{e['x_seed']:.1f} | {e['tweets_per_s'] / torch_entry['tweets_per_s']:.2f} | {notes} |")

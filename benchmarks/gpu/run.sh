@@ -14,7 +14,8 @@
 set -euo pipefail
 OUT="${OUT:-benchmarks/results/gpu-run}"
 mkdir -p "$OUT"
-if ls .ortgpu/p*/part.* >/dev/null 2>&1 && [ ! -d /tmp/ort/onnxruntime ]; then
+# (only where there is a GPU: the dry run elsewhere keeps its own onnxruntime)
+if command -v nvidia-smi >/dev/null && ls .ortgpu/p*/part.* >/dev/null 2>&1 && [ ! -d /tmp/ort/onnxruntime ]; then
   mkdir -p /tmp/ort && cat .ortgpu/p*/part.* | xz -d | tar -x -C /tmp/ort
 fi
 if [ -d /tmp/ort/onnxruntime ]; then export PYTHONPATH="/tmp/ort:${PYTHONPATH:-}"; fi
