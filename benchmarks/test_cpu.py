@@ -10,6 +10,9 @@ import numpy as np
 import pytest
 
 from benchmarks.conftest import PIPELINE_NAME, ROWS, SEED_NAME, cpu_has, record
+from tsinfer.infer.pipeline import ScorerSettings
+
+CPU = ScorerSettings(provider="cpu")
 
 CORES = len(os.sched_getaffinity(0))
 
@@ -90,8 +93,8 @@ def test_tsinfer_streaming(benchmark, artifacts, bench_tsv, tmp_path, precision)
     out = {}
 
     def run():
-        out["r"] = score_files([str(bench_tsv)], [str(artifacts / "onnx" / "bert")], "cpu", precision,
-                               output=str(tmp_path / "p.tsv"))
+        out["r"] = score_files([str(bench_tsv)], [str(artifacts / "onnx" / "bert")],
+                               settings=ScorerSettings(provider="cpu", precision=precision), output=str(tmp_path / "p.tsv"))
 
     timed(benchmark, run, rounds=BERT_ROUNDS)
     # Like every contender here, model loading is left out: wall time minus session creation and warm-up.
@@ -361,7 +364,8 @@ def test_compressed_input(benchmark, artifacts, bench_tsv, tmp_path, compression
     out = {}
 
     def run():
-        out["r"] = score_files([str(src)], [str(artifacts / "onnx" / "svc")], "cpu", output=str(tmp_path / "p.tsv"))
+        out["r"] = score_files([str(src)], [str(artifacts / "onnx" / "svc")], settings=CPU,
+                               output=str(tmp_path / "p.tsv"))
 
     timed(benchmark, run, rounds=2)
     r = out["r"]

@@ -32,7 +32,7 @@ def svc_parity(svc_model, onnx_folder: Path, texts: list[str], labels) -> dict:
 
     docs = preprocess(texts)
     ref = svc_model.decision_function(docs)
-    scorer = SvcScorer(onnx_folder, read_meta(onnx_folder), "cpu", "auto", None)
+    scorer = SvcScorer(onnx_folder, read_meta(onnx_folder), None)
     start = time.perf_counter()
     out = scorer.score(docs)
     seconds = time.perf_counter() - start

@@ -10,6 +10,7 @@ import click
 
 from tsinfer.infer.formats import Columns
 from tsinfer.infer.models import ModelError, available_providers, load_scorer, read_meta
+from tsinfer.infer.pipeline import ScorerSettings
 from tsinfer.infer.reader import InputError
 from tsinfer.infer.score import Interrupted, StrictError
 
@@ -122,45 +123,51 @@ def score(inputs, models, provider, precision, batch_tokens, max_batch, input_fo
     if progress is None:
         progress = sys.stderr.isatty()
     columns = Columns(text_column, id_column, label_column)
+    settings = ScorerSettings(provider=provider, precision=precision, threads=threads, verify=verify,
+                              batch_tokens=batch_tokens, max_batch=max_batch, tokenizer_workers=tokenizer_workers)
     if engine == "ray":
         if input_format not in ("auto", "tsv") or columns.given():
             raise click.UsageError("--engine ray reads TSV shards: --input-format and the column options are for "
                                    "--engine local")
-        return _score_ray(inputs, models, provider, precision, batch_tokens, max_batch, output, fmt or "parquet",
-                          metrics_path, roc_path, threads, chunk_rows, progress, verify, strict, resume, address,
-                          actors, gpus_per_actor, cpus_per_actor, connect_timeout)
+        return _score_ray(inputs, models, settings=settings, output=output, fmt=fmt or "parquet",
+                          metrics_path=metrics_path, roc_path=roc_path, chunk_rows=chunk_rows, progress=progress,
+                          strict=strict, resume=resume, address=address, actors=actors,
+                          gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor,
+                          connect_timeout=connect_timeout)
     fmt = fmt or "tsv"
     if fmt == "parquet":
         raise click.UsageError("--format parquet is for --engine ray; the local engine writes tsv or jsonl")
     signal.signal(signal.SIGTERM, _on_sigterm)
     if rejects_path is None:
         rejects_path = "rejects.tsv" if output == "-" else f"{output}.rejects.tsv"
-    result = score_files(list(inputs), list(models), provider, precision, batch_tokens, max_batch, output, fmt,
-                         metrics_path, roc_path, rejects_path, threads, progress, chunk_rows, verify,
-                         strict=strict, resume=resume, input_format=input_format, columns=columns,
-                         tokenizer_workers=tokenizer_workers)
+    result = score_files(list(inputs), list(models), settings=settings, output=output, fmt=fmt,
+                         metrics_path=metrics_path, roc_path=roc_path, rejects_path=rejects_path, progress=progress,
+                         chunk_rows=chunk_rows, strict=strict, resume=resume, input_format=input_format,
+                         columns=columns)
     click.echo(comparison_table(result), err=True)
     if result.rows_rejected:
         click.echo(f"{result.rows_rejected:,} rows rejected: see {rejects_path}", err=True)
 
 
-def _score_ray(inputs, models, provider, precision, batch_tokens, max_batch, output, fmt, metrics_path, roc_path,
-               threads, chunk_rows, progress, verify, strict, resume, address, actors, gpus_per_actor,
-               cpus_per_actor, connect_timeout):
+def _score_ray(inputs, models, *, settings: ScorerSettings, output, fmt, metrics_path, roc_path, chunk_rows,
+               progress, strict, resume, address, actors, gpus_per_actor, cpus_per_actor, connect_timeout):
     from tsinfer.infer.ray_engine import score_with_ray
 
     unsupported = [name for name, used in (("--resume", resume), ("--strict", strict), ("--roc", roc_path),
-                                           ("--threads (use --cpus-per-actor)", threads)) if used]
+                                           ("--threads (use --cpus-per-actor)", settings.threads),
+                                           ("--tokenizer-workers", settings.tokenizer_workers is not None))
+                   if used]
     if unsupported:
         raise click.UsageError(f"{', '.join(unsupported)}: not available with --engine ray")
     if output in (None, "-"):
         raise click.UsageError("--engine ray needs --output FOLDER (it writes prediction and rejects shards there)")
     if fmt == "jsonl":
         raise click.UsageError("--engine ray writes --format parquet or tsv")
-    if provider in ("cuda", "tensorrt") and not gpus_per_actor:
+    if settings.provider in ("cuda", "tensorrt") and not gpus_per_actor:
         gpus_per_actor = 1.0
-    m = score_with_ray(list(inputs), list(models), output, fmt, address, actors, gpus_per_actor, cpus_per_actor,
-                       precision, batch_tokens, max_batch, chunk_rows, verify, metrics_path, progress,
+    m = score_with_ray(list(inputs), list(models), output=output, settings=settings, fmt=fmt, address=address,
+                       actors=actors, gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor,
+                       chunk_rows=chunk_rows, metrics_path=metrics_path, progress=progress,
                        connect_timeout_s=connect_timeout)
     for name, s in (m["models"].items() if "models" in m else [(m.get("model", "model"), m)]):
         if s.get("accuracy") is not None:

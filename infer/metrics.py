@@ -14,14 +14,22 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     """Area under the ROC curve from scores (Mann-Whitney U with ties counted half); None with one class."""
     labels = np.asarray(labels).astype(bool)
     values, inverse = np.unique(np.asarray(scores, dtype=np.float64), return_inverse=True)
-    pos = np.bincount(inverse, weights=labels, minlength=values.size)
-    neg = np.bincount(inverse, minlength=values.size) - pos
-    n_pos, n_neg = pos.sum(), neg.sum()
-    if n_pos == 0 or n_neg == 0:
+    inverse = inverse.reshape(-1)
+    return auc_from_counts(np.bincount(inverse[~labels], minlength=values.size),
+                           np.bincount(inverse[labels], minlength=values.size))
+
+
+def auc_from_counts(neg: np.ndarray, pos: np.ndarray) -> float | None:
+    """ROC-AUC from the count of negatives and positives at each distinct score, lowest score first: for each
+    positive, the negatives scored below it plus half those tied with it (Mann-Whitney U). Counted in integers
+    (twice U), so exact; None with one class."""
+    neg, pos = np.asarray(neg, dtype=np.int64), np.asarray(pos, dtype=np.int64)
+    n_pos, n_neg = int(pos.sum()), int(neg.sum())
+    if not n_pos or not n_neg:
         return None
     below = np.cumsum(neg) - neg
-    u = float(np.sum(pos * (below + neg / 2.0)))  # integers and halves: exact in float64 below 2**52
-    return u / float(n_pos * n_neg)
+    twice_u = 2 * int(np.dot(pos, below)) + int(np.dot(pos, neg))
+    return twice_u / 2 / (n_pos * n_neg)
 
 
 def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -119,15 +127,7 @@ class StreamingMetrics:
         return int(self.cm.sum())
 
     def roc_auc(self) -> float | None:
-        """Mann-Whitney U: for each positive, the negatives scored below it plus half those tied with it. Counted
-        in integers (twice U), so exact."""
-        neg, pos = self.hist
-        n_pos, n_neg = int(pos.sum()), int(neg.sum())
-        if not n_pos or not n_neg:
-            return None
-        below = np.cumsum(neg) - neg
-        twice_u = 2 * int(np.dot(pos, below)) + int(np.dot(pos, neg))
-        return twice_u / 2 / (n_pos * n_neg)
+        return auc_from_counts(*self.hist)
 
     def roc_curve(self) -> tuple[np.ndarray, np.ndarray]:
         """False and true positive rates at every written score that occurs, from the highest down."""

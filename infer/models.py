@@ -11,6 +11,7 @@ import queue
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -142,6 +143,25 @@ class Scored:
     decision: np.ndarray | None = None  # the SVC's decision value (parity checks it)
 
 
+class Scorer(Protocol):
+    """What both engines ask of a model: prepare a chunk's texts (tokenize, or the spaCy step), score them."""
+
+    kind: str         # "bert" or "svc"
+    provider: str     # the onnxruntime provider it runs on
+    precision: str    # the model file's precision
+    file: str         # the ONNX file in the model folder
+
+    def prepare(self, texts: list[str]) -> Any: ...
+
+    def prepare_async(self, texts: list[str]) -> Future: ...
+
+    def score(self, prepared: Any, sort: bool = True, on_batch=None) -> Scored: ...
+
+    def warm_up(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class BertScorer:
     kind = "bert"
 
@@ -257,8 +277,7 @@ class BertScorer:
 class SvcScorer:
     kind = "svc"
 
-    def __init__(self, folder: Path, meta: dict, provider: str, precision: str, threads: int | None,
-                 batch_rows: int = 64, **_):
+    def __init__(self, folder: Path, meta: dict, threads: int | None, batch_rows: int = 64):
         self.folder, self.meta, self.provider = folder, meta, "cpu"  # string ops run on the CPU provider
         self.precision = "fp64"
         self.file = meta["files"]["fp64"]
@@ -313,9 +332,14 @@ def choose_precision(meta: dict, provider: str, precision: str, folder: Path) ->
 
 
 def load_scorer(folder: str | Path, provider: str = "auto", precision: str = "auto", threads: int | None = None,
-                verify: bool = True, **batching):
+                verify: bool = True, *, batch_tokens: int | None = None, max_batch: int | None = None,
+                lanes: int | None = None, tokenizer_workers: int | None = None) -> Scorer:
+    """The scorer for a model folder. The SVC runs its string ops on the CPU provider in fixed batches, so the
+    provider and batching settings are BERT's alone."""
     folder = Path(folder)
     meta = read_meta(folder, verify=verify)
     provider = resolve_provider(provider)
-    cls = BertScorer if meta["kind"] == "bert" else SvcScorer
-    return cls(folder, meta, provider, precision, threads, **batching)
+    if meta["kind"] != "bert":
+        return SvcScorer(folder, meta, threads)
+    return BertScorer(folder, meta, provider, precision, threads, batch_tokens=batch_tokens, max_batch=max_batch,
+                      lanes=lanes, tokenizer_workers=tokenizer_workers)

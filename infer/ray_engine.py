@@ -18,18 +18,20 @@ from __future__ import annotations
 
 import glob
 import io
-import json
 import logging
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from tsinfer.infer.metrics import SCORE_BINS, StreamingMetrics, score_bins
+from tsinfer.infer.metrics import StreamingMetrics, score_bins
 from tsinfer.infer.models import ModelError, load_scorer, read_meta
+from tsinfer.infer.pipeline import (ScorerSettings, close_scorers, default_chunk_rows, load_scorers,
+                                    metrics_report, model_names, prediction_columns, score_chunk, write_json,
+                                    written_scores)
 from tsinfer.infer.reader import DEFAULT_CHUNK_ROWS, NO_LABEL, TEXT_DECODING, InputError, parse_chunks
-from tsinfer.infer.score import model_names, prediction_columns
 
 FORMATS = ("parquet", "tsv")
 
@@ -91,16 +93,13 @@ def parse_shards(batch, chunk_rows: int = DEFAULT_CHUNK_ROWS):
 
 
 class ChunkScorer:
-    """Ray actor: one onnxruntime session per model, loaded once; scores whole chunks as the local path does."""
+    """Ray actor: the models loaded once; scores whole chunks through the local engine's own steps
+    (infer/pipeline.py), so each row gets the same prediction and written score."""
 
-    def __init__(self, models: list[str], provider: str, precision: str, threads: int | None, verify: bool,
-                 batch_tokens: int | None, max_batch: int | None):
-        # tokenization in the actor's own thread: Ray's actors are the parallelism here
-        self.scorers = [load_scorer(m, provider, precision, threads, verify, batch_tokens=batch_tokens,
-                                    max_batch=max_batch, tokenizer_workers=0) for m in models]
-        for scorer in self.scorers:
-            scorer.warm_up()
+    def __init__(self, models: list[str], settings: ScorerSettings, fmt: str):
+        self.scorers = load_scorers(models, settings)
         self.columns = prediction_columns(model_names(models))
+        self.fmt = fmt
 
     def __call__(self, batch):
         import pyarrow as pa
@@ -116,16 +115,19 @@ class ChunkScorer:
             out["line"] += lines
             out["id"] += ids
             out["label"] += [None if lab == NO_LABEL else lab for lab in labels]
-            for scorer, (preds, scores) in zip(self.scorers, results):
-                scored = scorer.score(scorer.prepare(texts))
-                preds.append(scored.pred.astype(np.int8))
-                scores.append(score_bins(scored.score) / SCORE_BINS)  # as the local path writes them
+            for scores, (preds, bins) in zip(score_chunk(self.scorers, texts), results):
+                preds.append(scores.pred)
+                bins.append(scores.bins)
         table = {"shard": pa.array(out["shard"], pa.string()), "line": pa.array(out["line"], pa.int64()),
                  "id": pa.array(out["id"], pa.string()), "label": pa.array(out["label"], pa.int8())}
-        for (pred_col, score_col), (preds, scores) in zip(self.columns, results):
+        for (pred_col, score_col), (preds, bins) in zip(self.columns, results):
             table[pred_col] = pa.array(np.concatenate(preds) if preds else np.zeros(0, np.int8))
-            table[score_col] = pa.array(np.concatenate(scores) if scores else np.zeros(0))
+            table[score_col] = pa.array(written_scores(np.concatenate(bins) if bins else np.zeros(0, np.int64),
+                                                       self.fmt), pa.float64() if self.fmt == "parquet" else pa.string())
         return pa.table(table)
+
+    def __del__(self):
+        close_scorers(getattr(self, "scorers", []))
 
 
 def explode_rejects(batch):
@@ -228,68 +230,31 @@ def connect(address: str | None, *, num_cpus: int | None, timeout_s: float) -> N
         raise InputError(f"cannot join the Ray cluster at {address or 'local'}: {str(e).splitlines()[0]}") from None
 
 
-def score_with_ray(inputs: list[str], models: list[str], output: str, fmt: str = "parquet",
-                   address: str | None = None, actors: int | None = None, gpus_per_actor: float = 0.0,
-                   cpus_per_actor: float = 1.0, precision: str = "auto", batch_tokens: int | None = None,
-                   max_batch: int | None = None, chunk_rows: int | None = None, verify: bool = True,
-                   metrics_path: str | None = None, progress: bool = False, num_cpus: int | None = None,
-                   connect_timeout_s: float = 15.0) -> dict:
+def score_with_ray(inputs: list[str], models: list[str], *, output: str,
+                   settings: ScorerSettings = ScorerSettings(), fmt: str = "parquet", address: str | None = None,
+                   actors: int | None = None, gpus_per_actor: float = 0.0, cpus_per_actor: float = 1.0,
+                   chunk_rows: int | None = None, metrics_path: str | None = None, progress: bool = False,
+                   num_cpus: int | None = None, connect_timeout_s: float = 15.0) -> dict:
     """Score shards on Ray Data; returns the metrics dict (also written to OUTPUT/metrics.json)."""
     require_ray()
     import ray
 
-    if fmt not in FORMATS:
-        raise InputError(f"--engine ray writes {' or '.join(FORMATS)} shards, not {fmt}")
-    for folder in models:  # fail here with one line, on the driver, before any actor starts
-        if gpus_per_actor:
-            read_meta(Path(folder), verify=verify)
-        else:
-            load_scorer(folder, "cpu", precision, 1, verify)
-    paths = expand_inputs(inputs)
-    out = Path(output)
-    if out.exists() and any(out.iterdir()):
-        raise InputError(f"{out} is not empty: --engine ray writes a folder of shards; give a new or empty folder")
+    paths, out = _check_job(inputs, models, output=output, fmt=fmt, settings=settings, gpus=gpus_per_actor)
     start = time.perf_counter()
     started_here = not ray.is_initialized()
     if started_here:
         connect(address, num_cpus=num_cpus, timeout_s=connect_timeout_s)
+    provider = "cuda" if gpus_per_actor else "cpu"
+    # tokenization in each actor's own thread: Ray's actors are the parallelism here
+    settings = replace(settings, provider=provider, threads=max(1, round(cpus_per_actor)), tokenizer_workers=0)
+    chunk_rows = chunk_rows or default_chunk_rows(provider)
     try:
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = progress  # Ray Data's own bars: rows and blocks per operator, with rates
-        ctx.verbose_stats_logs = False
-        if not progress:
-            logging.getLogger("ray.data").setLevel(logging.WARNING)
-        provider = "cuda" if gpus_per_actor else "cpu"
-        if actors is None:
-            gpus, cpus = ray.cluster_resources().get("GPU", 0), ray.cluster_resources().get("CPU", 1)
-            # one CPU stays free for reading, parsing and writing
-            actors = max(1, int(gpus // gpus_per_actor) if gpus_per_actor else int((cpus - 1) // cpus_per_actor))
-        chunk_rows = chunk_rows or DEFAULT_CHUNK_ROWS
-        names = model_names(models)
-        columns = prediction_columns(names)
-        chunks = ray.data.read_binary_files(paths, include_paths=True).map_batches(
-            parse_shards, fn_kwargs={"chunk_rows": chunk_rows}, batch_size=1, batch_format="pyarrow")
-        scored = chunks.map_batches(
-            ChunkScorer, fn_constructor_kwargs={
-                "models": [str(Path(m).resolve()) for m in models], "provider": provider, "precision": precision,
-                "threads": max(1, round(cpus_per_actor)), "verify": verify, "batch_tokens": batch_tokens,
-                "max_batch": max_batch},
-            batch_size=1, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors),
-            num_cpus=cpus_per_actor,
-            num_gpus=gpus_per_actor or None)
-        _write(scored, str(out / "predictions"), fmt)
-        # the shards are parsed again for the rejects (cheap next to scoring; keeps memory flat)
-        _write(chunks.map_batches(explode_rejects, batch_format="pyarrow"), str(out / "rejects"), fmt)
-        wall_before_metrics = time.perf_counter() - start
-        written = _read(str(out / "predictions"), fmt, ["label"] + [c for pair in columns for c in pair])
-        rejected = _read(str(out / "rejects"), fmt)
-        rows_scored = written.count() if written is not None else 0
-        rows_rejected = rejected.count() if rejected is not None else 0
-        import pandas as pd
-
-        partials = (written.map_batches(count_partials, fn_kwargs={"columns": columns}, batch_format="pyarrow")
-                    .to_pandas() if written is not None else pd.DataFrame(columns=["model", "label", "pred", "bin", "n"]))
-        summaries = merge_metrics(partials, names)
+        _quiet_or_progress(progress)
+        actors = actors or _default_actors(gpus_per_actor, cpus_per_actor)
+        _run_dataset(paths, models, out, fmt=fmt, settings=settings, chunk_rows=chunk_rows, actors=actors,
+                     cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor)
+        scoring_s = time.perf_counter() - start
+        summaries, rows_scored, rows_rejected = _collect_metrics(out, fmt, model_names(models))
     except ray.exceptions.RayError as e:  # an actor or task failed: its own one-line reason, not Ray's traceback
         reason = next((line.strip() for line in reversed(str(e).splitlines())
                        if "Error" in line and ":" in line), str(e).splitlines()[0])
@@ -297,18 +262,81 @@ def score_with_ray(inputs: list[str], models: list[str], output: str, fmt: str =
     finally:
         if started_here:
             ray.shutdown()
-    wall = time.perf_counter() - start
     head = {"engine": {"name": "ray", "ray": ray.__version__, "address": address or "local", "actors": actors,
                        "cpus_per_actor": cpus_per_actor, "gpus_per_actor": gpus_per_actor, "provider": provider,
                        "shards": len(paths), "chunk_rows": chunk_rows},
             "output": {"predictions": str(out / "predictions"), "rejects": str(out / "rejects"), "format": fmt},
             "rows_read": rows_scored + rows_rejected, "rows_scored": rows_scored, "rows_rejected": rows_rejected,
-            "wall_s": round(wall, 3), "scoring_wall_s": round(wall_before_metrics, 3),
-            "tweets_per_s": rows_scored / wall_before_metrics if wall_before_metrics else None}
-    metrics = dict(next(iter(summaries.values())), **head) if len(summaries) == 1 else dict(head, models=summaries)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+            "wall_s": round(time.perf_counter() - start, 3), "scoring_wall_s": round(scoring_s, 3),
+            "tweets_per_s": rows_scored / scoring_s if scoring_s else None}
+    metrics = metrics_report(summaries, head)
+    write_json(out / "metrics.json", metrics)
     if metrics_path:
-        Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(metrics_path).write_text(json.dumps(metrics, indent=2) + "\n")
+        write_json(metrics_path, metrics)
     return metrics
+
+
+def _check_job(inputs: list[str], models: list[str], *, output: str, fmt: str, settings: ScorerSettings,
+               gpus: float) -> tuple[list[str], Path]:
+    """Everything that can be checked on the driver, with one line each, before any actor starts."""
+    if fmt not in FORMATS:
+        raise InputError(f"--engine ray writes {' or '.join(FORMATS)} shards, not {fmt}")
+    for folder in models:
+        if gpus:
+            read_meta(Path(folder), verify=settings.verify)
+        else:
+            load_scorer(folder, "cpu", settings.precision, 1, settings.verify).close()
+    paths = expand_inputs(inputs)
+    out = Path(output)
+    if out.exists() and any(out.iterdir()):
+        raise InputError(f"{out} is not empty: --engine ray writes a folder of shards; give a new or empty folder")
+    return paths, out
+
+
+def _quiet_or_progress(progress: bool) -> None:
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = progress  # Ray Data's own bars: rows and blocks per operator, with rates
+    ctx.verbose_stats_logs = False
+    if not progress:
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+def _default_actors(gpus_per_actor: float, cpus_per_actor: float) -> int:
+    import ray
+
+    gpus, cpus = ray.cluster_resources().get("GPU", 0), ray.cluster_resources().get("CPU", 1)
+    # one CPU stays free for reading, parsing and writing
+    return max(1, int(gpus // gpus_per_actor) if gpus_per_actor else int((cpus - 1) // cpus_per_actor))
+
+
+def _run_dataset(paths: list[str], models: list[str], out: Path, *, fmt: str, settings: ScorerSettings,
+                 chunk_rows: int, actors: int, cpus_per_actor: float, gpus_per_actor: float) -> None:
+    """shards -> chunks -> scored rows -> OUTPUT/predictions; the chunks' rejected rows -> OUTPUT/rejects."""
+    import ray.data
+
+    chunks = ray.data.read_binary_files(paths, include_paths=True).map_batches(
+        parse_shards, fn_kwargs={"chunk_rows": chunk_rows}, batch_size=1, batch_format="pyarrow")
+    scored = chunks.map_batches(
+        ChunkScorer, fn_constructor_kwargs={"models": [str(Path(m).resolve()) for m in models],
+                                            "settings": settings, "fmt": fmt},
+        batch_size=1, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors),
+        num_cpus=cpus_per_actor, num_gpus=gpus_per_actor or None)
+    _write(scored, str(out / "predictions"), fmt)
+    # the shards are parsed again for the rejects (cheap next to scoring; keeps memory flat)
+    _write(chunks.map_batches(explode_rejects, batch_format="pyarrow"), str(out / "rejects"), fmt)
+
+
+def _collect_metrics(out: Path, fmt: str, names: list[str]) -> tuple[dict, int, int]:
+    """Per model metrics from the written predictions (so they are the files' own), and the row counts."""
+    import pandas as pd
+
+    columns = prediction_columns(names)
+    written = _read(str(out / "predictions"), fmt, ["label"] + [c for pair in columns for c in pair])
+    rejected = _read(str(out / "rejects"), fmt)
+    rows_scored = written.count() if written is not None else 0
+    rows_rejected = rejected.count() if rejected is not None else 0
+    partials = (written.map_batches(count_partials, fn_kwargs={"columns": columns}, batch_format="pyarrow")
+                .to_pandas() if written is not None else pd.DataFrame(columns=["model", "label", "pred", "bin", "n"]))
+    return merge_metrics(partials, names), rows_scored, rows_rejected

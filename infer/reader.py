@@ -41,8 +41,6 @@ MAX_LINE_CHARS = 1_000_000  # a longer line is rejected, read in pieces of this 
 # Bad UTF-8 becomes U+FFFD (the row is still read and counted); a BOM is skipped; newline="" keeps quoted CR/LF.
 TEXT_DECODING = {"encoding": "utf-8-sig", "errors": "replace", "newline": ""}
 
-csv.field_size_limit(sys.maxsize)  # one very long quoted tweet is a row, not a crash
-
 
 @dataclass
 class Reject:
@@ -255,12 +253,28 @@ def input_size(path: str | Path) -> int | None:
 
 def _quoted_fields(record: str, delimiter: str = "\t") -> list[str] | None:
     """csv-parse one record; None when a quoted field is still open at its end (it may go on next line)."""
+    with _field_limit(len(record)):
+        try:
+            return next(csv.reader([record], delimiter=delimiter, quotechar='"', strict=True), [""])
+        except csv.Error as e:
+            if "unexpected end of data" in str(e):
+                return None
+            return next(csv.reader([record], delimiter=delimiter, quotechar='"', strict=False), [""])
+
+
+@contextmanager
+def _field_limit(size: int):
+    """The csv module's field size limit (process-wide, 131,072 characters by default) raised for one record
+    that needs more, and put back: one very long quoted tweet is a row, not a crash."""
+    old = csv.field_size_limit()
+    if size <= old:
+        yield
+        return
+    csv.field_size_limit(size)
     try:
-        return next(csv.reader([record], delimiter=delimiter, quotechar='"', strict=True), [""])
-    except csv.Error as e:
-        if "unexpected end of data" in str(e):
-            return None
-        return next(csv.reader([record], delimiter=delimiter, quotechar='"', strict=False), [""])
+        yield
+    finally:
+        csv.field_size_limit(old)
 
 
 def _records(fh: IO[str], delimiter: str = "\t") -> Iterator[tuple[int, list[str] | None, str]]:

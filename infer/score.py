@@ -1,8 +1,10 @@
-"""Stream TSV files through one or more exported models: predictions, metrics, ROC curves and throughput.
+"""The local engine: stream input files through one or more exported models to predictions, metrics and a ROC.
 
-A reader thread parses chunks of rows and does each model's CPU-side preparation (HF fast tokenizer for BERT,
-the spaCy step for the SVC) for chunk k+1 while the main thread runs onnxruntime on chunk k. Inside a chunk, BERT
-rows are sorted by token length and batched by a token budget; predictions are written back in input order.
+Three threads, so that the model never waits on the host: a reader thread parses chunk k+2 and starts its
+preparation (the HF tokenizer, in worker processes beside a GPU; the spaCy step for the SVC), the main thread
+scores chunk k+1 (infer/pipeline.py, shared with the Ray engine), and a writer thread writes chunk k, its metrics
+rows and the checkpoint. Inside a chunk, BERT rows are sorted by token length and batched by a token budget;
+predictions are written back in input order.
 """
 from __future__ import annotations
 
@@ -19,19 +21,23 @@ from pathlib import Path
 
 import numpy as np
 
-from tsinfer.infer.batching import CHUNK_ROWS_BY_PROVIDER
-from tsinfer.infer.metrics import StreamingMetrics, format_score_bins, score_bins
-from tsinfer.infer.models import load_scorer
 from tsinfer.infer import formats
 from tsinfer.infer.formats import Columns
-from tsinfer.infer.reader import (DEFAULT_CHUNK_ROWS, NO_LABEL, Chunk, InputError, input_size,
-                                  open_text, refuse_input_as_output, tsv_field, tsv_line)
+from tsinfer.infer.metrics import StreamingMetrics
+from tsinfer.infer.models import Scorer
+from tsinfer.infer.pipeline import (ChunkScores, ScorerSettings, close_scorers, default_chunk_rows, load_scorers,
+                                    metrics_report, model_names, prediction_columns, score_chunk, write_json,
+                                    written_scores)
+from tsinfer.infer.reader import (NO_LABEL, Chunk, InputError, input_size, open_text, refuse_input_as_output,
+                                  tsv_field, tsv_line)
 
 
 @dataclass
 class ModelRun:
+    """One model's scorer and its running figures over a run."""
+
     name: str
-    scorer: object
+    scorer: Scorer
     prepare_s: float = 0.0
     infer_s: float = 0.0
     rows: int = 0
@@ -59,24 +65,21 @@ class ModelRun:
         })
         return out
 
-    def roc(self):
-        return self.metrics.roc_curve()
+    def add(self, scores: ChunkScores, labels: np.ndarray) -> None:
+        """A scored chunk's counts and its labelled rows' metrics (the scores as written: the metrics are the
+        file's)."""
+        self.prepare_s += scores.wait_s
+        self.infer_s += scores.infer_s
+        self.rows += len(scores.pred)
+        self.tokens += scores.tokens
+        self.padded += scores.padded
+        self.truncated += scores.truncated
+        has = labels != NO_LABEL
+        if has.any():
+            self.metrics.add(labels[has], scores.pred[has], scores.bins[has])
 
-
-def model_names(models: list[str]) -> list[str]:
-    """One name per model folder (its folder name, made unique): the suffix of its output columns."""
-    names: list[str] = []
-    for folder in models:
-        name = Path(folder).name or "model"
-        while name in names:
-            name += "_"
-        names.append(name)
-    return names
-
-
-def prediction_columns(names: list[str]) -> list[tuple[str, str]]:
-    """(pred column, score column) per model: pred/score for one model, pred_NAME/score_NAME for several."""
-    return [("pred", "score")] if len(names) == 1 else [(f"pred_{n}", f"score_{n}") for n in names]
+    def counts(self) -> dict:
+        return {"rows": self.rows, "tokens": self.tokens, "padded": self.padded, "truncated": self.truncated}
 
 
 COMPRESSED_OUTPUT = (".gz", ".zst")  # output names that are written compressed (not resumable: see _score_files)
@@ -125,12 +128,12 @@ class PredictionWriter:
         self.fh.flush()
         return os.fstat(self.fh.fileno()).st_size
 
-    def write(self, chunk: Chunk, results: list, bins: list) -> None:
+    def write(self, chunk: Chunk, results: list[ChunkScores]) -> None:
         labels = ["" if lab == NO_LABEL else str(lab) for lab in chunk.labels]
         cols = []
-        for r, b in zip(results, bins):
+        for r in results:
             cols.append(list(map(str, r.pred.tolist())))
-            cols.append(format_score_bins(b))
+            cols.append(written_scores(r.bins, self.fmt))
         if self.tsv:  # only the ids can need quoting: the other fields are written here
             ids = list(map(tsv_field, chunk.ids))
             self.fh.write("".join("\t".join(row) + "\n" for row in zip(ids, labels, *cols)))
@@ -279,13 +282,14 @@ class ScoreResult:
     metrics: dict
 
 
-def score_files(*args, **kwargs) -> ScoreResult:
-    """Score the input files with every model (see _score_files), one run at a time per output file."""
-    import inspect
-
-    output = inspect.signature(_score_files).bind(*args, **kwargs).arguments.get("output", "-")
-    with output_lock(output):
-        return _score_files(*args, **kwargs)
+def check_inputs(inputs: list[str], input_format: str, outputs: dict[str, str | None]) -> None:
+    """Fail on a missing or unreadable input, or an output that would overwrite one, before any model loads."""
+    for source in inputs:
+        if source != "-" and formats.input_format(source, input_format) != "parquet":
+            open_text(source).close()
+        elif source != "-" and not Path(source).is_file():
+            raise InputError(f"input file not found: {source}")
+    refuse_input_as_output(inputs, outputs)
 
 
 @contextmanager
@@ -309,210 +313,308 @@ def output_lock(output: str | None):
         yield
 
 
-def _score_files(inputs: list[str], models: list[str], provider: str = "auto", precision: str = "auto",
-                batch_tokens: int | None = None, max_batch: int | None = None, output: str | None = "-",
-                fmt: str = "tsv",
-                metrics_path: str | None = None, roc_path: str | None = None, rejects_path: str | None = None,
-                threads: int | None = None, progress: bool = False, chunk_rows: int | None = None,
-                verify: bool = True, sort: bool = True, strict: bool = False, resume: bool = False,
-                lanes: int | None = None, input_format: str = "auto", columns: Columns | None = None,
-                tokenizer_workers: int | None = None) -> ScoreResult:
-    start = time.perf_counter()
-    columns = columns or Columns()
-    for source in inputs:  # fail on a missing or unreadable input before loading any model
-        if source != "-" and formats.input_format(source, input_format) != "parquet":
-            open_text(source).close()
-        elif source != "-" and not Path(source).is_file():
-            raise InputError(f"input file not found: {source}")
-    refuse_input_as_output(inputs, {"output": output, "rejects": rejects_path, "metrics": metrics_path,
-                                    "ROC": roc_path})
-    runs = [ModelRun(name, load_scorer(folder, provider, precision, threads, verify, batch_tokens=batch_tokens,
-                                       max_batch=max_batch, lanes=lanes, tokenizer_workers=tokenizer_workers))
-            for name, folder in zip(model_names(models), models)]
-    for run in runs:
-        run.scorer.warm_up()
-    chunk_rows = chunk_rows or CHUNK_ROWS_BY_PROVIDER.get(runs[0].scorer.provider, DEFAULT_CHUNK_ROWS)
-    load_s = time.perf_counter() - start
-    to_file = output not in (None, "-")
-    compressed = to_file and str(output).endswith(COMPRESSED_OUTPUT)
-    if resume and compressed:
-        raise InputError(f"--resume cannot continue a compressed output ({output}): a compressed stream cannot be "
-                         "cut back to its last chunk; write plain text to be able to resume, or run without --resume")
-    checkpoint = state = None
-    if to_file and not compressed:
-        checkpoint = Checkpoint(output, {
-            # an input edited since the checkpoint must not be continued: its size and mtime are part of the key
-            "inputs": [[str(Path(i).resolve()), Path(i).stat().st_size, Path(i).stat().st_mtime_ns]
-                       if i != "-" else ["-"] for i in inputs],
-            "models": [str(Path(m).resolve()) for m in models],
-            "provider": runs[0].scorer.provider, "precisions": [r.scorer.precision for r in runs], "format": fmt,
-            "chunk_rows": chunk_rows, "batch_tokens": batch_tokens, "max_batch": max_batch, "sort": sort,
-            "input_format": input_format, "columns": [columns.text, columns.id, columns.label]})
-        state = checkpoint.load() if resume else None
-        if state is None:
-            checkpoint.remove()
-    elif resume:
-        raise InputError("--resume needs --output FILE (stdout cannot be continued)")
-    skip = state["chunks_done"] if state else 0
-    writer = PredictionWriter(output, [r.name for r in runs], fmt, resume_bytes=state and state["output_bytes"])
-    rejects = RejectWriter(rejects_path, state["rejects_bytes"] if state else 0, state["rejects_count"] if state else 0)
-    rows_file = None
-    if checkpoint:
-        if state:
-            _read_rows(checkpoint.rows_path, state["rows_bytes"], runs)
-            for run in runs:
-                for key, value in state["model_stats"][run.name].items():
-                    setattr(run, key, value)
-            os.truncate(checkpoint.rows_path, state["rows_bytes"])
-        rows_file = open(checkpoint.rows_path, "ab" if state else "wb")
-    timings = {"read_prepare_s": 0.0, "prepare_wait_s": 0.0, "inference_s": 0.0, "write_s": 0.0}
-    work: queue.Queue = queue.Queue(maxsize=2)
-    stop = threading.Event()
-
-    def produce():
+def score_files(inputs: list[str], models: list[str], *, settings: ScorerSettings = ScorerSettings(),
+                output: str | None = "-", fmt: str = "tsv", metrics_path: str | None = None,
+                roc_path: str | None = None, rejects_path: str | None = None, progress: bool = False,
+                chunk_rows: int | None = None, sort: bool = True, strict: bool = False, resume: bool = False,
+                input_format: str = "auto", columns: Columns | None = None) -> ScoreResult:
+    """Score the input files with every model: predictions to `output` (TSV or JSONL; - for stdout), unreadable
+    rows to `rejects_path`, metrics JSON and ROC PNG for labelled input. With `resume`, continue an interrupted
+    run on the same output from its last checkpoint."""
+    check_inputs(inputs, input_format, {"output": output, "rejects": rejects_path, "metrics": metrics_path,
+                                        "ROC": roc_path})
+    with output_lock(output):
+        start = time.perf_counter()
+        scorers = load_scorers(models, settings)
         try:
-            seen = 0
-            for source in inputs:
-                for chunk in formats.read_chunks(source, chunk_rows, input_format, columns):
-                    seen += 1
-                    if seen <= skip:  # done before the interruption: parsed again, not prepared or scored
-                        continue
-                    t0 = time.perf_counter()
-                    prepared = []
-                    for run in runs:
-                        t = time.perf_counter()
-                        prepared.append(run.scorer.prepare_async(chunk.texts) if len(chunk) else None)
-                        run.prepare_s += time.perf_counter() - t
-                    timings["read_prepare_s"] += time.perf_counter() - t0
-                    while not stop.is_set():
-                        try:
-                            work.put((source, chunk, prepared), timeout=0.2)
-                            break
-                        except queue.Full:
-                            continue
-                    if stop.is_set():
-                        return
-            work.put(None)
-        except BaseException as e:  # hand any reader error to the main thread
-            work.put(e)
+            runs = [ModelRun(name, scorer) for name, scorer in zip(model_names(models), scorers)]
+            job = LocalRun(runs, inputs=inputs, models=models, output=output, fmt=fmt, rejects_path=rejects_path,
+                           chunk_rows=chunk_rows or default_chunk_rows(scorers[0].provider), sort=sort,
+                           settings=settings, input_format=input_format, columns=columns or Columns())
+            job.load_s = time.perf_counter() - start
+            job.restore(resume)
+            job.run(strict=strict, progress=progress)
+        finally:
+            close_scorers(scorers)
+        return job.report(time.perf_counter() - start, metrics_path=metrics_path, roc_path=roc_path)
 
-    producer = threading.Thread(target=produce, name="tsinfer-reader", daemon=True)
-    producer.start()
-    bar = _progress(progress, inputs)
 
-    def advance(rows: int) -> None:
-        bar.update(rows / len(runs))
-    rows_read = state["rows_read"] if state else 0
-    rows_scored = state["rows_scored"] if state else 0
-    chunks_done = skip
-    ok = False
-    try:
-        while True:
-            item = work.get()
-            if item is None:
-                break
-            if isinstance(item, BaseException):
-                raise item
-            source, chunk, prepared = item
-            if bar.total_bytes and chunk.bytes_read:  # estimate the row count from bytes read so far, for ETA
-                seen = rows_read + len(chunk) + len(chunk.rejects)
-                bar.total = max(seen, int(seen * bar.total_bytes / chunk.bytes_read))
-            if strict and chunk.rejects:
-                bad = chunk.rejects[0]
-                raise StrictError(f"{source}, line {bad.line}: {bad.reason} (--strict stops at the first bad row; "
-                                  "without it bad rows go to the rejects file)")
-            rejects.write(source, chunk)
-            results, bins = [], []
-            for run, prep in zip(runs, prepared):
-                if not len(chunk):
+@dataclass
+class Prepared:
+    """A chunk read by the reader thread, its preparation started for every model."""
+
+    source: str
+    chunk: Chunk
+    prepared: list
+
+
+class LocalRun:
+    """One local scoring run's state and its steps: restore a checkpoint, read, score, write, report."""
+
+    def __init__(self, runs: list[ModelRun], *, inputs: list[str], models: list[str], output: str | None, fmt: str,
+                 rejects_path: str | None, chunk_rows: int, sort: bool, settings: ScorerSettings,
+                 input_format: str, columns: Columns):
+        self.runs, self.inputs, self.output, self.fmt = runs, inputs, output, fmt
+        self.rejects_path, self.chunk_rows, self.sort = rejects_path, chunk_rows, sort
+        self.input_format, self.columns = input_format, columns
+        self.rows_read = self.rows_scored = self.chunks_done = 0
+        self.load_s = 0.0
+        self.timings = {"read_prepare_s": 0.0, "prepare_wait_s": 0.0, "inference_s": 0.0, "write_s": 0.0}
+        self.checkpoint = self.state = None
+        to_file = output not in (None, "-")
+        self.compressed = to_file and str(output).endswith(COMPRESSED_OUTPUT)
+        if to_file and not self.compressed:
+            self.checkpoint = Checkpoint(output, {
+                # an input edited since the checkpoint must not be continued: its size and mtime are part of the key
+                "inputs": [[str(Path(i).resolve()), Path(i).stat().st_size, Path(i).stat().st_mtime_ns]
+                           if i != "-" else ["-"] for i in inputs],
+                "models": [str(Path(m).resolve()) for m in models],
+                "provider": runs[0].scorer.provider, "precisions": [r.scorer.precision for r in runs],
+                "format": fmt, "chunk_rows": chunk_rows, "batch_tokens": settings.batch_tokens,
+                "max_batch": settings.max_batch, "sort": sort, "input_format": input_format,
+                "columns": [columns.text, columns.id, columns.label]})
+
+    def restore(self, resume: bool) -> None:
+        """Open the outputs: fresh, or (resume) cut back to the last checkpoint with the figures it recorded."""
+        if resume and self.compressed:
+            raise InputError(f"--resume cannot continue a compressed output ({self.output}): a compressed stream "
+                             "cannot be cut back to its last chunk; write plain text to be able to resume, or run "
+                             "without --resume")
+        if resume and self.checkpoint is None:
+            raise InputError("--resume needs --output FILE (stdout cannot be continued)")
+        state = self.checkpoint.load() if resume else None
+        if self.checkpoint and state is None:
+            self.checkpoint.remove()
+        self.state = state or {}
+        self.writer = PredictionWriter(self.output, [r.name for r in self.runs], self.fmt,
+                                       resume_bytes=state and state["output_bytes"])
+        self.rejects = RejectWriter(self.rejects_path, self.state.get("rejects_bytes", 0),
+                                    self.state.get("rejects_count", 0))
+        self.rows_file = None
+        if self.checkpoint:
+            if state:
+                _read_rows(self.checkpoint.rows_path, state["rows_bytes"], self.runs)
+                for run in self.runs:
+                    for key, value in state["model_stats"][run.name].items():
+                        setattr(run, key, value)
+                os.truncate(self.checkpoint.rows_path, state["rows_bytes"])
+            self.rows_file = open(self.checkpoint.rows_path, "ab" if state else "wb")
+        self.rows_read = self.state.get("rows_read", 0)
+        self.rows_scored = self.state.get("rows_scored", 0)
+        self.chunks_done = self.state.get("chunks_done", 0)
+
+    def run(self, *, strict: bool, progress: bool) -> None:
+        """Chunks from the reader thread, scored here, handed to the writer thread in order."""
+        self.bar = _progress(progress, self.inputs)
+        self.started = time.perf_counter()
+        reader = Pipe(self._read, name="tsinfer-reader", depth=3)
+        sink = Sink(self._write, name="tsinfer-writer")
+        ok = interrupted = False
+        try:
+            try:
+                for item in reader:
+                    self._estimate_total(item.chunk)
+                    if strict and item.chunk.rejects:
+                        bad = item.chunk.rejects[0]
+                        raise StrictError(f"{item.source}, line {bad.line}: {bad.reason} (--strict stops at the "
+                                          "first bad row; without it bad rows go to the rejects file)")
+                    sink.put((item, self._score(item)))
+            finally:
+                reader.stop()
+                sink.close()  # even on an error, the chunks already scored are written: the checkpoint stays true
+            ok = True
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            self._finish(ok)
+        if interrupted:
+            raise Interrupted(self.rows_read, self.rows_scored, resumable=self.checkpoint is not None)
+
+    def _read(self, emit) -> None:
+        """Reader thread: parse every chunk, skip those a checkpoint has done, start their preparation."""
+        seen = 0
+        for source in self.inputs:
+            for chunk in formats.read_chunks(source, self.chunk_rows, self.input_format, self.columns):
+                seen += 1
+                if seen <= self.chunks_done:  # done before the interruption: parsed again, not prepared or scored
                     continue
                 t = time.perf_counter()
-                prep = prep.result()  # tokenizer processes (if any) finishing this chunk
-                run.prepare_s += time.perf_counter() - t
-                timings["prepare_wait_s"] += time.perf_counter() - t
-                t = time.perf_counter()
-                out = run.scorer.score(prep, sort=sort, on_batch=advance)
-                dt = time.perf_counter() - t
-                run.infer_s += dt
-                timings["inference_s"] += dt
-                run.rows += len(chunk)
-                run.tokens += out.tokens
-                run.padded += out.padded
-                run.truncated += out.truncated
-                labels = chunk.label_array()
+                prepared = [run.scorer.prepare_async(chunk.texts) for run in self.runs] if len(chunk) else []
+                self.timings["read_prepare_s"] += time.perf_counter() - t
+                if not emit(Prepared(source, chunk, prepared)):
+                    return
+
+    def _score(self, item: Prepared) -> list[ChunkScores]:
+        if not len(item.chunk):
+            return []
+        received = time.perf_counter()
+        results = score_chunk([r.scorer for r in self.runs], item.chunk.texts, prepared=item.prepared,
+                              sort=self.sort, on_batch=lambda rows: self.bar.update(rows / len(self.runs)))
+        if "first_chunk_ready_s" not in self.timings:  # the models' first wait: how soon a run gets going
+            self.timings["first_chunk_ready_s"] = received - self.started + results[0].wait_s
+        for r in results:
+            self.timings["prepare_wait_s"] += r.wait_s
+            self.timings["inference_s"] += r.infer_s
+        return results
+
+    def _write(self, job: tuple[Prepared, list[ChunkScores]]) -> None:
+        """Writer thread: the chunk's rows, rejects and metrics, then the checkpoint that covers them."""
+        item, results = job
+        t = time.perf_counter()
+        chunk = item.chunk
+        self.rejects.write(item.source, chunk)
+        labels = chunk.label_array()
+        for run, scores in zip(self.runs, results):
+            run.add(scores, labels)
+            if self.rows_file:
                 has = labels != NO_LABEL
-                written = score_bins(out.score)  # the scores as written: the metrics are the file's
-                if has.any():
-                    run.metrics.add(labels[has], out.pred[has], written[has])
-                if rows_file:
-                    _append_rows(rows_file, labels[has], out.pred[has], written[has])
-                results.append(out)
-                bins.append(written)
-            t = time.perf_counter()
-            if len(chunk):
-                writer.write(chunk, results, bins)
-            timings["write_s"] += time.perf_counter() - t
-            rows_scored += len(chunk)
-            rows_read += len(chunk) + len(chunk.rejects)
-            chunks_done += 1
-            if checkpoint:
-                rows_file.flush()
-                checkpoint.save({
-                    "chunks_done": chunks_done, "rows_read": rows_read, "rows_scored": rows_scored,
-                    "rejects_count": rejects.count, "output_bytes": writer.position(),
-                    "rejects_bytes": rejects.position(), "rows_bytes": rows_file.tell(),
-                    "model_stats": {r.name: {"rows": r.rows, "tokens": r.tokens, "padded": r.padded,
-                                             "truncated": r.truncated} for r in runs}})
-            bar.n = rows_read  # batches advanced it by scored rows, shared among the models
-            bar.refresh()
-        ok = True
-    except KeyboardInterrupt:
-        raise Interrupted(rows_read, rows_scored, resumable=checkpoint is not None) from None
-    finally:
-        stop.set()
-        while producer.is_alive():  # let the reader thread finish its chunk: a daemon thread killed inside
-            try:                    # native tokenizer code at exit aborts the process
-                work.get(timeout=0.1)
+                _append_rows(self.rows_file, labels[has], scores.pred[has], scores.bins[has])
+        if len(chunk):
+            self.writer.write(chunk, results)
+        self.rows_scored += len(chunk)
+        self.rows_read += len(chunk) + len(chunk.rejects)
+        self.chunks_done += 1
+        self._save_checkpoint()
+        self.timings["write_s"] += time.perf_counter() - t
+        self.bar.n = self.rows_read  # batches advanced it by scored rows, shared among the models
+        self.bar.refresh()
+
+    def _save_checkpoint(self) -> None:
+        if not self.checkpoint:
+            return
+        self.rows_file.flush()
+        self.checkpoint.save({
+            "chunks_done": self.chunks_done, "rows_read": self.rows_read, "rows_scored": self.rows_scored,
+            "rejects_count": self.rejects.count, "output_bytes": self.writer.position(),
+            "rejects_bytes": self.rejects.position(), "rows_bytes": self.rows_file.tell(),
+            "model_stats": {r.name: r.counts() for r in self.runs}})
+
+    def _estimate_total(self, chunk: Chunk) -> None:
+        """The progress bar's total, from the bytes read so far (for its ETA)."""
+        bar = self.bar
+        if bar.total_bytes and chunk.bytes_read:
+            seen = self.rows_read + len(chunk) + len(chunk.rejects)
+            bar.total = max(seen, int(seen * bar.total_bytes / chunk.bytes_read))
+
+    def _finish(self, ok: bool) -> None:
+        self.bar.close()
+        self.writer.close(ok, keep=self.checkpoint is not None)
+        self.rejects.close()
+        if self.rows_file:
+            self.rows_file.close()
+        if ok and self.checkpoint:
+            self.checkpoint.remove()
+
+    def report(self, wall: float, *, metrics_path: str | None, roc_path: str | None) -> ScoreResult:
+        timings = {k: round(v, 3) for k, v in self.timings.items()}
+        summaries = {r.name: r.summary(wall) for r in self.runs}
+        head = {"rows_read": self.rows_read, "rows_scored": self.rows_scored, "rows_rejected": self.rejects.count,
+                "tweets_per_s": self.rows_scored / wall if wall else None, "wall_s": round(wall, 3),
+                "load_s": round(self.load_s, 3), "timings": timings, "chunk_rows": self.chunk_rows}
+        metrics = metrics_report(summaries, head)
+        if metrics_path:
+            write_json(metrics_path, metrics)
+        if roc_path and any(r.metrics.rows for r in self.runs):
+            plot_roc(self.runs, summaries, roc_path)
+        return ScoreResult(self.rows_read, self.rows_scored, self.rejects.count, wall, timings, self.load_s,
+                           self.runs, summaries, metrics)
+
+
+class Pipe:
+    """Items made by a producer function in its own thread, iterated here in order (at most `depth` ahead).
+
+    The producer gets emit(item) -> bool, False once the consumer has stopped; its error is raised here.
+    """
+
+    _END = object()
+
+    def __init__(self, produce, *, name: str, depth: int = 2):
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._main, args=(produce,), name=name, daemon=True)
+        self._thread.start()
+
+    def _main(self, produce) -> None:
+        try:
+            produce(self._emit)
+            self._emit(self._END)
+        except BaseException as e:  # handed to the consumer
+            self._emit(e)
+
+    def _emit(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self):
+        while True:
+            item = self._queue.get()
+            if item is self._END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def stop(self) -> None:
+        """Stop the producer and wait for it: a daemon thread killed inside native tokenizer code at exit aborts
+        the process, so it is let finish its chunk."""
+        self._stop.set()
+        while self._thread.is_alive():
+            try:
+                self._queue.get(timeout=0.1)
             except queue.Empty:
                 pass
-        bar.close()
-        for run in runs:
-            run.scorer.close()
-        writer.close(ok, keep=checkpoint is not None)
-        rejects.close()
-        if rows_file:
-            rows_file.close()
-        if ok and checkpoint:
-            checkpoint.remove()
-    wall = time.perf_counter() - start
-    timings = {k: round(v, 3) for k, v in timings.items()}
-    summaries = {r.name: r.summary(wall) for r in runs}
-    head = {"rows_read": rows_read, "rows_scored": rows_scored, "rows_rejected": rejects.count,
-            "tweets_per_s": rows_scored / wall if wall else None, "wall_s": round(wall, 3),
-            "load_s": round(load_s, 3), "timings": timings, "chunk_rows": chunk_rows}
-    if len(runs) == 1:
-        metrics = dict(next(iter(summaries.values())), **head)
-    else:
-        metrics = dict(head, models=summaries)
-    if metrics_path:
-        Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(metrics_path).write_text(json.dumps(metrics, indent=2) + "\n")
-    if roc_path and any(r.metrics.rows for r in runs):
-        plot_roc(runs, summaries, roc_path)
-    return ScoreResult(rows_read, rows_scored, rejects.count, wall, timings, load_s, runs, summaries, metrics)
+
+
+class Sink:
+    """Items consumed in order by a function in its own thread; put() raises the consumer's error, if any."""
+
+    _END = object()
+
+    def __init__(self, consume, *, name: str, depth: int = 2):
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, args=(consume,), name=name, daemon=True)
+        self._thread.start()
+
+    def _main(self, consume) -> None:
+        while (item := self._queue.get()) is not self._END:
+            if self.error is None:
+                try:
+                    consume(item)
+                except BaseException as e:  # kept for the producer; later items are drained, not consumed
+                    self.error = e
+
+    def put(self, item) -> None:
+        self._raise()
+        self._queue.put(item)
+
+    def close(self) -> None:
+        """Consume what was put, stop the thread, raise its error (once)."""
+        if self._thread.is_alive():
+            self._queue.put(self._END)
+            self._thread.join()
+        self._raise()
+
+    def _raise(self) -> None:
+        error, self.error = self.error, None
+        if error is not None:
+            raise error
 
 
 def plot_roc(runs: list[ModelRun], summaries: dict, path: str) -> None:
-    import matplotlib
+    from matplotlib.figure import Figure  # a Figure of its own: no pyplot, no global backend to set
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    fig = Figure(figsize=(5.5, 5))
+    ax = fig.subplots()
     for run in runs:
         if not run.metrics.rows:
             continue
-        fpr, tpr = run.roc()
+        fpr, tpr = run.metrics.roc_curve()
         auc = summaries[run.name]["roc_auc"]
         ax.plot(fpr, tpr, label=f"{run.name} ({run.scorer.precision}) AUC {auc:.3f}")
     ax.plot([0, 1], [0, 1], ":", color="grey")
@@ -523,7 +625,6 @@ def plot_roc(runs: list[ModelRun], summaries: dict, path: str) -> None:
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def comparison_table(result: ScoreResult) -> str:
@@ -547,8 +648,9 @@ def comparison_table(result: ScoreResult) -> str:
     t = result.timings
     lines.append(f"rows read {result.rows_read:,}, scored {result.rows_scored:,}, rejected {result.rows_rejected:,}; "
                  f"{result.rows_scored / result.wall_s if result.wall_s else 0:,.0f} tweets/s overall in "
-                 f"{result.wall_s:.1f} s (read+prepare {t['read_prepare_s']:.1f} s in a parallel thread, inference "
-                 f"{t['inference_s']:.1f} s, write {t['write_s']:.1f} s)")
+                 f"{result.wall_s:.1f} s (inference {t['inference_s']:.1f} s, waiting for tokens "
+                 f"{t['prepare_wait_s']:.1f} s; in parallel threads: read+prepare {t['read_prepare_s']:.1f} s, write "
+                 f"{t['write_s']:.1f} s)")
     for s in summaries:
         if s.get("padding_efficiency"):
             lines.append(f"{s['model']}: padding efficiency {s['padding_efficiency']:.3f} (real/padded tokens), "

@@ -212,11 +212,11 @@ def test_a_full_disk_mid_run_keeps_a_partial_that_resume_completes(svc_artifacts
     assert _score([str(small_data / "test.tsv"), *model, "-o", str(tmp_path / "whole.tsv")]).exit_code == 0
     real_write, calls = score.PredictionWriter.write, []
 
-    def write_until_full(self, chunk, results, bins):
+    def write_until_full(self, chunk, results):
         calls.append(1)
         if len(calls) == 3:
             raise OSError(errno.ENOSPC, "No space left on device", str(self.tmp))
-        real_write(self, chunk, results, bins)
+        real_write(self, chunk, results)
 
     monkeypatch.setattr(score.PredictionWriter, "write", write_until_full)
     out = tmp_path / "p.tsv"

@@ -72,3 +72,34 @@ def test_streaming_and_merged_metrics_equal_all_at_once(seed):
     ref_fpr, ref_tpr, _ = skm.roc_curve(y, written, drop_intermediate=False)
     np.testing.assert_allclose(fpr, ref_fpr)
     np.testing.assert_allclose(tpr, ref_tpr)
+
+
+def _greedy_plan(lengths, batch_tokens, max_batch, sort):
+    """plan_batches' definition, row by row: add the next row while the padded batch stays within the budget."""
+    order = np.argsort(lengths, kind="stable") if sort else np.arange(len(lengths))
+    batches, start = [], 0
+    while start < len(order):
+        end, longest = start + 1, int(lengths[order[start]])
+        while end < len(order) and end - start < max_batch:
+            longest_next = max(longest, int(lengths[order[end]]))
+            if longest_next * (end - start + 1) > batch_tokens:
+                break
+            longest, end = longest_next, end + 1
+        batches.append(order[start:end])
+        start = end
+    return batches
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_batch_plan_is_the_greedy_row_by_row_plan(seed):
+    from tsinfer.infer.batching import plan_batches
+
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, 129, int(rng.integers(0, 2000)))
+    for batch_tokens, max_batch in ((1, 5), (300, 7), (512, 256), (262144, 8192)):
+        for sort in (True, False):
+            got = plan_batches(lengths, batch_tokens, max_batch, sort=sort)
+            want = _greedy_plan(lengths, batch_tokens, max_batch, sort)
+            assert [b.tolist() for b in got] == [b.tolist() for b in want]
+            if len(lengths):
+                assert np.array_equal(np.sort(np.concatenate(got)), np.arange(len(lengths)))

@@ -7,7 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tsinfer.infer.pipeline import ScorerSettings
+
 pytest.importorskip("ray.data")
+FP32 = ScorerSettings(provider="cpu", precision="fp32")
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +44,11 @@ def test_ray_equals_local(shards, all_artifacts, tmp_path):
     from tsinfer.infer.score import score_files
 
     models = [str(all_artifacts / "onnx" / "svc"), str(all_artifacts / "onnx" / "bert")]
-    local = score_files([str(p) for p in shards], models, "cpu", "fp32", output=str(tmp_path / "local.tsv"),
+    local = score_files([str(p) for p in shards], models, settings=FP32, output=str(tmp_path / "local.tsv"),
                         rejects_path=str(tmp_path / "local_rejects.tsv"))
     out = tmp_path / "ray"
-    m = score_with_ray([str(shards[0].parent / "part*.tsv")], models, str(out), "parquet", num_cpus=2, actors=2,
-                       cpus_per_actor=0.5, precision="fp32")
+    m = score_with_ray([str(shards[0].parent / "part*.tsv")], models, output=str(out), fmt="parquet", num_cpus=2,
+                       actors=2, cpus_per_actor=0.5, settings=FP32)
 
     assert (m["rows_read"], m["rows_scored"], m["rows_rejected"]) == \
         (local.rows_read, local.rows_scored, local.rows_rejected)

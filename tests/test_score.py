@@ -9,8 +9,11 @@ from click.testing import CliRunner
 from sklearn import metrics as skm
 
 from tsinfer.infer.cli import main
+from tsinfer.infer.pipeline import ScorerSettings
 from tsinfer.infer.reader import read_all
 from tsinfer.infer.score import score_files
+
+CPU = ScorerSettings(provider="cpu")
 
 
 def read_predictions(path):
@@ -68,8 +71,8 @@ def test_metrics_equal_sklearn_on_the_written_predictions(two_model_run):
 def test_length_bucketing_gives_the_same_predictions_as_unbucketed(all_artifacts, small_data, tmp_path):
     runs = {}
     for sort in (True, False):
-        r = score_files([str(small_data / "test.tsv")], [str(all_artifacts / "onnx" / "bert")], "cpu", "fp32",
-                        batch_tokens=600, output=str(tmp_path / f"{sort}.tsv"), sort=sort)
+        r = score_files([str(small_data / "test.tsv")], [str(all_artifacts / "onnx" / "bert")],
+                        settings=ScorerSettings(provider="cpu", precision="fp32", batch_tokens=600), output=str(tmp_path / f"{sort}.tsv"), sort=sort)
         _, rows = read_predictions(tmp_path / f"{sort}.tsv")
         runs[sort] = (r, np.array([float(x[3]) for x in rows]), [x[2] for x in rows])
     assert runs[True][2] == runs[False][2]
@@ -101,15 +104,16 @@ def test_tokenizer_processes_write_the_same_file_as_one_thread(all_artifacts, sm
     files = {}
     for workers in (0, 3):
         out = tmp_path / f"{workers}.tsv"
-        r = score_files([str(small_data / "test.tsv")], [str(all_artifacts / "onnx" / "bert")], "cpu", "fp32",
-                        output=str(out), chunk_rows=37, tokenizer_workers=workers)
+        r = score_files([str(small_data / "test.tsv")], [str(all_artifacts / "onnx" / "bert")],
+                        settings=ScorerSettings(provider="cpu", precision="fp32", tokenizer_workers=workers),
+                        output=str(out), chunk_rows=37)
         assert r.summaries["bert"]["settings"]["tokenizer_workers"] == workers
         files[workers] = out.read_bytes()
     assert files[0] == files[3] and files[0].count(b"\n") > 37
 
 
 def test_jsonl_output_and_single_model_flat_metrics(all_artifacts, small_data, tmp_path):
-    r = score_files([str(small_data / "test.tsv")], [str(all_artifacts / "onnx" / "svc")], "cpu",
+    r = score_files([str(small_data / "test.tsv")], [str(all_artifacts / "onnx" / "svc")], settings=CPU,
                     output=str(tmp_path / "p.jsonl"), fmt="jsonl", metrics_path=str(tmp_path / "m.json"))
     assert r.metrics == json.loads((tmp_path / "m.json").read_text())
     recs = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
@@ -125,7 +129,7 @@ def test_jsonl_output_and_single_model_flat_metrics(all_artifacts, small_data, t
 def test_unlabelled_input_has_empty_labels_and_no_metrics(all_artifacts, tmp_path):
     src = tmp_path / "texts.txt"
     src.write_text("what a lovely morning\nthis is the worst\n")
-    r = score_files([str(src)], [str(all_artifacts / "onnx" / "svc")], "cpu", output=str(tmp_path / "p.tsv"))
+    r = score_files([str(src)], [str(all_artifacts / "onnx" / "svc")], settings=CPU, output=str(tmp_path / "p.tsv"))
     _, rows = read_predictions(tmp_path / "p.tsv")
     assert [(x[0], x[1]) for x in rows] == [("1", ""), ("2", "")]
     assert "accuracy" not in r.metrics

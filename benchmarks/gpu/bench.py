@@ -208,6 +208,7 @@ def minilm_parity(minilm: Path, work: Path, data: Path, layouts: list[str]) -> d
     from transformers import AutoModelForSequenceClassification
 
     from tsinfer.export.bert import GPU_LAYOUTS, optimize_variants
+    from tsinfer.infer.pipeline import ScorerSettings
     from tsinfer.infer.score import score_files
 
     from benchmarks.gpu.train import fp32_checkpoint
@@ -222,14 +223,16 @@ def minilm_parity(minilm: Path, work: Path, data: Path, layouts: list[str]) -> d
     files = optimize_variants(raw, folder, num_heads=model.config.num_attention_heads,
                               hidden_size=model.config.hidden_size, variants=("fp32",))
     model_folder(folder, files, minilm / "tokenizer.json", {})
-    score_files([str(data)], [str(folder)], "cpu", "fp32", output=str(work / "minilm_fp32.tsv"))
+    score_files([str(data)], [str(folder)], settings=ScorerSettings(provider="cpu", precision="fp32"),
+                output=str(work / "minilm_fp32.tsv"))
     for layout in layouts:
         folder = work / f"minilm_{layout}"
         folder.mkdir(parents=True, exist_ok=True)
         files = optimize_variants(raw, folder, num_heads=model.config.num_attention_heads,
                                   hidden_size=model.config.hidden_size, variants=("fp16",), gpu_layout=layout)
         model_folder(folder, files, minilm / "tokenizer.json", GPU_LAYOUTS[layout]["cuda_options"])
-        score_files([str(data)], [str(folder)], "cuda", "fp16", output=str(work / f"minilm_{layout}.tsv"))
+        score_files([str(data)], [str(folder)], settings=ScorerSettings(provider="cuda", precision="fp16"),
+                    output=str(work / f"minilm_{layout}.tsv"))
         out[layout] = fp16_parity(work / f"minilm_{layout}.tsv", work / "minilm_fp32.tsv")
         log(f"MiniLM fp16 {layout} (CUDA) vs fp32 (CPU provider), test.tsv: {out[layout]}")
     return out
@@ -368,22 +371,25 @@ def tsinfer_sweep(res: Results, folders: dict, data: Path, big: Path, work: Path
     of --configs with the best packed layout; model load is reported apart. Returns the best entry."""
     from tsinfer.infer.batching import (CHUNK_ROWS_BY_PROVIDER, DEFAULT_BATCH_TOKENS, DEFAULT_LANES, DEFAULT_MAX_BATCH,
                                         default_tokenizer_workers)
+    from tsinfer.infer.pipeline import ScorerSettings
     from tsinfer.infer.score import score_files
 
     warm = work / "warm.tsv"
     repeat_tsv(data, warm, min(20_000, rows))
 
     def run(layout, budget, max_batch, chunk_rows, lanes, workers):
-        score_files([str(warm)], [str(folders[layout])], provider, precision, output=str(work / "warm_pred.tsv"))
-        r = score_files([str(big)], [str(folders[layout])], provider, precision, batch_tokens=budget,
-                        max_batch=max_batch, output=str(work / "pred.tsv"), chunk_rows=chunk_rows, lanes=lanes,
-                        tokenizer_workers=workers)
+        settings = ScorerSettings(provider=provider, precision=precision, batch_tokens=budget, max_batch=max_batch,
+                                  lanes=lanes, tokenizer_workers=workers)
+        score_files([str(warm)], [str(folders[layout])], settings=settings, output=str(work / "warm_pred.tsv"))
+        r = score_files([str(big)], [str(folders[layout])], settings=settings, output=str(work / "pred.tsv"),
+                        chunk_rows=chunk_rows)
         s = next(iter(r.summaries.values()))
         return res.add(f"tsinfer score, {precision} {layout}, {provider} (file in, file out), budget {budget}, "
                        f"max batch {max_batch}, chunk {chunk_rows}, {lanes} lane(s), {workers} tokenizer "
                        "process(es)", r.rows_scored,
                        r.wall_s - r.load_s, load_s=round(r.load_s, 2), inference_s=r.timings["inference_s"],
                        read_prepare_s=r.timings["read_prepare_s"], prepare_wait_s=r.timings["prepare_wait_s"],
+                       first_chunk_ready_s=r.timings.get("first_chunk_ready_s"),
                        write_s=r.timings["write_s"],
                        padding_efficiency=round(s["padding_efficiency"], 3), accuracy=round(s["accuracy"], 4),
                        setting=(budget, max_batch, chunk_rows, lanes, workers), layout=layout)
@@ -487,7 +493,7 @@ def markdown(r: dict) -> str:
               "|---|---:|---:|---:|---:|---:|---|"]
     for e in r["contenders"]:
         notes = ", ".join(f"{k}={e[k]}" for k in ("load_s", "inference_s", "model_only_s", "read_prepare_s",
-                                                  "prepare_wait_s", "write_s",
+                                                  "prepare_wait_s", "first_chunk_ready_s", "write_s",
                                                   "padding_efficiency", "accuracy") if k in e)
         lines.append(f"| {e['name']} | {e['rows']:,} | {e['seconds']:.2f} | {e['tweets_per_s']:,.0f} | "
                      f"{e['x_seed']:.1f} | {e['tweets_per_s'] / torch_entry['tweets_per_s']:.2f} | {notes} |")

@@ -1,0 +1,129 @@
+"""The scoring steps both engines share: the local one (infer/score.py) and Ray (infer/ray_engine.py).
+
+Loading and warming up the scorers, the per-provider chunk size, scoring one chunk into the columns written, the
+written form of a score, and the metrics report (one atomic JSON writer, also used for the training reports).
+Whatever engine scores a row, it goes through these functions, so its prediction and written score are the same.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tsinfer.infer.batching import CHUNK_ROWS_BY_PROVIDER
+from tsinfer.infer.metrics import SCORE_BINS, format_score_bins, score_bins
+from tsinfer.infer.models import Scorer, done, load_scorer
+from tsinfer.infer.reader import DEFAULT_CHUNK_ROWS
+
+
+@dataclass(frozen=True)
+class ScorerSettings:
+    """How the models run: provider, precision and batching (None = the provider's default, see infer/models.py)."""
+
+    provider: str = "auto"
+    precision: str = "auto"
+    threads: int | None = None
+    verify: bool = True
+    batch_tokens: int | None = None
+    max_batch: int | None = None
+    lanes: int | None = None
+    tokenizer_workers: int | None = None
+
+
+def load_scorers(models: list[str], settings: ScorerSettings) -> list[Scorer]:
+    """One scorer per model folder, warmed up (so that no first batch pays for allocation); closed on failure."""
+    scorers: list[Scorer] = []
+    try:
+        for folder in models:
+            scorers.append(load_scorer(folder, settings.provider, settings.precision, settings.threads,
+                                       settings.verify, batch_tokens=settings.batch_tokens,
+                                       max_batch=settings.max_batch, lanes=settings.lanes,
+                                       tokenizer_workers=settings.tokenizer_workers))
+        for scorer in scorers:
+            scorer.warm_up()
+    except BaseException:
+        close_scorers(scorers)
+        raise
+    return scorers
+
+
+def close_scorers(scorers: list[Scorer]) -> None:
+    for scorer in scorers:
+        scorer.close()
+
+
+def default_chunk_rows(provider: str) -> int:
+    return CHUNK_ROWS_BY_PROVIDER.get(provider, DEFAULT_CHUNK_ROWS)
+
+
+def model_names(models: list[str]) -> list[str]:
+    """One name per model folder (its folder name, made unique): the suffix of its output columns."""
+    names: list[str] = []
+    for folder in models:
+        name = Path(folder).name or "model"
+        while name in names:
+            name += "_"
+        names.append(name)
+    return names
+
+
+def prediction_columns(names: list[str]) -> list[tuple[str, str]]:
+    """(pred column, score column) per model: pred/score for one model, pred_NAME/score_NAME for several."""
+    return [("pred", "score")] if len(names) == 1 else [(f"pred_{n}", f"score_{n}") for n in names]
+
+
+@dataclass
+class ChunkScores:
+    """One model's answers for one chunk, as written: the prediction and the score's bin (see written_scores)."""
+
+    pred: np.ndarray      # int8, 0/1
+    bins: np.ndarray      # int64: the written score is bins / SCORE_BINS
+    tokens: int = 0
+    padded: int = 0
+    truncated: int = 0
+    wait_s: float = 0.0   # waiting for the chunk's preparation (tokenizer processes)
+    infer_s: float = 0.0
+
+
+def score_chunk(scorers: list[Scorer], texts: list[str], *, prepared: list | None = None, sort: bool = True,
+                on_batch=None) -> list[ChunkScores]:
+    """Every model on one chunk of texts. prepared: each scorer's prepare_async(texts), started earlier (the local
+    engine's reader thread does that); without it the texts are prepared here."""
+    out = []
+    for k, scorer in enumerate(scorers):
+        t = time.perf_counter()
+        prep = (prepared[k] if prepared is not None else done(scorer.prepare(texts))).result()
+        wait = time.perf_counter() - t
+        scored = scorer.score(prep, sort=sort, on_batch=on_batch)
+        out.append(ChunkScores(scored.pred.astype(np.int8), score_bins(scored.score), scored.tokens, scored.padded,
+                               scored.truncated, wait, time.perf_counter() - t - wait))
+    return out
+
+
+def written_scores(bins: np.ndarray, fmt: str):
+    """A score column as the output holds it: text formats (tsv, jsonl) '0.264187', Parquet the float64 of the
+    same six decimals. Reading either back and taking score_bins gives the bins again, so the metrics are the
+    file's own."""
+    if fmt == "parquet":
+        return np.asarray(bins, dtype=np.float64) / SCORE_BINS
+    return format_score_bins(np.asarray(bins))
+
+
+def metrics_report(summaries: dict, head: dict) -> dict:
+    """The metrics JSON of a run: one model's figures flat beside the run's head, several under "models"."""
+    if len(summaries) == 1:
+        return dict(next(iter(summaries.values())), **head)
+    return dict(head, models=summaries)
+
+
+def write_json(path: str | Path, data: dict) -> None:
+    """Written to a temporary name beside it and renamed: a reader never sees half a report."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=float) + "\n")
+    os.replace(tmp, path)
