@@ -226,7 +226,7 @@ def train_bert(data: TrainingData | str | Path, out_dir: str | Path = "artifacts
     bf16 = cuda and torch.cuda.is_bf16_supported()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     keep_best, timer = KeepBestByMcc(), EpochTimer(cuda)
-    progress(f"bert: fine-tuning {Path(base_path).name} on {len(data.train.texts):,} rows ({preset} preset)")
+    progress(f"bert: fine-tuning {base_model or DEFAULT_BASE_MODEL} on {len(data.train.texts):,} rows ({preset} preset)")
     with tempfile.TemporaryDirectory(prefix="tsinfer-train-") as scratch:
         args = training_arguments(scratch, hp, cuda=cuda, bf16=bf16, world=world, max_steps=max_steps)
         trainer = Trainer(model=model, args=args, train_dataset=datasets["train"], eval_dataset=datasets["val"],
