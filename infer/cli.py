@@ -300,9 +300,10 @@ def _training_data(*, train_file, validation_file, val_fraction, test_file, data
 
 
 def _figures(kind: str, r: dict, out_dir: str) -> str:
+    """The trainer's last line: validation and test figures (AUC absent where one class was missing)."""
     def fig(split: str) -> str:
-        return "  ".join(f"{name} {r[f'{split}_{key}']:.4f}" for name, key in
-                         (("accuracy", "accuracy"), ("MCC", "mcc"), ("AUC", "roc_auc")) if r[f"{split}_{key}"] is not None)
+        named = (("accuracy", "accuracy"), ("MCC", "mcc"), ("AUC", "roc_auc"))
+        return "  ".join(f"{name} {r[f'{split}_{key}']:.4f}" for name, key in named if r[f"{split}_{key}"] is not None)
     test = f"test {fig('test')}" if r["test_accuracy"] is not None else "no test file"
     return f"{kind}: validation {fig('val')}; {test} -> {out_dir}"
 

@@ -193,3 +193,12 @@ def test_library_code_never_imports_click():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "False"
 
+
+
+def test_the_bert_command_offers_exactly_the_trainers_presets():
+    """The command names the presets without importing torch; they must stay those of train/bert.py."""
+    from tsinfer.infer.cli import train_bert_command
+    from tsinfer.train.bert import PRESETS
+
+    preset = next(p for p in train_bert_command.params if p.name == "preset")
+    assert sorted(preset.type.choices) == sorted(PRESETS)

@@ -218,15 +218,14 @@ def train_bert(data: TrainingData | str | Path, out_dir: str | Path = "artifacts
     preset = preset or default_preset(base_model)
     hp = dict(PRESETS[preset], **{k: v for k, v in (overrides or {}).items() if v is not None})
     torch.manual_seed(SPLIT_SEED)
-    splits = {"train": data.train, "val": data.val, "test": data.test}
-    progress(f"bert: tokenizing {sum(len(t.texts) for t in splits.values() if t):,} texts")
-    datasets = {name: TokenizedTexts(t, tokenizer, hp["max_length"]) for name, t in splits.items() if t}
+    datasets = _tokenized(data, tokenizer, hp["max_length"], progress)
 
     cuda = torch.cuda.is_available()
     bf16 = cuda and torch.cuda.is_bf16_supported()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     keep_best, timer = KeepBestByMcc(), EpochTimer(cuda)
-    progress(f"bert: fine-tuning {base_model or DEFAULT_BASE_MODEL} on {len(data.train.texts):,} rows ({preset} preset)")
+    progress(f"bert: fine-tuning {base_model or DEFAULT_BASE_MODEL} on {len(data.train.texts):,} rows "
+             f"({preset} preset)")
     with tempfile.TemporaryDirectory(prefix="tsinfer-train-") as scratch:
         args = training_arguments(scratch, hp, cuda=cuda, bf16=bf16, world=world, max_steps=max_steps)
         trainer = Trainer(model=model, args=args, train_dataset=datasets["train"], eval_dataset=datasets["val"],
@@ -240,7 +239,6 @@ def train_bert(data: TrainingData | str | Path, out_dir: str | Path = "artifacts
         outputs = {name: trainer.predict(datasets[name]) for name in ("val", "test") if name in datasets}
     if not trainer.is_world_process_zero():
         return {}
-    out_dir = Path(out_dir)
     model.save_pretrained(out_dir)  # safetensors: the default of transformers 4.x and the only format of 5.x
     tokenizer.save_pretrained(out_dir)
     record_training_data(out_dir, data.report())
@@ -267,6 +265,12 @@ def train_bert(data: TrainingData | str | Path, out_dir: str | Path = "artifacts
     }
     write_report(report_path, report)
     return report
+
+
+def _tokenized(data: TrainingData, tokenizer, max_length: int, progress: Progress) -> dict[str, TokenizedTexts]:
+    splits = {"train": data.train, "val": data.val, "test": data.test}
+    progress(f"bert: tokenizing {sum(len(t.texts) for t in splits.values() if t):,} texts")
+    return {name: TokenizedTexts(t, tokenizer, max_length) for name, t in splits.items() if t}
 
 
 def _metrics(out) -> dict:
