@@ -2,6 +2,7 @@
 PYTHON        ?= python3
 VENV          ?= .venv
 PY            := $(VENV)/bin/python
+TSINFER       := $(VENV)/bin/tsinfer
 ARTIFACTS     ?= artifacts
 DATA          ?= data
 SHARED_DATA   ?= ../shared/data
@@ -46,13 +47,13 @@ $(DATA)/%.tsv:
 train: train-svc train-bert
 
 train-svc: setup data
-	$(PY) -m tsinfer.train.svc --data $(DATA) --out $(ARTIFACTS)/svc --report $(ARTIFACTS)/reports/train_svc.json
+	$(TSINFER) train svc --data $(DATA) --out $(ARTIFACTS)/svc --report $(ARTIFACTS)/reports/train_svc.json
 
 train-bert: setup data
-	$(PY) -m tsinfer.train.bert --data $(DATA) --out $(ARTIFACTS)/bert --report $(ARTIFACTS)/reports/train_bert.json $(BERT_FLAGS)
+	$(TSINFER) train bert --data $(DATA) --out $(ARTIFACTS)/bert --report $(ARTIFACTS)/reports/train_bert.json $(BERT_FLAGS)
 
 export: setup
-	$(PY) -m tsinfer.export.run --artifacts $(ARTIFACTS) --data $(DATA)
+	$(TSINFER) export --artifacts $(ARTIFACTS) --data $(DATA)
 
 score: setup
 	$(VENV)/bin/tsinfer score $(DATA)/test.tsv --model $(ARTIFACTS)/onnx/bert --model $(ARTIFACTS)/onnx/svc \

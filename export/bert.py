@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tsinfer.train.errors import ExportError
+
 OPSET = 17
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "config.json")
 FILES = {"fp32": "model.onnx", "fp16": "model_fp16.onnx", "int8": "model_int8.onnx"}
@@ -62,7 +64,7 @@ def export_bert_onnx(model_dir: str | Path, out_dir: str | Path, variants=("fp32
                     shutil.copy(src, out_dir / name)
                     break
     if not (out_dir / "tokenizer.json").exists():
-        raise FileNotFoundError(f"{model_dir} has no tokenizer.json (a fast tokenizer is needed): re-run training")
+        raise ExportError(f"{model_dir} has no tokenizer.json (a fast tokenizer is needed): re-run training")
     return written
 
 

