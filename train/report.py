@@ -1,21 +1,16 @@
 """Report files shared by the trainers, export and the benchmarks: plain JSON, written atomically."""
 from __future__ import annotations
 
-import json
 import logging
-import os
 from pathlib import Path
 from typing import Callable
+
+from tsinfer.infer.pipeline import write_json
 
 TRAINING_DATA_FILE = "training_data.json"  # in each trained model folder: data files, checks, label mapping
 
 
-def write_report(path: str | Path, report: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2, default=float) + "\n")
-    os.replace(tmp, path)
+write_report = write_json  # the scoring engines' atomic JSON writer: one for every report
 
 
 def split_figures(val_metrics: dict, test_metrics: dict | None) -> dict:
