@@ -11,9 +11,10 @@
   The known fp16 pitfall is SkipLayerNormalization accumulating mean/variance in fp16 on CUDA (overflow, lost
   precision; fixed upstream in onnxruntime PR 28682 by fp32 accumulation): the runtime also turns on the CUDA
   provider's enable_skip_layer_norm_strict_mode, which computes it in fp32 on older onnxruntime releases;
-- onnxruntime's dynamic quantizer makes per-channel int8 weights for the MatMuls (model_int8.onnx). Its
-  activations are quantized per batch, so int8 predictions can move slightly with batch composition. It has no
-  CUDA kernels, so meta.json marks it CPU-only and the runtime never picks it for CUDA.
+- onnxruntime's dynamic quantizer makes per-channel int8 weights for the MatMuls (model_int8.onnx); its
+  activations, which it quantizes per batch, are rewritten to one scale per token (export/int8.py), so a row's
+  int8 score does not depend on the rows beside it. It has no CUDA kernels, so meta.json marks it CPU-only and the
+  runtime never picks it for CUDA.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tsinfer.export.int8 import per_token_activations
 from tsinfer.train.errors import ExportError
 
 OPSET = 17
@@ -110,6 +112,9 @@ def optimize_variants(raw: Path, out_dir: Path, *, num_heads: int, hidden_size: 
                          weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Attention"],
                          # the fused contrib ops defeat ONNX shape inference: their outputs are float32
                          extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
+        int8 = onnx.load(str(out_dir / FILES["int8"]))
+        per_token_activations(int8)  # one scale per token, not per batch: see export/int8.py
+        onnx.save(int8, str(out_dir / FILES["int8"]))
         written["int8"] = FILES["int8"]
     return written
 

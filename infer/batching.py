@@ -154,19 +154,24 @@ class PendingEncoded:
 
 
 def plan_batches(lengths: np.ndarray, batch_tokens: int = DEFAULT_BATCH_TOKENS["cpu"],
-                 max_batch: int = DEFAULT_MAX_BATCH["cpu"], sort: bool = True) -> list[np.ndarray]:
+                 max_batch: int = DEFAULT_MAX_BATCH["cpu"], sort: bool = True,
+                 same_length: bool = False) -> list[np.ndarray]:
     """Row indices per batch: rows sorted by length, each batch as large as fits batch_tokens once padded.
 
-    With sort=False the rows keep their order (the unbucketed reference used in tests and benchmarks).
+    same_length: a batch holds rows of one length only, so no row is ever padded and its width is its own: on the
+    CPU a row's logits are then the same bits whatever the rows beside it, the chunk size or the engine (one row,
+    one answer). With sort=False the rows keep their order (the unbucketed reference used in tests and benchmarks).
     """
     order = np.argsort(lengths, kind="stable") if sort else np.arange(len(lengths))
     ordered = np.asarray(lengths, dtype=np.int64)[order]
     batches, start = [], 0
     while start < len(order):
+        window = ordered[start:start + max_batch]
+        if same_length:
+            window = window[:int(np.argmax(window != window[0])) or len(window)]
         # padded size of the first k rows from start: k x the longest of them, which never shrinks as k grows,
         # so the rows that fit are a prefix (found with numpy, not a Python loop per row: on a GPU this runs
         # between batches)
-        window = ordered[start:start + max_batch]
         padded = np.maximum.accumulate(window) * np.arange(1, len(window) + 1)
         end = start + max(1, int(np.count_nonzero(padded <= batch_tokens)))
         batches.append(order[start:end])

@@ -197,6 +197,10 @@ class BertScorer:
         self.batch_tokens = batch_tokens or DEFAULT_BATCH_TOKENS[provider]
         self.max_batch = max_batch or DEFAULT_MAX_BATCH[provider]
         self.io_binding = provider in ("cuda", "tensorrt")
+        # On the CPU batches of one length (never padded) and per-token int8 (export/int8.py) make a row's answer
+        # the same bits in any batch. On a GPU padding costs the packed graph nothing and fp16 kernels pick their
+        # algorithm by shape anyway, so rows of all lengths share batches there.
+        self.same_length = provider == "cpu"
         self.tokenizer_workers = default_tokenizer_workers(provider) if tokenizer_workers is None else tokenizer_workers
         self._tokenizers = (TokenizerPool(folder, int(meta.get("max_length", 128)), self.tokenizer_workers)
                             if self.tokenizer_workers else None)
@@ -235,7 +239,8 @@ class BertScorer:
         writes only its own rows, so the result does not depend on which lane ran which batch or when."""
         n = len(enc)
         pred, prob = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.float64)
-        plan = plan_batches(enc.lengths, self.batch_tokens, self.max_batch, sort=sort)
+        plan = plan_batches(enc.lengths, self.batch_tokens, self.max_batch, sort=sort,
+                            same_length=self.same_length)
 
         def one(rows: np.ndarray) -> int:
             ids, mask = pad_batch(enc, rows, self.int_dtype)

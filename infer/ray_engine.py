@@ -224,7 +224,8 @@ def connect(address: str | None, *, num_cpus: int | None, timeout_s: float) -> N
                              "(ray start --head), check the address (HOST:PORT, ray://HOST:PORT or auto) or raise "
                              "--connect-timeout") from None
     try:
-        ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
+        # no address: a Ray of this machine's own ("local"), never a cluster that a `ray start` left on record
+        ray.init(address=address or "local", num_cpus=num_cpus if address is None else None, include_dashboard=False,
                  log_to_driver=False, configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise InputError(f"cannot join the Ray cluster at {address or 'local'}: {str(e).splitlines()[0]}") from None

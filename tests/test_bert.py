@@ -61,7 +61,9 @@ def test_bert_export_variants_meta_and_parity(bert_artifacts):
     # the last layer runs for the [CLS] token only (export/bert.py); the fp32 parity below shows it is exact
     assert any(n.name.endswith("_first_token_Slice") for n in fused.graph.node)
     int8_ops = {n.op_type for n in onnx.load(folder / "model_int8.onnx").graph.node}
-    assert "MatMulInteger" in int8_ops and "MultiHeadAttention" in int8_ops, int8_ops
+    # per-token activation scales (export/int8.py): no per-batch quantizer is left
+    assert {"MatMulIntegerToFloat", "QuantizeLinear", "MultiHeadAttention"} <= int8_ops, int8_ops
+    assert not {"DynamicQuantizeLinear", "MatMulInteger", "DynamicQuantizeMatMul"} & int8_ops, int8_ops
     fp16 = onnx.load(folder / "model_fp16.onnx")
     # the packed CUDA layout: no padded token reaches a MatMul or the attention
     fp16_ops = {n.op_type for n in fp16.graph.node}

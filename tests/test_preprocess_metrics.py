@@ -74,8 +74,9 @@ def test_streaming_and_merged_metrics_equal_all_at_once(seed):
     np.testing.assert_allclose(tpr, ref_tpr)
 
 
-def _greedy_plan(lengths, batch_tokens, max_batch, sort):
-    """plan_batches' definition, row by row: add the next row while the padded batch stays within the budget."""
+def _greedy_plan(lengths, batch_tokens, max_batch, sort, same_length):
+    """plan_batches' definition, row by row: add the next row while the padded batch stays within the budget
+    (and, with same_length, while the row is as long as the batch's first)."""
     order = np.argsort(lengths, kind="stable") if sort else np.arange(len(lengths))
     batches, start = [], 0
     while start < len(order):
@@ -83,6 +84,8 @@ def _greedy_plan(lengths, batch_tokens, max_batch, sort):
         while end < len(order) and end - start < max_batch:
             longest_next = max(longest, int(lengths[order[end]]))
             if longest_next * (end - start + 1) > batch_tokens:
+                break
+            if same_length and lengths[order[end]] != lengths[order[start]]:
                 break
             longest, end = longest_next, end + 1
         batches.append(order[start:end])
@@ -97,9 +100,9 @@ def test_batch_plan_is_the_greedy_row_by_row_plan(seed):
     rng = np.random.default_rng(seed)
     lengths = rng.integers(1, 129, int(rng.integers(0, 2000)))
     for batch_tokens, max_batch in ((1, 5), (300, 7), (512, 256), (262144, 8192)):
-        for sort in (True, False):
-            got = plan_batches(lengths, batch_tokens, max_batch, sort=sort)
-            want = _greedy_plan(lengths, batch_tokens, max_batch, sort)
+        for sort, same_length in ((True, False), (False, False), (True, True), (False, True)):
+            got = plan_batches(lengths, batch_tokens, max_batch, sort=sort, same_length=same_length)
+            want = _greedy_plan(lengths, batch_tokens, max_batch, sort, same_length)
             assert [b.tolist() for b in got] == [b.tolist() for b in want]
             if len(lengths):
                 assert np.array_equal(np.sort(np.concatenate(got)), np.arange(len(lengths)))
