@@ -57,17 +57,41 @@ def _tfidf_counts_graph(model: SvcModel) -> onnx.ModelProto:
     return onx
 
 
+def _f64(*v) -> np.ndarray:
+    return np.array(v, dtype=np.float64)
+
+
+def _i64(*v) -> np.ndarray:
+    return np.array(v, dtype=np.int64)
+
+
+_node = helper.make_node
+
+
+def _zeros(shape: str, out: str):
+    return _node("ConstantOfShape", [shape], [out], value=numpy_helper.from_array(_f64(0.0)))
+
+
+def _scatter_add(data: str, idx: str, upd: str, out: str):
+    return _node("ScatterElements", [data, idx, upd], [out], axis=0, reduction="add")
+
+
 def build_svc_onnx(model: SvcModel) -> onnx.ModelProto:
     onx = _tfidf_counts_graph(model)
     counts = onx.graph.output[0].name
+    nodes = (_pair_nodes(counts, sublinear_tf=bool(model.params.get("sublinear_tf"))) + _tfidf_nodes()
+             + _kernel_nodes())
+    return _finish(onx, nodes, _constants(model))
+
+
+def _constants(model: SvcModel) -> dict:
+    """The graph's initializers: idf, the support vectors as postings by term, the kernel and Platt parameters."""
     n_sv = model.support_vectors.shape[0]
     postings = model.support_vectors.T.tocsr()  # by term: which support vectors hold it, with what value
     postings.sort_indices()
     s = model.support_vectors
     platt_a, platt_b = model.platt
-    f64 = lambda *v: np.array(v, dtype=np.float64)  # noqa: E731
-    i64 = lambda *v: np.array(v, dtype=np.int64)  # noqa: E731
-    consts = {
+    return {
         "idf": np.asarray(model.vectorizer.idf_, dtype=np.float64),
         "post_start": postings.indptr[:-1].astype(np.int64),
         "post_end": postings.indptr[1:].astype(np.int64),
@@ -75,95 +99,109 @@ def build_svc_onnx(model: SvcModel) -> onnx.ModelProto:
         "post_value": postings.data.astype(np.float64),
         "sv_sq_norm": np.asarray(s.multiply(s).sum(axis=1), dtype=np.float64).reshape(1, -1),
         "dual_coef": model.dual_coef.astype(np.float64).reshape(-1, 1),
-        "intercept": f64(model.intercept), "neg_gamma": f64(-model.gamma), "two": f64(2.0), "one": f64(1.0),
-        "zero": f64(0.0), "tiny": f64(1e-300), "platt_a": f64(platt_a), "platt_b": f64(platt_b),
-        "n_sv": i64(n_sv), "i0": i64(0), "i1": i64(1), "row_axis": i64(0), "flat": i64(-1),
-        "rows_by_sv": i64(-1, n_sv),
+        "intercept": _f64(model.intercept), "neg_gamma": _f64(-model.gamma), "two": _f64(2.0), "one": _f64(1.0),
+        "zero": _f64(0.0), "tiny": _f64(1e-300), "platt_a": _f64(platt_a), "platt_b": _f64(platt_b),
+        "n_sv": _i64(n_sv), "i0": _i64(0), "i1": _i64(1), "row_axis": _i64(0), "flat": _i64(-1),
+        "rows_by_sv": _i64(-1, n_sv),
         "s0": np.array(0, dtype=np.int64), "s1": np.array(1, dtype=np.int64),  # scalars: Gather drops the axis
     }
-    n = helper.make_node
-    zeros = lambda shape, out: n("ConstantOfShape", [shape], [out], value=numpy_helper.from_array(f64(0.0)))  # noqa
-    scatter_add = lambda data, idx, upd, out: n("ScatterElements", [data, idx, upd], [out], axis=0,  # noqa: E731
-                                                reduction="add")
+
+
+def _pair_nodes(counts: str, *, sublinear_tf: bool) -> list:
+    """The non-zero (row, term) pairs of the count matrix, row-major, with their term frequency."""
     nodes = [
-        # the non-zero (row, term) pairs of the count matrix, row-major
-        n("NonZero", [counts], ["nz"]),
-        n("Transpose", ["nz"], ["nz_pairs"], perm=[1, 0]),
-        n("Gather", ["nz", "s0"], ["pair_row"], axis=0),
-        n("Gather", ["nz", "s1"], ["pair_term"], axis=0),
-        n("GatherND", [counts, "nz_pairs"], ["pair_count32"]),
-        n("Cast", ["pair_count32"], ["pair_count"], to=TensorProto.DOUBLE),
-        n("Shape", [counts], ["counts_shape"]),
-        n("Slice", ["counts_shape", "i0", "i1"], ["n_rows"]),
-        zeros("n_rows", "row_zeros"),
+        _node("NonZero", [counts], ["nz"]),
+        _node("Transpose", ["nz"], ["nz_pairs"], perm=[1, 0]),
+        _node("Gather", ["nz", "s0"], ["pair_row"], axis=0),
+        _node("Gather", ["nz", "s1"], ["pair_term"], axis=0),
+        _node("GatherND", [counts, "nz_pairs"], ["pair_count32"]),
+        _node("Cast", ["pair_count32"], ["pair_count"], to=TensorProto.DOUBLE),
+        _node("Shape", [counts], ["counts_shape"]),
+        _node("Slice", ["counts_shape", "i0", "i1"], ["n_rows"]),
+        _zeros("n_rows", "row_zeros"),
     ]
-    if model.params.get("sublinear_tf"):  # 1 + log(tf), as sklearn does (only non-zero counts reach here)
-        nodes += [n("Log", ["pair_count"], ["log_tf"]), n("Add", ["log_tf", "one"], ["pair_tf"])]
+    if sublinear_tf:  # 1 + log(tf), as sklearn does (only non-zero counts reach here)
+        nodes += [_node("Log", ["pair_count"], ["log_tf"]), _node("Add", ["log_tf", "one"], ["pair_tf"])]
     else:
-        nodes += [n("Identity", ["pair_count"], ["pair_tf"])]
-    nodes += [
+        nodes += [_node("Identity", ["pair_count"], ["pair_tf"])]
+    return nodes
+
+
+def _tfidf_nodes() -> list:
+    """TF-IDF of every pair, divided by its row's L2 norm, and each row's squared norm."""
+    return [
         # TF-IDF and the row's L2 norm (sklearn leaves an empty row at zero)
-        n("Gather", ["idf", "pair_term"], ["pair_idf"]),
-        n("Mul", ["pair_tf", "pair_idf"], ["pair_w"]),
-        n("Mul", ["pair_w", "pair_w"], ["pair_w2"]),
-        scatter_add("row_zeros", "pair_row", "pair_w2", "row_sq"),
-        n("Sqrt", ["row_sq"], ["row_norm"]),
-        n("Max", ["row_norm", "tiny"], ["row_norm_safe"]),
-        n("Gather", ["row_norm_safe", "pair_row"], ["pair_norm"]),
-        n("Div", ["pair_w", "pair_norm"], ["pair_x"]),
-        n("Mul", ["pair_x", "pair_x"], ["pair_x2"]),
-        scatter_add("row_zeros", "pair_row", "pair_x2", "x_sq"),
-        # expand every pair into the postings of its term: position p belongs to pair owner[p]
-        n("Gather", ["post_start", "pair_term"], ["pair_post_start"]),
-        n("Gather", ["post_end", "pair_term"], ["pair_post_end"]),
-        n("Sub", ["pair_post_end", "pair_post_start"], ["pair_len"]),
-        n("CumSum", ["pair_len", "row_axis"], ["pair_end"]),
-        n("Sub", ["pair_end", "pair_len"], ["pair_begin"]),
-        n("ReduceSum", ["pair_len"], ["total"], keepdims=1),
-        n("Add", ["total", "i1"], ["total1"]),
-        n("ConstantOfShape", ["total1"], ["marks0"], value=numpy_helper.from_array(i64(0))),
-        n("Expand", ["i1", "pair_begin_shape"], ["ones"]),
-        n("Shape", ["pair_begin"], ["pair_begin_shape"]),
-        scatter_add("marks0", "pair_begin", "ones", "marks"),
-        n("CumSum", ["marks", "row_axis"], ["owner1"]),
-        n("Slice", ["owner1", "i0", "total"], ["owner1_cut"]),
-        n("Sub", ["owner1_cut", "i1"], ["owner"]),
-        n("Squeeze", ["total", "i0"], ["total_scalar"]),
-        n("Range", ["s0", "total_scalar", "s1"], ["position"]),
-        n("Gather", ["pair_begin", "owner"], ["owner_begin"]),
-        n("Sub", ["position", "owner_begin"], ["within"]),
-        n("Gather", ["pair_post_start", "owner"], ["owner_post_start"]),
-        n("Add", ["owner_post_start", "within"], ["post_index"]),
-        n("Gather", ["post_sv", "post_index"], ["hit_sv"]),
-        n("Gather", ["post_value", "post_index"], ["hit_value"]),
-        n("Gather", ["pair_x", "owner"], ["hit_x"]),
-        n("Mul", ["hit_x", "hit_value"], ["hit_product"]),
-        n("Gather", ["pair_row", "owner"], ["hit_row"]),
-        n("Mul", ["hit_row", "n_sv"], ["hit_row_base"]),
-        n("Add", ["hit_row_base", "hit_sv"], ["hit_cell"]),
-        # x.s_i for every row and support vector, summed in float64
-        n("Mul", ["n_rows", "n_sv"], ["n_cells"]),
-        zeros("n_cells", "cell_zeros"),
-        scatter_add("cell_zeros", "hit_cell", "hit_product", "dots_flat"),
-        n("Reshape", ["dots_flat", "rows_by_sv"], ["dots"]),
-        # K = exp(-gamma * (|x|^2 + |s|^2 - 2 x.s)), decision = K @ dual_coef + intercept
-        n("Unsqueeze", ["x_sq", "i1"], ["x_sq_col"]),
-        n("Add", ["x_sq_col", "sv_sq_norm"], ["sq_sum"]),
-        n("Mul", ["dots", "two"], ["two_dots"]),
-        n("Sub", ["sq_sum", "two_dots"], ["sq_dist_raw"]),
-        n("Max", ["sq_dist_raw", "zero"], ["sq_dist"]),
-        n("Mul", ["sq_dist", "neg_gamma"], ["exponent"]),
-        n("Exp", ["exponent"], ["kernel"]),
-        n("MatMul", ["kernel", "dual_coef"], ["weighted"]),
-        n("Add", ["weighted", "intercept"], ["decision_col"]),
-        n("Reshape", ["decision_col", "flat"], ["decision"]),
-        n("Greater", ["decision", "zero"], ["positive"]),
-        n("Cast", ["positive"], ["label"], to=TensorProto.INT64),
-        n("Mul", ["decision", "platt_a"], ["platt_lin0"]),
-        n("Add", ["platt_lin0", "platt_b"], ["platt_lin"]),
-        n("Sigmoid", ["platt_lin"], ["probability64"]),
-        n("Cast", ["probability64"], ["probability"], to=TensorProto.FLOAT),
+        _node("Gather", ["idf", "pair_term"], ["pair_idf"]),
+        _node("Mul", ["pair_tf", "pair_idf"], ["pair_w"]),
+        _node("Mul", ["pair_w", "pair_w"], ["pair_w2"]),
+        _scatter_add("row_zeros", "pair_row", "pair_w2", "row_sq"),
+        _node("Sqrt", ["row_sq"], ["row_norm"]),
+        _node("Max", ["row_norm", "tiny"], ["row_norm_safe"]),
+        _node("Gather", ["row_norm_safe", "pair_row"], ["pair_norm"]),
+        _node("Div", ["pair_w", "pair_norm"], ["pair_x"]),
+        _node("Mul", ["pair_x", "pair_x"], ["pair_x2"]),
+        _scatter_add("row_zeros", "pair_row", "pair_x2", "x_sq"),
     ]
+
+
+def _kernel_nodes() -> list:
+    """x.s_i by expanding every pair into its term's postings, then the RBF kernel, decision, label and Platt."""
+    return [
+        # expand every pair into the postings of its term: position p belongs to pair owner[p]
+        _node("Gather", ["post_start", "pair_term"], ["pair_post_start"]),
+        _node("Gather", ["post_end", "pair_term"], ["pair_post_end"]),
+        _node("Sub", ["pair_post_end", "pair_post_start"], ["pair_len"]),
+        _node("CumSum", ["pair_len", "row_axis"], ["pair_end"]),
+        _node("Sub", ["pair_end", "pair_len"], ["pair_begin"]),
+        _node("ReduceSum", ["pair_len"], ["total"], keepdims=1),
+        _node("Add", ["total", "i1"], ["total1"]),
+        _node("ConstantOfShape", ["total1"], ["marks0"], value=numpy_helper.from_array(_i64(0))),
+        _node("Expand", ["i1", "pair_begin_shape"], ["ones"]),
+        _node("Shape", ["pair_begin"], ["pair_begin_shape"]),
+        _scatter_add("marks0", "pair_begin", "ones", "marks"),
+        _node("CumSum", ["marks", "row_axis"], ["owner1"]),
+        _node("Slice", ["owner1", "i0", "total"], ["owner1_cut"]),
+        _node("Sub", ["owner1_cut", "i1"], ["owner"]),
+        _node("Squeeze", ["total", "i0"], ["total_scalar"]),
+        _node("Range", ["s0", "total_scalar", "s1"], ["position"]),
+        _node("Gather", ["pair_begin", "owner"], ["owner_begin"]),
+        _node("Sub", ["position", "owner_begin"], ["within"]),
+        _node("Gather", ["pair_post_start", "owner"], ["owner_post_start"]),
+        _node("Add", ["owner_post_start", "within"], ["post_index"]),
+        _node("Gather", ["post_sv", "post_index"], ["hit_sv"]),
+        _node("Gather", ["post_value", "post_index"], ["hit_value"]),
+        _node("Gather", ["pair_x", "owner"], ["hit_x"]),
+        _node("Mul", ["hit_x", "hit_value"], ["hit_product"]),
+        _node("Gather", ["pair_row", "owner"], ["hit_row"]),
+        _node("Mul", ["hit_row", "n_sv"], ["hit_row_base"]),
+        _node("Add", ["hit_row_base", "hit_sv"], ["hit_cell"]),
+        # x.s_i for every row and support vector, summed in float64
+        _node("Mul", ["n_rows", "n_sv"], ["n_cells"]),
+        _zeros("n_cells", "cell_zeros"),
+        _scatter_add("cell_zeros", "hit_cell", "hit_product", "dots_flat"),
+        _node("Reshape", ["dots_flat", "rows_by_sv"], ["dots"]),
+        # K = exp(-gamma * (|x|^2 + |s|^2 - 2 x.s)), decision = K @ dual_coef + intercept
+        _node("Unsqueeze", ["x_sq", "i1"], ["x_sq_col"]),
+        _node("Add", ["x_sq_col", "sv_sq_norm"], ["sq_sum"]),
+        _node("Mul", ["dots", "two"], ["two_dots"]),
+        _node("Sub", ["sq_sum", "two_dots"], ["sq_dist_raw"]),
+        _node("Max", ["sq_dist_raw", "zero"], ["sq_dist"]),
+        _node("Mul", ["sq_dist", "neg_gamma"], ["exponent"]),
+        _node("Exp", ["exponent"], ["kernel"]),
+        _node("MatMul", ["kernel", "dual_coef"], ["weighted"]),
+        _node("Add", ["weighted", "intercept"], ["decision_col"]),
+        _node("Reshape", ["decision_col", "flat"], ["decision"]),
+        _node("Greater", ["decision", "zero"], ["positive"]),
+        _node("Cast", ["positive"], ["label"], to=TensorProto.INT64),
+        _node("Mul", ["decision", "platt_a"], ["platt_lin0"]),
+        _node("Add", ["platt_lin0", "platt_b"], ["platt_lin"]),
+        _node("Sigmoid", ["platt_lin"], ["probability64"]),
+        _node("Cast", ["probability64"], ["probability"], to=TensorProto.FLOAT),
+    ]
+
+
+def _finish(onx: onnx.ModelProto, nodes: list, consts: dict) -> onnx.ModelProto:
+    """The nodes after skl2onnx's front end, the initializers they use, the three outputs; checked."""
     # ONNX wants producers before consumers
     shape_node = next(x for x in nodes if x.output == ["pair_begin_shape"])
     nodes.remove(shape_node)
