@@ -270,7 +270,10 @@ def connect(address: str | None, *, num_cpus: int | None, timeout_s: float) -> N
         ray.init(address=address or "local", num_cpus=num_cpus if address is None else None, include_dashboard=False,
                  log_to_driver=False, configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as e:
-        raise InputError(f"cannot join the Ray cluster at {address or 'local'}: {str(e).splitlines()[0]}") from None
+        raise InputError(f"cannot join the Ray cluster at {address or 'local'}: {str(e).splitlines()[0]} (a cluster "
+                         "with token authentication, the default of `ray start` where ~/.ray/auth_token exists, also "
+                         "needs RAY_AUTH_MODE=token here and its token: ~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or "
+                         "RAY_AUTH_TOKEN)") from None
 
 
 def score_with_ray(inputs: list[str], models: list[str], *, output: str,
@@ -307,6 +310,12 @@ def score_with_ray(inputs: list[str], models: list[str], *, output: str,
         scoring_s = time.perf_counter() - start
         summaries, rows_scored, rows_rejected = _collect_metrics(staging, fmt, model_names(models))
         _publish(staging, out)
+    except AttributeError as e:
+        if not ray.util.client.ray.is_connected():
+            raise
+        # Ray Data's streaming executor needs a driver of its own (core_worker), which a Ray Client session is not
+        raise InputError(f"Ray Data {ray.__version__} cannot run through Ray Client ({address}: {e}): run tsinfer "
+                         "on the cluster (ray job submit, or --address HOST:PORT / auto from a node)") from None
     except ray.exceptions.RayError as e:  # an actor or task failed: its own one-line reason, not Ray's traceback
         reason = next((line.strip() for line in reversed(str(e).splitlines())
                        if "Error" in line and ":" in line), str(e).splitlines()[0])
