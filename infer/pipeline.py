@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 from tsinfer.infer.batching import CHUNK_ROWS_BY_PROVIDER
 from tsinfer.infer.metrics import SCORE_BINS, format_score_bins, score_bins
 from tsinfer.infer.models import Scorer, done, load_scorer
-from tsinfer.infer.reader import DEFAULT_CHUNK_ROWS
+from tsinfer.infer.reader import DEFAULT_CHUNK_ROWS, input_size
 
 
 @dataclass(frozen=True)
@@ -127,3 +128,22 @@ def write_json(path: str | Path, data: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=2, default=float) + "\n")
     os.replace(tmp, path)
+
+
+def progress_bar(enabled: bool, inputs: list[str]):
+    """Both engines' bar on stderr: rows done, their rate, and a total estimated from the inputs' sizes (when all
+    are local files) by estimate_total."""
+    from tqdm import tqdm
+
+    sizes = [input_size(p) for p in inputs]
+    total_bytes = sum(s for s in sizes if s) if all(sizes) else None
+    bar = tqdm(total=None, unit="rows", unit_scale=True, disable=not enabled, file=sys.stderr,
+               dynamic_ncols=True, desc="scoring")
+    bar.total_bytes = total_bytes
+    return bar
+
+
+def estimate_total(bar, rows: int, bytes_read: int) -> None:
+    """The bar's total (for its ETA): the rows seen so far scaled by the share of the inputs' bytes they came from."""
+    if bar.total_bytes and bytes_read:
+        bar.total = max(rows, int(rows * bar.total_bytes / bytes_read))

@@ -13,6 +13,10 @@ numbers:
     OUTPUT/metrics.json     accuracy/P/R/F1/MCC from the merged confusion matrix, ROC-AUC from merged score counts
 
 Every model folder and input must be readable from every node (a shared file system or object store).
+
+A lost node: Ray Data restarts its actors elsewhere (max_restarts=-1) and retries their chunks and the lost read,
+parse and write tasks; a retried write task rewrites its own file names, so no row is written twice. All of it is
+written beside OUTPUT first and moved to OUTPUT only when the run has succeeded.
 """
 from __future__ import annotations
 
@@ -20,17 +24,22 @@ import glob
 import io
 import logging
 import os
+import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import replace
+import threading
+import uuid
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from tsinfer.infer.metrics import StreamingMetrics, score_bins
 from tsinfer.infer.models import ModelError, load_scorer, read_meta
-from tsinfer.infer.pipeline import (ScorerSettings, close_scorers, default_chunk_rows, load_scorers,
-                                    metrics_report, model_names, prediction_columns, score_chunk, write_json,
-                                    written_scores)
+from tsinfer.infer.pipeline import (ScorerSettings, close_scorers, default_chunk_rows, estimate_total,
+                                    load_scorers, metrics_report, model_names, prediction_columns, progress_bar,
+                                    score_chunk, write_json, written_scores)
 from tsinfer.infer.reader import DEFAULT_CHUNK_ROWS, NO_LABEL, TEXT_DECODING, InputError, parse_chunks
 
 FORMATS = ("parquet", "tsv")
@@ -72,52 +81,85 @@ def _chunk_schema():
     return pa.schema([("shard", pa.string()), ("chunk", pa.int64()), ("lines", pa.list_(pa.int64())),
                       ("ids", pa.list_(pa.string())), ("labels", pa.list_(pa.int8())),
                       ("texts", pa.list_(pa.string())), ("reject_lines", pa.list_(pa.int64())),
-                      ("reject_reasons", pa.list_(pa.string())), ("reject_raws", pa.list_(pa.string()))])
+                      ("reject_reasons", pa.list_(pa.string())), ("reject_raws", pa.list_(pa.string())),
+                      ("bytes", pa.int64())])
 
 
 def parse_shards(batch, chunk_rows: int = DEFAULT_CHUNK_ROWS):
-    """Ray map_batches: whole shards (bytes, path) -> one row per chunk, by the local path's reader."""
+    """Ray map_batches: whole shards (bytes, path) -> one row per chunk, by the local path's reader.
+
+    A chunk's `bytes` is the share of its shard it covers (for progress): the reader's position after it, less
+    the position after the chunk before; the shard's last chunk takes the rest, so they add up to the shard's size.
+    """
     import pyarrow as pa
 
     rows = {name: [] for name in _chunk_schema().names}
     for data, path in zip(batch["bytes"], batch["path"]):
-        with io.TextIOWrapper(io.BytesIO(data), **TEXT_DECODING) as fh:
+        raw = io.BytesIO(data)
+        size = raw.seek(0, io.SEEK_END)
+        raw.seek(0)
+        with io.TextIOWrapper(raw, **TEXT_DECODING) as fh:
+            done, first = 0, len(rows["bytes"])
             for k, chunk in enumerate(parse_chunks(fh, chunk_rows)):
                 for name, value in (("shard", path), ("chunk", k), ("lines", chunk.lines), ("ids", chunk.ids),
                                     ("labels", chunk.labels), ("texts", chunk.texts),
                                     ("reject_lines", [r.line for r in chunk.rejects]),
                                     ("reject_reasons", [r.reason for r in chunk.rejects]),
-                                    ("reject_raws", [r.raw for r in chunk.rejects])):
+                                    ("reject_raws", [r.raw for r in chunk.rejects]),
+                                    ("bytes", raw.tell() - done)):  # read ahead by the text layer: an estimate
                     rows[name].append(value)
+                done = raw.tell()
+            if len(rows["bytes"]) > first and done < size:
+                rows["bytes"][-1] += size - done
     return pa.Table.from_pydict(rows, schema=_chunk_schema())
+
+
+class ProgressCounter:
+    """Ray actor (no CPU of its own): the rows and input bytes of every chunk scored, counted once per
+    (shard, chunk) so that a chunk retried after a lost node is not counted twice."""
+
+    def __init__(self):
+        self.done: dict[tuple[str, int], tuple[int, int]] = {}
+        self.rows = self.bytes = 0
+
+    def add(self, shard: str, chunk: int, rows: int, nbytes: int) -> None:
+        if (shard, chunk) not in self.done:
+            self.done[(shard, chunk)] = (rows, nbytes)
+            self.rows += rows
+            self.bytes += nbytes
+
+    def totals(self) -> tuple[int, int]:
+        return self.rows, self.bytes
 
 
 class ChunkScorer:
     """Ray actor: the models loaded once; scores whole chunks through the local engine's own steps
     (infer/pipeline.py), so each row gets the same prediction and written score."""
 
-    def __init__(self, models: list[str], settings: ScorerSettings, fmt: str):
+    def __init__(self, models: list[str], settings: ScorerSettings, fmt: str, progress=None):
         self.scorers = load_scorers(models, settings)
         self.columns = prediction_columns(model_names(models))
         self.fmt = fmt
+        self.progress = progress  # a ProgressCounter actor, or None
 
     def __call__(self, batch):
         import pyarrow as pa
 
         out = {"shard": [], "line": [], "id": [], "label": []}
         results = [([], []) for _ in self.scorers]
-        for shard, lines, ids, labels, texts in zip(batch["shard"].to_pylist(), batch["lines"].to_pylist(),
-                                                    batch["ids"].to_pylist(), batch["labels"].to_pylist(),
-                                                    batch["texts"].to_pylist()):
-            if not texts:
-                continue
-            out["shard"] += [shard] * len(texts)
-            out["line"] += lines
-            out["id"] += ids
-            out["label"] += [None if lab == NO_LABEL else lab for lab in labels]
-            for scores, (preds, bins) in zip(score_chunk(self.scorers, texts), results):
-                preds.append(scores.pred)
-                bins.append(scores.bins)
+        for shard, chunk, lines, ids, labels, texts, rejects, nbytes in zip(
+                *(batch[c].to_pylist() for c in ("shard", "chunk", "lines", "ids", "labels", "texts",
+                                                 "reject_lines", "bytes"))):
+            if texts:
+                out["shard"] += [shard] * len(texts)
+                out["line"] += lines
+                out["id"] += ids
+                out["label"] += [None if lab == NO_LABEL else lab for lab in labels]
+                for scores, (preds, bins) in zip(score_chunk(self.scorers, texts), results):
+                    preds.append(scores.pred)
+                    bins.append(scores.bins)
+            if self.progress is not None:  # fire and forget: the counter never holds up scoring
+                self.progress.add.remote(shard, chunk, len(texts) + len(rejects), nbytes)
         table = {"shard": pa.array(out["shard"], pa.string()), "line": pa.array(out["line"], pa.int64()),
                  "id": pa.array(out["id"], pa.string()), "label": pa.array(out["label"], pa.int8())}
         for (pred_col, score_col), (preds, bins) in zip(self.columns, results):
@@ -228,15 +270,23 @@ def connect(address: str | None, *, num_cpus: int | None, timeout_s: float) -> N
         ray.init(address=address or "local", num_cpus=num_cpus if address is None else None, include_dashboard=False,
                  log_to_driver=False, configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as e:
-        raise InputError(f"cannot join the Ray cluster at {address or 'local'}: {str(e).splitlines()[0]}") from None
+        raise InputError(f"cannot join the Ray cluster at {address or 'local'}: {str(e).splitlines()[0]} (a cluster "
+                         "with token authentication, the default of `ray start` where ~/.ray/auth_token exists, also "
+                         "needs RAY_AUTH_MODE=token here and its token: ~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or "
+                         "RAY_AUTH_TOKEN)") from None
 
 
 def score_with_ray(inputs: list[str], models: list[str], *, output: str,
                    settings: ScorerSettings = ScorerSettings(), fmt: str = "parquet", address: str | None = None,
                    actors: int | None = None, gpus_per_actor: float = 0.0, cpus_per_actor: float = 1.0,
                    chunk_rows: int | None = None, metrics_path: str | None = None, progress: bool = False,
-                   num_cpus: int | None = None, connect_timeout_s: float = 15.0) -> dict:
-    """Score shards on Ray Data; returns the metrics dict (also written to OUTPUT/metrics.json)."""
+                   num_cpus: int | None = None, connect_timeout_s: float = 15.0,
+                   on_progress: Callable[[int, int], None] | None = None) -> dict:
+    """Score shards on Ray Data; returns the metrics dict (also written to OUTPUT/metrics.json).
+
+    progress draws a bar on stderr; on_progress(rows_read, bytes_read) is called from a driver thread as chunks are
+    scored. The shards are written beside OUTPUT and moved there only once the run has succeeded.
+    """
     require_ray()
     import ray
 
@@ -249,18 +299,29 @@ def score_with_ray(inputs: list[str], models: list[str], *, output: str,
     # tokenization in each actor's own thread: Ray's actors are the parallelism here
     settings = replace(settings, provider=provider, threads=max(1, round(cpus_per_actor)), tokenizer_workers=0)
     chunk_rows = chunk_rows or default_chunk_rows(provider)
+    staging = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
+    staging.mkdir(parents=True)
     try:
-        _quiet_or_progress(progress)
+        _quiet_ray_data()
         actors = actors or _default_actors(gpus_per_actor, cpus_per_actor)
-        _run_dataset(paths, models, out, fmt=fmt, settings=settings, chunk_rows=chunk_rows, actors=actors,
-                     cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor)
+        with _watch_progress(paths, show=progress, on_progress=on_progress) as counter:
+            _run_dataset(paths, models, staging, fmt=fmt, settings=settings, chunk_rows=chunk_rows, actors=actors,
+                         cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor, progress=counter)
         scoring_s = time.perf_counter() - start
-        summaries, rows_scored, rows_rejected = _collect_metrics(out, fmt, model_names(models))
+        summaries, rows_scored, rows_rejected = _collect_metrics(staging, fmt, model_names(models))
+        _publish(staging, out)
+    except AttributeError as e:
+        if not ray.util.client.ray.is_connected():
+            raise
+        # Ray Data's streaming executor needs a driver of its own (core_worker), which a Ray Client session is not
+        raise InputError(f"Ray Data {ray.__version__} cannot run through Ray Client ({address}: {e}): run tsinfer "
+                         "on the cluster (ray job submit, or --address HOST:PORT / auto from a node)") from None
     except ray.exceptions.RayError as e:  # an actor or task failed: its own one-line reason, not Ray's traceback
         reason = next((line.strip() for line in reversed(str(e).splitlines())
                        if "Error" in line and ":" in line), str(e).splitlines()[0])
         raise ModelError(f"the Ray run failed: {reason}") from e
     finally:
+        shutil.rmtree(staging, ignore_errors=True)  # a failed run leaves nothing half-written
         if started_here:
             ray.shutdown()
     head = {"engine": {"name": "ray", "ray": ray.__version__, "address": address or "local", "actors": actors,
@@ -275,6 +336,58 @@ def score_with_ray(inputs: list[str], models: list[str], *, output: str,
     if metrics_path:
         write_json(metrics_path, metrics)
     return metrics
+
+
+def _publish(staging: Path, out: Path) -> None:
+    """The finished shards under OUTPUT's own name (an empty OUTPUT folder is replaced): one rename."""
+    if out.exists():
+        out.rmdir()
+    staging.rename(out)
+
+
+@contextmanager
+def _watch_progress(paths: list[str], *, show: bool, on_progress: Callable[[int, int], None] | None,
+                    every_s: float = 0.5):
+    """A ProgressCounter for the actors to report to (None when nobody watches), polled by a driver thread that
+    draws the local engine's bar and calls on_progress; a last poll once the run is over."""
+    if not (show or on_progress):
+        yield None
+        return
+    import ray
+
+    counter = ray.remote(num_cpus=0)(ProgressCounter).remote()
+    bar = progress_bar(show, paths)
+    stop = threading.Event()
+
+    def poll() -> None:
+        rows, nbytes = ray.get(counter.totals.remote())
+        estimate_total(bar, rows, nbytes)
+        bar.n = rows
+        bar.refresh()
+        if on_progress:
+            on_progress(rows, nbytes)
+
+    def loop() -> None:
+        while not stop.wait(every_s):
+            try:
+                poll()
+            except ray.exceptions.RayError:  # the counter's node is the driver's: only a dying driver loses it
+                return
+
+    watcher = threading.Thread(target=loop, name="tsinfer-ray-progress", daemon=True)
+    watcher.start()
+    try:
+        yield counter
+    finally:
+        stop.set()
+        watcher.join()
+        try:
+            poll()  # the final count
+        except ray.exceptions.RayError:
+            pass  # the run's own error, if any, is the one to report
+        finally:
+            bar.close()
+            ray.kill(counter)
 
 
 def _check_job(inputs: list[str], models: list[str], *, output: str, fmt: str, settings: ScorerSettings,
@@ -294,14 +407,14 @@ def _check_job(inputs: list[str], models: list[str], *, output: str, fmt: str, s
     return paths, out
 
 
-def _quiet_or_progress(progress: bool) -> None:
+def _quiet_ray_data() -> None:
+    """Ray Data's own bars and logs off: the engine draws one bar of rows (progress) like the local engine's."""
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = progress  # Ray Data's own bars: rows and blocks per operator, with rates
+    ctx.enable_progress_bars = False
     ctx.verbose_stats_logs = False
-    if not progress:
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
 def _default_actors(gpus_per_actor: float, cpus_per_actor: float) -> int:
@@ -313,7 +426,7 @@ def _default_actors(gpus_per_actor: float, cpus_per_actor: float) -> int:
 
 
 def _run_dataset(paths: list[str], models: list[str], out: Path, *, fmt: str, settings: ScorerSettings,
-                 chunk_rows: int, actors: int, cpus_per_actor: float, gpus_per_actor: float) -> None:
+                 chunk_rows: int, actors: int, cpus_per_actor: float, gpus_per_actor: float, progress=None) -> None:
     """shards -> chunks -> scored rows -> OUTPUT/predictions; the chunks' rejected rows -> OUTPUT/rejects."""
     import ray.data
 
@@ -321,7 +434,7 @@ def _run_dataset(paths: list[str], models: list[str], out: Path, *, fmt: str, se
         parse_shards, fn_kwargs={"chunk_rows": chunk_rows}, batch_size=1, batch_format="pyarrow")
     scored = chunks.map_batches(
         ChunkScorer, fn_constructor_kwargs={"models": [str(Path(m).resolve()) for m in models],
-                                            "settings": settings, "fmt": fmt},
+                                            "settings": settings, "fmt": fmt, "progress": progress},
         batch_size=1, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=cpus_per_actor, num_gpus=gpus_per_actor or None)
     _write(scored, str(out / "predictions"), fmt)

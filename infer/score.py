@@ -25,10 +25,10 @@ from tsinfer.infer import formats
 from tsinfer.infer.formats import Columns
 from tsinfer.infer.metrics import StreamingMetrics
 from tsinfer.infer.models import Scorer
-from tsinfer.infer.pipeline import (ChunkScores, ScorerSettings, close_scorers, default_chunk_rows, load_scorers,
-                                    metrics_report, model_names, prediction_columns, score_chunk, write_json,
-                                    written_scores)
-from tsinfer.infer.reader import (NO_LABEL, Chunk, InputError, input_size, open_text, refuse_input_as_output,
+from tsinfer.infer.pipeline import (ChunkScores, ScorerSettings, close_scorers, default_chunk_rows, estimate_total,
+                                    load_scorers, metrics_report, model_names, prediction_columns, progress_bar,
+                                    score_chunk, write_json, written_scores)
+from tsinfer.infer.reader import (NO_LABEL, Chunk, InputError, open_text, refuse_input_as_output,
                                   tsv_field, tsv_line)
 
 
@@ -188,17 +188,6 @@ class RejectWriter:
     def close(self) -> None:
         if self.fh:
             self.fh.close()
-
-
-def _progress(enabled: bool, inputs: list[str]):
-    from tqdm import tqdm
-
-    sizes = [input_size(p) for p in inputs]
-    total_bytes = sum(s for s in sizes if s) if all(sizes) else None
-    bar = tqdm(total=None, unit="rows", unit_scale=True, disable=not enabled, file=sys.stderr,
-               dynamic_ncols=True, desc="scoring")
-    bar.total_bytes = total_bytes
-    return bar
 
 
 def sidecar(output: str, kind: str) -> Path:
@@ -405,7 +394,7 @@ class LocalRun:
 
     def run(self, *, strict: bool, progress: bool) -> None:
         """Chunks from the reader thread, scored here, handed to the writer thread in order."""
-        self.bar = _progress(progress, self.inputs)
+        self.bar = progress_bar(progress, self.inputs)
         self.started = time.perf_counter()
         reader = Pipe(self._read, name="tsinfer-reader", depth=3)
         sink = Sink(self._write, name="tsinfer-writer")
@@ -491,10 +480,7 @@ class LocalRun:
 
     def _estimate_total(self, chunk: Chunk) -> None:
         """The progress bar's total, from the bytes read so far (for its ETA)."""
-        bar = self.bar
-        if bar.total_bytes and chunk.bytes_read:
-            seen = self.rows_read + len(chunk) + len(chunk.rejects)
-            bar.total = max(seen, int(seen * bar.total_bytes / chunk.bytes_read))
+        estimate_total(self.bar, self.rows_read + len(chunk) + len(chunk.rejects), chunk.bytes_read)
 
     def _finish(self, ok: bool) -> None:
         self.bar.close()

@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tsinfer.infer.pipeline import ScorerSettings
+from tsinfer.infer.pipeline import ScorerSettings, default_chunk_rows
 
 pytest.importorskip("ray.data")
 FP32 = ScorerSettings(provider="cpu", precision="fp32")
+RAY_CHUNK_ROWS = 700  # not the local engine's chunk size: the chunks and batches differ, the answers may not
 
 
 @pytest.fixture(scope="module")
@@ -37,22 +38,29 @@ def read_tsv(path: Path) -> list[list[str]]:
         return list(csv.reader(fh, delimiter="\t"))[1:]
 
 
-def test_ray_equals_local(shards, all_artifacts, tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_ray_equals_local(shards, all_artifacts, tmp_path, precision):
     import pandas as pd
 
     from tsinfer.infer.ray_engine import score_with_ray
     from tsinfer.infer.score import score_files
 
+    settings = ScorerSettings(provider="cpu", precision=precision)
     models = [str(all_artifacts / "onnx" / "svc"), str(all_artifacts / "onnx" / "bert")]
-    local = score_files([str(p) for p in shards], models, settings=FP32, output=str(tmp_path / "local.tsv"),
+    local = score_files([str(p) for p in shards], models, settings=settings, output=str(tmp_path / "local.tsv"),
                         rejects_path=str(tmp_path / "local_rejects.tsv"))
+    assert default_chunk_rows("cpu") != RAY_CHUNK_ROWS
     out = tmp_path / "ray"
+    progress = []
     m = score_with_ray([str(shards[0].parent / "part*.tsv")], models, output=str(out), fmt="parquet", num_cpus=2,
-                       actors=2, cpus_per_actor=0.5, settings=FP32)
+                       actors=2, cpus_per_actor=0.5, settings=settings, chunk_rows=RAY_CHUNK_ROWS,
+                       on_progress=lambda rows, nbytes: progress.append((rows, nbytes)))
 
     assert (m["rows_read"], m["rows_scored"], m["rows_rejected"]) == \
         (local.rows_read, local.rows_scored, local.rows_rejected)
     assert m["rows_rejected"] == 4
+    # the actors' progress reports add up to every row read and every byte of the shards
+    assert progress[-1] == (m["rows_read"], sum(p.stat().st_size for p in shards))
     # every prediction identical, in the same row order once sorted by shard and line
     got = pd.read_parquet(out / "predictions").sort_values(["shard", "line"]).reset_index(drop=True)
     want = read_tsv(tmp_path / "local.tsv")
@@ -73,6 +81,66 @@ def test_ray_equals_local(shards, all_artifacts, tmp_path):
     assert [(Path(s).name, int(n), r) for s, n, r in zip(rejects["shard"], rejects["line"], rejects["reason"])] == \
         [(Path(f).name, int(n), r) for f, n, r, _ in local_rejects]
     assert (out / "metrics.json").exists()
+
+
+@pytest.fixture
+def two_nodes():
+    """A simulated 2-node Ray cluster (head 2 CPUs, worker 2 CPUs), joined by this process; (cluster, worker)."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    worker = cluster.add_node(num_cpus=2)
+    try:
+        ray.init(address=cluster.address, log_to_driver=False)
+        cluster.wait_for_nodes()
+        yield cluster, worker
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def test_a_node_lost_mid_run_loses_no_row_and_writes_none_twice(shards, svc_artifacts, two_nodes, tmp_path):
+    """The worker node is removed as soon as the first chunk is reported scored: Ray restarts its actor on the head,
+    retries its chunks and tasks, and every row is written once, as the local engine reads them."""
+    import pandas as pd
+    import ray
+    from ray._private.state import available_resources_per_node  # no public per-node view without the dashboard
+
+    from tsinfer.infer.ray_engine import score_with_ray
+    from tsinfer.infer.score import score_files
+
+    cluster, worker = two_nodes
+    models = [str(svc_artifacts / "onnx" / "svc")]
+    local = score_files([str(p) for p in shards], models, settings=FP32, output=str(tmp_path / "local.tsv"),
+                        rejects_path=str(tmp_path / "local_rejects.tsv"))
+    removed = {}
+
+    def remove_worker_once_scoring(rows: int, nbytes: int) -> None:
+        if rows and not removed:
+            # the worker is busy with this run (an actor or a task holds a CPU there), else the test proves nothing
+            removed["worker_cpus_free"] = available_resources_per_node()[worker.node_id].get("CPU", 0)
+            removed["rows_done"] = rows
+            cluster.remove_node(worker)
+
+    out = tmp_path / "ray"
+    m = score_with_ray([str(p) for p in shards], models, output=str(out), actors=2, cpus_per_actor=1, chunk_rows=100,
+                       settings=FP32, on_progress=remove_worker_once_scoring)
+
+    assert removed and removed["worker_cpus_free"] < 2 and removed["rows_done"] < local.rows_read, removed
+    assert len([n for n in ray.nodes() if n["Alive"]]) == 1
+    assert (m["rows_read"], m["rows_scored"], m["rows_rejected"]) == \
+        (local.rows_read, local.rows_scored, local.rows_rejected)
+    got = pd.read_parquet(out / "predictions")
+    assert not got.duplicated(["shard", "line"]).any()
+    got = got.sort_values(["shard", "line"])
+    want = read_tsv(tmp_path / "local.tsv")
+    assert got["id"].tolist() == [r[0] for r in want]
+    assert got["pred"].astype(int).tolist() == [int(r[2]) for r in want]
+    assert got["score"].tolist() == [float(r[3]) for r in want]
+    rejects = pd.read_parquet(out / "rejects")
+    assert len(rejects) == local.rows_rejected and not rejects.duplicated(["shard", "line"]).any()
+    assert not list(tmp_path.glob(".ray.partial-*"))  # the staging folder became OUTPUT
 
 
 def test_ray_cli_errors(tmp_path):
