@@ -25,6 +25,7 @@ from transformers import (AutoModelForSequenceClassification, AutoTokenizer, Dat
 
 from tsinfer.infer.metrics import binary_metrics
 from tsinfer.infer.models import positive_probability
+from tsinfer.infer.preprocess import TEXT_NORMALIZATION, normalization_for
 from tsinfer.infer.reader import LABEL_NAMES
 from tsinfer.train.data import SPLIT_SEED, Texts, TrainingData, prepared
 from tsinfer.train.errors import TrainError
@@ -41,6 +42,9 @@ PRESETS = {
     "minilm": {"learning_rate": 8e-5, "epochs": 2, "batch_size": 32, "warmup_ratio": 0.06, "weight_decay": 0.01,
                "adam_epsilon": 1e-8, "max_grad_norm": 1.0, "max_length": 128},
 }
+# Recipe settings every preset shares unless overridden: the tweet normalisation (infer/preprocess.py; None = raw
+# text), label smoothing, and layer-wise learning-rate decay (1.0 = one learning rate for every layer).
+RECIPE_DEFAULTS = {"text_normalization": TEXT_NORMALIZATION, "label_smoothing": 0.0, "layer_decay": 1.0}
 
 
 def resolve_base_model(name: str | None) -> str:
@@ -129,6 +133,7 @@ def training_arguments(scratch: str, hp: dict, *, cuda: bool, bf16: bool, world:
         per_device_train_batch_size=hp["batch_size"], per_device_eval_batch_size=128,
         learning_rate=hp["learning_rate"], adam_epsilon=hp["adam_epsilon"], weight_decay=hp["weight_decay"],
         num_train_epochs=hp["epochs"], max_steps=max_steps, lr_scheduler_type="linear",
+        label_smoothing_factor=hp.get("label_smoothing", 0.0),
         max_grad_norm=hp["max_grad_norm"], bf16=bf16, fp16=cuda and not bf16, use_cpu=not cuda,
         dataloader_num_workers=0,
         ddp_backend=("nccl" if cuda else "gloo") if world > 1 else None,
@@ -216,9 +221,10 @@ def train_bert(data: TrainingData | str | Path, out_dir: str | Path = "artifacts
     data = prepared(data, limit, progress)
     model, tokenizer, base_path = load_base(base_model, model, tokenizer)
     preset = preset or default_preset(base_model)
-    hp = dict(PRESETS[preset], **{k: v for k, v in (overrides or {}).items() if v is not None})
+    hp = dict(RECIPE_DEFAULTS, **PRESETS[preset])
+    hp.update({k: v for k, v in (overrides or {}).items() if v is not None or k == "text_normalization"})
     torch.manual_seed(SPLIT_SEED)
-    datasets = _tokenized(data, tokenizer, hp["max_length"], progress)
+    datasets = _tokenized(data, tokenizer, hp["max_length"], progress, hp["text_normalization"])
 
     cuda = torch.cuda.is_available()
     bf16 = cuda and torch.cuda.is_bf16_supported()
@@ -230,7 +236,7 @@ def train_bert(data: TrainingData | str | Path, out_dir: str | Path = "artifacts
         args = training_arguments(scratch, hp, cuda=cuda, bf16=bf16, world=world, max_steps=max_steps)
         trainer = Trainer(model=model, args=args, train_dataset=datasets["train"], eval_dataset=datasets["val"],
                           data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=compute_metrics,
-                          callbacks=[keep_best, timer])
+                          callbacks=[keep_best, timer], optimizers=(layerwise_optimizer(model, hp), None))
         start = time.perf_counter()
         trainer.train()
         train_seconds = time.perf_counter() - start
@@ -241,9 +247,14 @@ def train_bert(data: TrainingData | str | Path, out_dir: str | Path = "artifacts
         return {}
     model.save_pretrained(out_dir)  # safetensors: the default of transformers 4.x and the only format of 5.x
     tokenizer.save_pretrained(out_dir)
-    record_training_data(out_dir, data.report())
+    record_training_data(out_dir, dict(data.report(), text_normalization=hp["text_normalization"]))
     # With group_by_length the Trainer also length-sorts evaluation rows: pair predictions with its label_ids.
     val_m, test_m = (_metrics(outputs[name]) if name in outputs else None for name in ("val", "test"))
+    # the logits behind the figures, so that calibration and ensembles can be studied without re-running the model
+    Path(report_path).parent.mkdir(parents=True, exist_ok=True)
+    np.savez(Path(report_path).with_name("train_bert_logits.npz"),
+             **{f"{name}_{key}": getattr(out, attr) for name, out in outputs.items()
+                for key, attr in (("logits", "predictions"), ("labels", "label_ids"))})
     curve = Path(report_path).with_name("train_bert_curve.png")
     plot_curves(trainer.state.log_history, curve)
     report = {
@@ -267,10 +278,44 @@ def train_bert(data: TrainingData | str | Path, out_dir: str | Path = "artifacts
     return report
 
 
-def _tokenized(data: TrainingData, tokenizer, max_length: int, progress: Progress) -> dict[str, TokenizedTexts]:
+def _tokenized(data: TrainingData, tokenizer, max_length: int, progress: Progress,
+               normalization: str | None) -> dict[str, TokenizedTexts]:
+    """Each split tokenized after the text normalisation the runtime will apply too (meta.json names it)."""
+    normalize = normalization_for({"text_normalization": normalization}) or list
     splits = {"train": data.train, "val": data.val, "test": data.test}
-    progress(f"bert: tokenizing {sum(len(t.texts) for t in splits.values() if t):,} texts")
-    return {name: TokenizedTexts(t, tokenizer, max_length) for name, t in splits.items() if t}
+    progress(f"bert: tokenizing {sum(len(t.texts) for t in splits.values() if t):,} texts "
+             f"(normalisation: {normalization or 'none'})")
+    return {name: TokenizedTexts(Texts(normalize(t.texts), t.labels), tokenizer, max_length)
+            for name, t in splits.items() if t}
+
+
+def layerwise_optimizer(model, hp: dict) -> torch.optim.Optimizer | None:
+    """AdamW with layer-wise learning-rate decay: the pooler and classifier get the full rate, each encoder layer
+    `layer_decay` times the one above it, the embeddings the lowest. None (the Trainer's own AdamW) at decay 1.
+
+    Lower layers hold the general-purpose features of pre-training, so they are moved less than the task-specific
+    top; biases and LayerNorm weights get no weight decay, as in the Trainer's own optimizer.
+    """
+    decay = hp.get("layer_decay", 1.0)
+    if decay >= 1.0:
+        return None
+    n_layers = model.config.num_hidden_layers
+    groups: dict[tuple, list] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if ".embeddings." in f".{name}":
+            depth = 0
+        elif ".layer." in name:
+            depth = int(name.split(".layer.")[1].split(".")[0]) + 1
+        else:  # pooler and classifier
+            depth = n_layers + 1
+        no_wd = name.endswith("bias") or "LayerNorm" in name
+        scale = decay ** (n_layers + 1 - min(depth, n_layers + 1))
+        groups.setdefault((scale, no_wd), []).append(param)
+    params = [{"params": ps, "lr": hp["learning_rate"] * scale, "weight_decay": 0.0 if no_wd else hp["weight_decay"]}
+              for (scale, no_wd), ps in groups.items()]
+    return torch.optim.AdamW(params, lr=hp["learning_rate"], eps=hp["adam_epsilon"])
 
 
 def _metrics(out) -> dict:
