@@ -27,6 +27,7 @@ from tsinfer.infer.metrics import binary_metrics
 from tsinfer.infer.models import positive_probability
 from tsinfer.infer.preprocess import TEXT_NORMALIZATION, normalization_for
 from tsinfer.infer.reader import LABEL_NAMES
+from tsinfer.train.calibration import calibrate, plot_reliability
 from tsinfer.train.data import SPLIT_SEED, Texts, TrainingData, prepared
 from tsinfer.train.errors import TrainError
 from tsinfer.train.report import Progress, log_progress, record_training_data, split_figures, write_report
@@ -168,15 +169,13 @@ def epoch_history(log_history: list[dict]) -> list[dict]:
 
 
 def plot_curves(log_history: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # the object API: no pyplot state, no backend to choose
 
     steps = [e["step"] for e in log_history if "loss" in e]
     losses = [e["loss"] for e in log_history if "loss" in e]
     evals = [e for e in log_history if "eval_loss" in e]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    ax1, ax2 = fig.subplots(1, 2)
     ax1.plot(steps, losses, label="train loss")
     ax1.plot([e["step"] for e in evals], [e["eval_loss"] for e in evals], "o-", label="validation loss")
     ax1.set_xlabel("step")
@@ -189,7 +188,6 @@ def plot_curves(log_history: list[dict], path: Path) -> None:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def load_base(base_model: str | None, model=None, tokenizer=None) -> tuple:
@@ -247,14 +245,11 @@ def train_bert(data: TrainingData | str | Path, out_dir: str | Path = "artifacts
         return {}
     model.save_pretrained(out_dir)  # safetensors: the default of transformers 4.x and the only format of 5.x
     tokenizer.save_pretrained(out_dir)
-    record_training_data(out_dir, dict(data.report(), text_normalization=hp["text_normalization"]))
+    calibration = _calibration(outputs, Path(report_path))
+    record_training_data(out_dir, dict(data.report(), text_normalization=hp["text_normalization"],
+                                       temperature=calibration["temperature"]))
     # With group_by_length the Trainer also length-sorts evaluation rows: pair predictions with its label_ids.
     val_m, test_m = (_metrics(outputs[name]) if name in outputs else None for name in ("val", "test"))
-    # the logits behind the figures, so that calibration and ensembles can be studied without re-running the model
-    Path(report_path).parent.mkdir(parents=True, exist_ok=True)
-    np.savez(Path(report_path).with_name("train_bert_logits.npz"),
-             **{f"{name}_{key}": getattr(out, attr) for name, out in outputs.items()
-                for key, attr in (("logits", "predictions"), ("labels", "label_ids"))})
     curve = Path(report_path).with_name("train_bert_curve.png")
     plot_curves(trainer.state.log_history, curve)
     report = {
@@ -262,6 +257,9 @@ def train_bert(data: TrainingData | str | Path, out_dir: str | Path = "artifacts
         "base_model": base_model or DEFAULT_BASE_MODEL,
         "base_model_path": base_path,
         **split_figures(val_m, test_m),
+        **{f"{name}_ece{suffix}": calibration[name][key] for name in outputs
+           for suffix, key in (("", "ece"), ("_scaled", "ece_scaled"))},
+        "calibration": calibration,
         "train_seconds": round(train_seconds, 2),
         "n_train": len(data.train.texts), "n_val": len(data.val.texts),
         "n_test": len(data.test.texts) if data.test else 0,
@@ -269,6 +267,7 @@ def train_bert(data: TrainingData | str | Path, out_dir: str | Path = "artifacts
         "hyperparameters": dict(hp, max_steps=max_steps),
         **_run_figures(trainer, timer, keep_best, hp, cuda=cuda, bf16=bf16, world=world, n_train=len(data.train.texts)),
         "curve_png": str(curve),
+        "reliability_png": str(Path(report_path).with_name("train_bert_reliability.png")),
         # the seed's BERT-base test figure: the report says plainly whether this run reached it
         "target": ({"test_accuracy": SEED_TEST_ACCURACY, "met": test_m["accuracy"] >= SEED_TEST_ACCURACY}
                    if test_m else None),
@@ -316,6 +315,19 @@ def layerwise_optimizer(model, hp: dict) -> torch.optim.Optimizer | None:
     params = [{"params": ps, "lr": hp["learning_rate"] * scale, "weight_decay": 0.0 if no_wd else hp["weight_decay"]}
               for (scale, no_wd), ps in groups.items()]
     return torch.optim.AdamW(params, lr=hp["learning_rate"], eps=hp["adam_epsilon"])
+
+
+def _calibration(outputs: dict, report_path: Path) -> dict:
+    """Temperature fitted on the validation logits, ECE before and after (train/calibration.py), the reliability
+    diagram beside the report, and the logits themselves (train_bert_logits.npz), so that calibration and
+    ensembles can be studied later without running the model again."""
+    splits = {name: (out.predictions, out.label_ids) for name, out in outputs.items()}
+    calibration = calibrate(splits)
+    plot_reliability(splits, calibration["temperature"], report_path.with_name("train_bert_reliability.png"))
+    np.savez(report_path.with_name("train_bert_logits.npz"),
+             **{f"{name}_{key}": value for name, pair in splits.items()
+                for key, value in zip(("logits", "labels"), pair)})
+    return calibration
 
 
 def _metrics(out) -> dict:
