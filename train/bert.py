@@ -220,7 +220,9 @@ def train_bert(data: TrainingData | str | Path, out_dir: str | Path = "artifacts
     model, tokenizer, base_path = load_base(base_model, model, tokenizer)
     preset = preset or default_preset(base_model)
     hp = dict(RECIPE_DEFAULTS, **PRESETS[preset])
-    hp.update({k: v for k, v in (overrides or {}).items() if v is not None or k == "text_normalization"})
+    hp.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    if hp["text_normalization"] == "none":  # the command line's way to train on the raw texts
+        hp["text_normalization"] = None
     torch.manual_seed(SPLIT_SEED)
     datasets = _tokenized(data, tokenizer, hp["max_length"], progress, hp["text_normalization"])
 
