@@ -124,3 +124,37 @@ def test_training_and_runtime_apply_the_same_normalisation(bert_artifacts, tmp_p
     (old / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(ModelError, match="tweet-v9"):
         load_scorer(old, provider="cpu", precision="fp32", verify=False, tokenizer_workers=0)
+
+
+def test_export_copies_normalisation_and_temperature_to_the_top_of_meta(tmp_path):
+    from tsinfer.export.run import _training_record
+
+    (tmp_path / "training_data.json").write_text(json.dumps(
+        {"labels": ["negative", "positive"], "rows": {"train": 3}, "text_normalization": TEXT_NORMALIZATION,
+         "temperature": 1.7}))
+    record = _training_record(tmp_path)
+    assert record["text_normalization"] == TEXT_NORMALIZATION and record["temperature"] == 1.7
+    assert record["training_data"] == {"rows": {"train": 3}}
+    (tmp_path / "training_data.json").write_text(json.dumps({"rows": {"train": 3}, "temperature": None}))
+    assert "temperature" not in _training_record(tmp_path)  # none kept: the runtime's softmax stays plain
+
+
+def test_layer_decay_gives_lower_layers_lower_learning_rates():
+    from conftest import tiny_bert
+
+    from tsinfer.train.bert import layerwise_optimizer
+
+    model, _ = tiny_bert()  # 2 encoder layers
+    hp = {"learning_rate": 1e-4, "weight_decay": 0.01, "adam_epsilon": 1e-8, "layer_decay": 0.5}
+    opt = layerwise_optimizer(model, hp)
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    wd_of = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    params = dict(model.named_parameters())
+    assert lr_of[id(params["classifier.weight"])] == pytest.approx(1e-4)
+    assert lr_of[id(params["bert.encoder.layer.1.output.dense.weight"])] == pytest.approx(5e-5)
+    assert lr_of[id(params["bert.encoder.layer.0.output.dense.weight"])] == pytest.approx(2.5e-5)
+    assert lr_of[id(params["bert.embeddings.word_embeddings.weight"])] == pytest.approx(1.25e-5)
+    assert wd_of[id(params["bert.encoder.layer.0.output.LayerNorm.weight"])] == 0.0
+    assert wd_of[id(params["bert.encoder.layer.0.output.dense.weight"])] == 0.01
+    assert len(lr_of) == len(params)
+    assert layerwise_optimizer(model, dict(hp, layer_decay=1.0)) is None  # the Trainer's own AdamW
