@@ -44,8 +44,11 @@ PRESETS = {
                "adam_epsilon": 1e-8, "max_grad_norm": 1.0, "max_length": 128},
 }
 # Recipe settings every preset shares unless overridden: the tweet normalisation (infer/preprocess.py; None = raw
-# text), label smoothing, and layer-wise learning-rate decay (1.0 = one learning rate for every layer).
-RECIPE_DEFAULTS = {"text_normalization": TEXT_NORMALIZATION, "label_smoothing": 0.0, "layer_decay": 1.0}
+# text), label smoothing, layer-wise learning-rate decay (1.0 = one learning rate for every layer), and
+# average_last: weights averaged over that many evenly spaced steps of the last epoch, kept when validation
+# prefers them (0 = off).
+RECIPE_DEFAULTS = {"text_normalization": TEXT_NORMALIZATION, "label_smoothing": 0.0, "layer_decay": 1.0,
+                   "average_last": 0}
 
 
 def resolve_base_model(name: str | None) -> str:
@@ -95,6 +98,32 @@ class KeepBestByMcc(TrainerCallback):
         if metrics and metrics.get("eval_mcc", -2.0) > self.best_mcc:
             self.best_mcc, self.best_epoch = metrics["eval_mcc"], state.epoch
             self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+class AverageLastEpoch(TrainerCallback):
+    """Sums CPU copies of the weights at `snapshots` evenly spaced steps of the last epoch (its last step among
+    them); average() is their mean. The Trainer evaluates it afterwards and KeepBestByMcc keeps it only if its
+    validation MCC beats every epoch's, so averaging can never make the kept model worse on validation.
+    """
+
+    def __init__(self, snapshots: int):
+        self.snapshots, self.steps, self.sum, self.taken = snapshots, set(), None, 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        per_epoch = state.max_steps / max(args.num_train_epochs, 1)
+        self.steps = {round(state.max_steps - i * per_epoch / self.snapshots) for i in range(self.snapshots)}
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if self.snapshots and state.global_step in self.steps:
+            weights = {k: v.detach().to("cpu", torch.float32, copy=True) for k, v in model.state_dict().items()}
+            self.sum = weights if self.sum is None else {k: self.sum[k] + weights[k] for k in weights}
+            self.taken += 1
+
+    def average(self, like: dict) -> dict | None:
+        """The mean weights in the dtypes of `like` (a state dict), or None when fewer than two were taken."""
+        if self.taken < 2:
+            return None
+        return {k: (v / self.taken).to(like[k].dtype) for k, v in self.sum.items()}
 
 
 class EpochTimer(TrainerCallback):
@@ -229,17 +258,19 @@ def train_bert(data: TrainingData | str | Path, out_dir: str | Path = "artifacts
     cuda = torch.cuda.is_available()
     bf16 = cuda and torch.cuda.is_bf16_supported()
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    keep_best, timer = KeepBestByMcc(), EpochTimer(cuda)
+    keep_best, timer, averager = KeepBestByMcc(), EpochTimer(cuda), AverageLastEpoch(hp["average_last"])
     progress(f"bert: fine-tuning {base_model or DEFAULT_BASE_MODEL} on {len(data.train.texts):,} rows "
              f"({preset} preset)")
     with tempfile.TemporaryDirectory(prefix="tsinfer-train-") as scratch:
         args = training_arguments(scratch, hp, cuda=cuda, bf16=bf16, world=world, max_steps=max_steps)
         trainer = Trainer(model=model, args=args, train_dataset=datasets["train"], eval_dataset=datasets["val"],
                           data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=compute_metrics,
-                          callbacks=[keep_best, timer], optimizers=(layerwise_optimizer(model, hp), None))
+                          callbacks=[keep_best, timer, averager],
+                          optimizers=(layerwise_optimizer(model, hp), None))
         start = time.perf_counter()
         trainer.train()
         train_seconds = time.perf_counter() - start
+        averaged = _evaluate_average(trainer, model, averager, keep_best)
         if keep_best.best_state is not None:
             model.load_state_dict(keep_best.best_state)
         outputs = {name: trainer.predict(datasets[name]) for name in ("val", "test") if name in datasets}
@@ -267,7 +298,8 @@ def train_bert(data: TrainingData | str | Path, out_dir: str | Path = "artifacts
         "n_test": len(data.test.texts) if data.test else 0,
         "preset": preset,
         "hyperparameters": dict(hp, max_steps=max_steps),
-        **_run_figures(trainer, timer, keep_best, hp, cuda=cuda, bf16=bf16, world=world, n_train=len(data.train.texts)),
+        **_run_figures(trainer, timer, keep_best, hp, cuda=cuda, bf16=bf16, world=world, n_train=len(data.train.texts),
+                       averaged=averaged),
         "curve_png": str(curve),
         "reliability_png": str(Path(report_path).with_name("train_bert_reliability.png")),
         # the seed's BERT-base test figure: the report says plainly whether this run reached it
@@ -319,6 +351,23 @@ def layerwise_optimizer(model, hp: dict) -> torch.optim.Optimizer | None:
     return torch.optim.AdamW(params, lr=hp["learning_rate"], eps=hp["adam_epsilon"])
 
 
+def _evaluate_average(trainer, model, averager: AverageLastEpoch, keep_best: KeepBestByMcc) -> dict | None:
+    """Evaluate the last epoch's weight average on validation; KeepBestByMcc keeps it only if it beats every
+    epoch. Returns its figures and whether it was kept (None without an average)."""
+    average = averager.average(model.state_dict())
+    if average is None:
+        return None
+    best_before = keep_best.best_mcc
+    model.load_state_dict(average)
+    metrics = trainer.evaluate()
+    trainer.state.log_history.pop()  # reported under checkpoint_average, not as one more epoch of the history
+    kept = keep_best.best_mcc > best_before
+    if kept:
+        keep_best.best_epoch = "average of the last epoch"
+    return {"snapshots": averager.taken, "val_accuracy": metrics["eval_accuracy"], "val_mcc": metrics["eval_mcc"],
+            "kept": kept}
+
+
 def _calibration(outputs: dict, report_path: Path) -> dict:
     """Temperature fitted on the validation logits, ECE before and after (train/calibration.py), the reliability
     diagram beside the report, and the logits themselves (train_bert_logits.npz), so that calibration and
@@ -338,7 +387,7 @@ def _metrics(out) -> dict:
 
 
 def _run_figures(trainer, timer: EpochTimer, keep_best: KeepBestByMcc, hp: dict, *, cuda: bool, bf16: bool,
-                 world: int, n_train: int) -> dict:
+                 world: int, n_train: int, averaged: dict | None) -> dict:
     """Where and how fast the run went, and its best epoch, for the report."""
     return {
         "device": "cuda" if cuda else "cpu",
@@ -352,6 +401,7 @@ def _run_figures(trainer, timer: EpochTimer, keep_best: KeepBestByMcc, hp: dict,
         "world_size": world,
         "effective_batch_size": hp["batch_size"] * world,
         "best_epoch": keep_best.best_epoch,
+        "checkpoint_average": averaged,
         "history": epoch_history(trainer.state.log_history),
     }
 
