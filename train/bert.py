@@ -107,7 +107,7 @@ class AverageLastEpoch(TrainerCallback):
     """
 
     def __init__(self, snapshots: int):
-        self.snapshots, self.steps, self.sum, self.taken = snapshots, set(), None, 0
+        self.snapshots, self.steps, self.sum, self.taken = int(snapshots), set(), None, 0
 
     def on_train_begin(self, args, state, control, **kwargs):
         per_epoch = state.max_steps / max(args.num_train_epochs, 1)
