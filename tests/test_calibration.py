@@ -110,7 +110,8 @@ def test_training_and_runtime_apply_the_same_normalisation(bert_artifacts, tmp_p
         scorer.close()
     rows = Texts(raw, [1, 0])
     data = TrainingData(rows, rows, None, [], {})
-    trained = _tokenized(data, AutoTokenizer.from_pretrained(bert_artifacts / "bert"), 128, lambda _: None, TEXT_NORMALIZATION)["train"]
+    tokenizer = AutoTokenizer.from_pretrained(bert_artifacts / "bert")
+    trained = _tokenized(data, tokenizer, 128, lambda _: None, TEXT_NORMALIZATION)["train"]
     assert [r["input_ids"] for r in trained.rows] == [served.ids[a:b].tolist()
                                                       for a, b in zip(served.offsets[:-1], served.offsets[1:])]
     # an older folder (no text_normalization in meta.json) tokenizes the raw text, unchanged
