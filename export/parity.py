@@ -9,7 +9,8 @@ from tqdm import tqdm
 
 from tsinfer.infer.batching import encode, load_tokenizer, pad_batch, plan_batches
 from tsinfer.infer.metrics import binary_metrics
-from tsinfer.infer.models import BertScorer, SvcScorer, read_meta
+from tsinfer.infer.models import BertScorer, SvcScorer, positive_probability, read_meta
+from tsinfer.infer.preprocess import normalization_for
 
 
 def compare(name: str, labels, ref_pred, ref_value, onnx_pred, onnx_value, value_name: str, seconds: float) -> dict:
@@ -39,8 +40,10 @@ def svc_parity(svc_model, onnx_folder: Path, texts: list[str], labels) -> dict:
     return compare("fp64", labels, (ref > 0).astype(int), ref, out.pred, out.decision, "decision", seconds)
 
 
-def torch_positive_probability(model_dir: Path, enc, batch_tokens: int = 8192) -> np.ndarray:
-    """The fine-tuned PyTorch model's P(positive), fp32, on the same token ids the ONNX graphs get."""
+def torch_positive_probability(model_dir: Path, enc, batch_tokens: int = 8192,
+                               temperature: float | None = None) -> np.ndarray:
+    """The fine-tuned PyTorch model's P(positive), fp32 logits, on the same token ids the ONNX graphs get, with
+    the temperature the runtime applies."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
@@ -50,15 +53,16 @@ def torch_positive_probability(model_dir: Path, enc, batch_tokens: int = 8192) -
         for rows in tqdm(plan_batches(enc.lengths, batch_tokens), desc="parity torch", unit="batch", leave=False):
             ids, mask = pad_batch(enc, rows)
             logits = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits
-            prob[rows] = torch.softmax(logits.double(), dim=-1)[:, 1].numpy()
+            prob[rows] = positive_probability(logits.numpy(), temperature)
     return prob
 
 
 def bert_parity(model_dir: Path, onnx_folder: Path, texts: list[str], labels, provider_for: dict) -> list[dict]:
     """Each ONNX variant against PyTorch fp32. provider_for maps precision -> provider, or None: not measured."""
     meta = read_meta(onnx_folder)
-    enc = encode(load_tokenizer(onnx_folder, meta["max_length"]), texts)
-    ref = torch_positive_probability(model_dir, enc)
+    normalize = normalization_for(meta)  # as the runtime's prepare() does before its tokenizer
+    enc = encode(load_tokenizer(onnx_folder, meta["max_length"]), normalize(texts) if normalize else texts)
+    ref = torch_positive_probability(model_dir, enc, temperature=meta.get("temperature"))
     ref_pred = (ref > 0.5).astype(int)
     entries = []
     for precision in meta["files"]:

@@ -41,12 +41,18 @@ def _report_figures(path: Path) -> dict:
     return {k: r.get(k) for k in keys}
 
 
+# What the runtime reads from a trained folder's record, copied to the top of meta.json when present: the text
+# normalisation the model was trained with, and the temperature its logits are divided by before the softmax.
+RUNTIME_KEYS = ("text_normalization", "temperature")
+
+
 def _training_record(model_dir: Path) -> dict:
-    """meta.json's labels, label mapping and training data record, from the trained model folder."""
+    """meta.json's labels, label mapping, runtime settings and training data record, from the trained folder."""
     path = model_dir / TRAINING_DATA_FILE
     record = json.loads(path.read_text()) if path.exists() else {}
     mapping = record.pop("label_mapping", None)
-    return {"labels": record.pop("labels", list(LABEL_NAMES)), "label_mapping": mapping,
+    runtime = {key: record.pop(key) for key in RUNTIME_KEYS if record.get(key) is not None}
+    return {"labels": record.pop("labels", list(LABEL_NAMES)), "label_mapping": mapping, **runtime,
             "training_data": record or None}
 
 
@@ -88,7 +94,7 @@ def export_bert(bert_dir: Path, out: Path, reports: Path) -> dict:
     config = AutoConfig.from_pretrained(bert_dir)
     return write_meta(out, {
         "kind": "bert", **_training_record(bert_dir), "max_length": max_length,
-        "score": "P(positive), softmax of the logits",
+        "score": "P(positive), softmax of the logits (divided by `temperature` first, when meta.json has one)",
         "files": files, "providers": {p: PROVIDERS[p] for p in files},
         "default_precision": DEFAULT_PRECISION,
         "gpu_layout": GPU_LAYOUT, "cuda_options": GPU_LAYOUTS[GPU_LAYOUT]["cuda_options"],

@@ -350,17 +350,31 @@ def train_svc_command(out_dir, report_path, limit, tune, **data_options):
 @click.option("--batch-size", type=click.IntRange(min=1), default=None)
 @click.option("--max-length", type=click.IntRange(min=8), default=None)
 @click.option("--max-steps", type=int, default=-1, help="Stop after N optimizer steps (smoke runs).")
+@click.option("--text-normalization", type=click.Choice(["tweet-v1", "none"]), default=None,
+              help="Text normalisation before the tokenizer, at training and scoring alike [tweet-v1].")
+@click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=None, help="[0]")
+@click.option("--layer-decay", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Layer-wise learning-rate decay per encoder layer, from the top [1: none].")
+@click.option("--average-last", type=click.IntRange(min=0), default=None,
+              help="Average the weights at N evenly spaced steps of the last epoch; kept if validation prefers "
+                   "it [0: off].")
 def train_bert_command(out_dir, report_path, limit, base_model, preset, epochs, learning_rate, batch_size,
-                       max_length, max_steps, **data_options):
+                       max_length, max_steps, text_normalization, label_smoothing, layer_decay, average_last,
+                       **data_options):
     """Fine-tune BERT for tweet sentiment (CUDA when present, CPU otherwise); torchrun runs it on several processes."""
     from tsinfer.train.bert import train_bert
 
     data = _training_data(**data_options)
-    overrides = {"epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size, "max_length": max_length}
+    overrides = {"epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size, "max_length": max_length,
+                 "text_normalization": text_normalization, "label_smoothing": label_smoothing,
+                 "layer_decay": layer_decay, "average_last": average_last}
     r = train_bert(data, out_dir, report_path, base_model=base_model, preset=preset, overrides=overrides,
                    limit=limit, max_steps=max_steps, progress=_progress)
     if r:  # empty on the other processes of a torchrun
-        click.echo(_figures(f"bert (best epoch {r['best_epoch']})", r, out_dir), err=True)
+        calibration = r["calibration"]
+        click.echo(_figures(f"bert (best epoch {r['best_epoch']})", r, out_dir) + f"; validation ECE "
+                   f"{r['val_ece']:.4f}, {r['val_ece_scaled']:.4f} at T {calibration['fitted_temperature']:.2f} "
+                   f"({'kept' if calibration['temperature'] else 'not kept'})", err=True)
 
 
 @click.command("export", cls=LifecycleCommand)

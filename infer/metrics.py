@@ -90,6 +90,42 @@ def binary_metrics(labels, preds, scores=None) -> dict:
     return out
 
 
+ECE_BINS = 15
+
+
+def calibration_bins(scores: np.ndarray, neg: np.ndarray | int = 1, pos: np.ndarray | int | None = None,
+                     n_bins: int = ECE_BINS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per equal-width bin of P(positive) (bin i holds [i/n_bins, (i+1)/n_bins), the last one also 1.0): rows,
+    positive rows, and the sum of P(positive), from the count of negatives and positives at each score.
+
+    One path for rows (counts of 0/1) and for StreamingMetrics' histogram, so that both give the same numbers.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    neg = np.broadcast_to(np.asarray(neg, dtype=np.float64), scores.shape)
+    pos = np.broadcast_to(np.asarray(pos, dtype=np.float64), scores.shape)
+    rows = neg + pos
+    index = np.minimum((scores * n_bins).astype(np.int64), n_bins - 1)
+    return (np.bincount(index, weights=rows, minlength=n_bins), np.bincount(index, weights=pos, minlength=n_bins),
+            np.bincount(index, weights=rows * scores, minlength=n_bins))
+
+
+def ece_from_bins(rows: np.ndarray, positives: np.ndarray, score_sums: np.ndarray) -> float | None:
+    """sum over bins of (bin rows / all rows) * |share of positives - mean P(positive)|; None without rows."""
+    total = float(np.sum(rows))
+    return float(np.abs(np.asarray(positives) - np.asarray(score_sums)).sum() / total) if total else None
+
+
+def expected_calibration_error(labels, scores, n_bins: int = ECE_BINS) -> float | None:
+    """Expected calibration error of P(positive) over `n_bins` equal-width bins of P(positive).
+
+    This is the ECE of the positive-class probability (each bin compares the share of positive rows with the mean
+    P(positive)), not the top-label variant over the predicted class's confidence; for two classes the two differ
+    only in how rows are grouped into bins.
+    """
+    labels = np.asarray(labels).astype(bool)
+    return ece_from_bins(*calibration_bins(scores, ~labels, labels, n_bins))
+
+
 SCORE_DECIMALS = 6
 SCORE_BINS = 10 ** SCORE_DECIMALS  # a score is written as b / 10**6; b in 0..SCORE_BINS is its bin
 
@@ -137,6 +173,11 @@ class StreamingMetrics:
         fpr = np.cumsum(neg[seen]) / max(int(neg.sum()), 1)
         return np.r_[0.0, fpr], np.r_[0.0, tpr]
 
+    def ece(self, n_bins: int = ECE_BINS) -> float | None:
+        """expected_calibration_error of the written scores: exact, as each histogram bin is one written score."""
+        scores = np.arange(SCORE_BINS + 1, dtype=np.float64) / SCORE_BINS
+        return ece_from_bins(*calibration_bins(scores, self.hist[0], self.hist[1], n_bins))
+
     def result(self) -> dict:
         out = metrics_from_confusion(self.cm)
         out["roc_auc"] = self.roc_auc()
@@ -148,4 +189,4 @@ class StreamingMetrics:
             return {}
         m = self.result()
         keys = ("accuracy", "precision", "recall", "f1", "mcc", "roc_auc", "confusion_matrix", "per_class")
-        return dict({k: m[k] for k in keys}, rows_labelled=self.rows)
+        return dict({k: m[k] for k in keys}, ece=self.ece(), rows_labelled=self.rows)

@@ -18,6 +18,7 @@ import numpy as np
 from tsinfer.infer.batching import (DEFAULT_BATCH_TOKENS, DEFAULT_LANES, DEFAULT_MAX_BATCH, Encoded, TokenizerPool,
                                     default_tokenizer_workers, encode, load_tokenizer, pad_batch, plan_batches,
                                     usable_cores)
+from tsinfer.infer.preprocess import normalization_for
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -125,9 +126,15 @@ def _session(path: Path, provider: str, threads: int | None, cuda_options: dict 
     return session
 
 
-def positive_probability(logits: np.ndarray) -> np.ndarray:
-    """P(positive) from two-class logits: a stable softmax in float64 (training reports and scoring alike)."""
+def positive_probability(logits: np.ndarray, temperature: float | None = None) -> np.ndarray:
+    """P(positive) from two-class logits: a stable softmax in float64 (training reports and scoring alike).
+
+    temperature: the logits are divided by it first (temperature scaling, fitted on the validation split at
+    training and named in meta.json); it changes the scores, never which class is the larger.
+    """
     z = np.asarray(logits, dtype=np.float64)
+    if temperature:
+        z = z / temperature
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e[:, 1] / e.sum(axis=1)
@@ -202,18 +209,25 @@ class BertScorer:
         # algorithm by shape anyway, so rows of all lengths share batches there.
         self.same_length = provider == "cpu"
         self.tokenizer_workers = default_tokenizer_workers(provider) if tokenizer_workers is None else tokenizer_workers
+        try:  # the text normalisation the model was trained with, and its temperature (None for older folders)
+            self.normalize = normalization_for(meta)
+        except ValueError as e:
+            raise ModelError(f"{folder / 'meta.json'}: {e}") from e
+        self.temperature = meta.get("temperature")
         self._tokenizers = (TokenizerPool(folder, int(meta.get("max_length", 128)), self.tokenizer_workers)
                             if self.tokenizer_workers else None)
 
     def prepare(self, texts: list[str]) -> Encoded:
         """CPU-side work for a chunk, in this thread."""
+        if self.normalize is not None:
+            texts = self.normalize(texts)
         return encode(self.tokenizer, texts)
 
     def prepare_async(self, texts: list[str]):
         """The same, started now and awaited with .result(): in the tokenizer processes if there are any, else at
         once in this thread (the reader thread, overlapping inference of the previous chunk)."""
-        if self._tokenizers is not None:
-            return self._tokenizers.submit(texts)
+        if self._tokenizers is not None:  # normalised here: the tokenizer processes only tokenize
+            return self._tokenizers.submit(texts if self.normalize is None else self.normalize(texts))
         return done(self.prepare(texts))
 
     def _run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -245,7 +259,8 @@ class BertScorer:
         def one(rows: np.ndarray) -> int:
             ids, mask = pad_batch(enc, rows, self.int_dtype)
             logits = self._run(ids, mask)
-            prob[rows], pred[rows] = positive_probability(logits), (logits[:, 1] > logits[:, 0]).astype(np.int64)
+            prob[rows] = positive_probability(logits, self.temperature)
+            pred[rows] = (logits[:, 1] > logits[:, 0]).astype(np.int64)
             if on_batch:
                 on_batch(len(rows))
             return ids.size  # padded tokens

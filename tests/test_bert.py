@@ -1,6 +1,7 @@
 import json
 
 import onnx
+import pytest
 
 from tsinfer.train.bert import PRESETS, train_bert, training_arguments
 
@@ -79,3 +80,20 @@ def test_bert_export_variants_meta_and_parity(bert_artifacts):
     assert variants["fp32"]["agreement"] >= 0.9995 and variants["fp32"]["max_abs_delta"] <= 1e-4
     assert variants["int8"]["measured"] and variants["int8"]["rows"] == 300
     assert variants["fp16"]["measured"] is False and "GPU" in variants["fp16"]["reason"]
+
+
+def test_last_epoch_weight_average_is_evaluated_and_kept_only_when_validation_prefers_it(small_data, tmp_path):
+    from conftest import tiny_bert
+
+    model, tokenizer = tiny_bert()
+    r = train_bert(small_data, tmp_path / "bert", tmp_path / "r.json", model=model, tokenizer=tokenizer,
+                   overrides={"epochs": 1, "average_last": 4}, limit=256, max_steps=8)
+    average = r["checkpoint_average"]
+    assert average["snapshots"] == 4 and isinstance(average["kept"], bool)
+    best_epoch_mcc = max(h["val_mcc"] for h in r["history"])
+    assert len(r["history"]) == 1  # the average's evaluation is not one more epoch
+    assert average["kept"] == (average["val_mcc"] > best_epoch_mcc)
+    assert (r["best_epoch"] == "average of the last epoch") == average["kept"]
+    assert r["val_mcc"] == pytest.approx(max(best_epoch_mcc, average["val_mcc"]))
+    assert r["calibration"]["ece_bins"] == 15 and r["val_ece"] is not None
+    assert (tmp_path / "train_bert_reliability.png").stat().st_size > 1000

@@ -51,8 +51,10 @@ def own_run(small_data, tmp_path_factory):
     model.save_pretrained(d / "tiny")
     tokenizer.save_pretrained(d / "tiny")
     bert = run("train", "bert", *common, "--base-model", d / "tiny", "--max-steps", 3, "--batch-size", 16,
-               "--max-length", 64, "--out", art / "bert", "--report", art / "reports" / "train_bert.json")
+               "--max-length", 64, "--layer-decay", 0.9, "--label-smoothing", 0.1, "--average-last", 2,
+               "--text-normalization", "none", "--out", art / "bert", "--report", art / "reports" / "train_bert.json")
     assert bert.exit_code == 0, bert.output
+    assert "validation ECE" in bert.stderr
     export = run("export", "--artifacts", art, "--parity-file", src)
     assert export.exit_code == 0, export.output
     return d, src, art, rows, svc
@@ -84,6 +86,10 @@ def test_exported_meta_carries_the_label_mapping_and_training_data(own_run):
         assert meta["labels"] == ["negative", "positive"]
         assert meta["label_mapping"]["negative"] == "negative" and meta["label_mapping"]["0"] == "negative"
         assert meta["training_data"]["files"][0]["sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
+    bert = json.loads((art / "onnx" / "bert" / "meta.json").read_text())
+    assert "text_normalization" not in bert  # trained with --text-normalization none: the runtime leaves texts raw
+    hp = json.loads((art / "reports" / "train_bert.json").read_text())["hyperparameters"]
+    assert (hp["layer_decay"], hp["label_smoothing"], hp["average_last"]) == (0.9, 0.1, 2)
     parity = json.loads((art / "reports" / "parity.json").read_text())
     assert parity["data"] == str(src) and parity["models"]["svc"]["variants"][0]["rows"] == 300
 
@@ -105,6 +111,7 @@ def test_score_reads_word_labels_of_a_jsonl_file_with_the_same_mapping(own_run, 
     for name in ("svc", "bert"):
         pred = [int(w[f"pred_{name}"]) for w in written]
         assert metrics["models"][name]["accuracy"] == pytest.approx(skm.accuracy_score(truth, pred))
+        assert 0.0 <= metrics["models"][name]["ece"] <= 1.0
 
 
 def test_a_three_class_file_stops_with_counts_values_and_lines(small_data, tmp_path):

