@@ -249,10 +249,7 @@ def train_bert(data: TrainingData | str | Path, out_dir: str | Path = "artifacts
     data = prepared(data, limit, progress)
     model, tokenizer, base_path = load_base(base_model, model, tokenizer)
     preset = preset or default_preset(base_model)
-    hp = dict(RECIPE_DEFAULTS, **PRESETS[preset])
-    hp.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    if hp["text_normalization"] == "none":  # the command line's way to train on the raw texts
-        hp["text_normalization"] = None
+    hp = _recipe(preset, overrides)
     torch.manual_seed(SPLIT_SEED)
     datasets = _tokenized(data, tokenizer, hp["max_length"], progress, hp["text_normalization"])
 
@@ -262,19 +259,9 @@ def train_bert(data: TrainingData | str | Path, out_dir: str | Path = "artifacts
     keep_best, timer, averager = KeepBestByMcc(), EpochTimer(cuda), AverageLastEpoch(hp["average_last"])
     progress(f"bert: fine-tuning {base_model or DEFAULT_BASE_MODEL} on {len(data.train.texts):,} rows "
              f"({preset} preset)")
-    with tempfile.TemporaryDirectory(prefix="tsinfer-train-") as scratch:
-        args = training_arguments(scratch, hp, cuda=cuda, bf16=bf16, world=world, max_steps=max_steps)
-        trainer = Trainer(model=model, args=args, train_dataset=datasets["train"], eval_dataset=datasets["val"],
-                          data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=compute_metrics,
-                          callbacks=[keep_best, timer, averager],
-                          optimizers=(layerwise_optimizer(model, hp), None))
-        start = time.perf_counter()
-        trainer.train()
-        train_seconds = time.perf_counter() - start
-        averaged = _evaluate_average(trainer, model, averager, keep_best)
-        if keep_best.best_state is not None:
-            model.load_state_dict(keep_best.best_state)
-        outputs = {name: trainer.predict(datasets[name]) for name in ("val", "test") if name in datasets}
+    trainer, train_seconds, averaged, outputs = _fit(model, tokenizer, datasets, hp, keep_best=keep_best, timer=timer,
+                                                     averager=averager, cuda=cuda, bf16=bf16, world=world,
+                                                     max_steps=max_steps)
     if not trainer.is_world_process_zero():
         return {}
     model.save_pretrained(out_dir)  # safetensors: the default of transformers 4.x and the only format of 5.x
@@ -310,6 +297,35 @@ def train_bert(data: TrainingData | str | Path, out_dir: str | Path = "artifacts
     }
     write_report(report_path, report)
     return report
+
+
+def _recipe(preset: str, overrides: dict | None) -> dict:
+    """The preset's hyperparameters with the command line's overrides."""
+    hp = dict(RECIPE_DEFAULTS, **PRESETS[preset])
+    hp.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    if hp["text_normalization"] == "none":  # the command line's way to train on the raw texts
+        hp["text_normalization"] = None
+    return hp
+
+
+def _fit(model, tokenizer, datasets: dict, hp: dict, *, keep_best, timer, averager, cuda: bool, bf16: bool,
+         world: int, max_steps: int) -> tuple:
+    """Train; keep the best epoch (or the last epoch's average when it beats them); predict validation and test.
+    Returns (trainer, training seconds, the average's figures, {split: predictions})."""
+    with tempfile.TemporaryDirectory(prefix="tsinfer-train-") as scratch:
+        args = training_arguments(scratch, hp, cuda=cuda, bf16=bf16, world=world, max_steps=max_steps)
+        trainer = Trainer(model=model, args=args, train_dataset=datasets["train"], eval_dataset=datasets["val"],
+                          data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=compute_metrics,
+                          callbacks=[keep_best, timer, averager],
+                          optimizers=(layerwise_optimizer(model, hp), None))
+        start = time.perf_counter()
+        trainer.train()
+        train_seconds = time.perf_counter() - start
+        averaged = _evaluate_average(trainer, model, averager, keep_best)
+        if keep_best.best_state is not None:
+            model.load_state_dict(keep_best.best_state)
+        outputs = {name: trainer.predict(datasets[name]) for name in ("val", "test") if name in datasets}
+    return trainer, train_seconds, averaged, outputs
 
 
 def _tokenized(data: TrainingData, tokenizer, max_length: int, progress: Progress,
