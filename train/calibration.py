@@ -2,8 +2,8 @@
 expected calibration error (infer/metrics.py) before and after it, and a reliability diagram.
 
 Temperature scaling divides both logits by one number T before the softmax: the predicted class never changes,
-only how sure the scores are. T is fitted by minimising the validation negative log-likelihood (a 1-D golden-section
-search on log T, in numpy), and kept only when it also lowers the validation ECE; the runtime then applies it.
+only how sure the scores are. T is fitted by minimising the validation negative log-likelihood (scipy's bounded
+scalar search on log T), and kept only when it also lowers the validation ECE; the runtime then applies it.
 """
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from tsinfer.infer.metrics import ECE_BINS, calibration_bins, expected_calibration_error
+from tsinfer.infer.metrics import ECE_BINS, calibration_bins, ece_from_bins, expected_calibration_error
 from tsinfer.infer.models import positive_probability
 
 LOG_T_RANGE = (math.log(0.05), math.log(20.0))
-SEARCH_STEPS = 80  # golden-section steps: the bracket shrinks by 0.618 each, far below any useful precision of T
+LOG_T_TOLERANCE = 1e-8  # far below any useful precision of T
 
 
 def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
@@ -28,21 +28,12 @@ def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> flo
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """The T in [0.05, 20] that minimises the NLL (convex in 1/T, so the search finds its one minimum)."""
-    a, b = LOG_T_RANGE
-    ratio = (math.sqrt(5) - 1) / 2
-    c, d = b - ratio * (b - a), a + ratio * (b - a)
-    fc, fd = nll(logits, labels, math.exp(c)), nll(logits, labels, math.exp(d))
-    for _ in range(SEARCH_STEPS):
-        if fc < fd:
-            b, d, fd = d, c, fc
-            c = b - ratio * (b - a)
-            fc = nll(logits, labels, math.exp(c))
-        else:
-            a, c, fc = c, d, fd
-            d = a + ratio * (b - a)
-            fd = nll(logits, labels, math.exp(d))
-    return math.exp((a + b) / 2)
+    """The T in [0.05, 20] that minimises the NLL (convex in 1/T, so the bounded search finds its one minimum)."""
+    from scipy.optimize import minimize_scalar
+
+    found = minimize_scalar(lambda log_t: nll(logits, labels, math.exp(log_t)), bounds=LOG_T_RANGE,
+                            method="bounded", options={"xatol": LOG_T_TOLERANCE})
+    return math.exp(found.x)
 
 
 def calibrate(splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict:
@@ -78,7 +69,7 @@ def plot_reliability(splits: dict[str, tuple[np.ndarray, np.ndarray]], temperatu
             truth = np.asarray(labels).astype(bool)
             rows, positives, sums = calibration_bins(p, ~truth, truth)
             seen = rows > 0
-            ece = expected_calibration_error(truth, p)
+            ece = ece_from_bins(rows, positives, sums)
             ax.plot(sums[seen] / rows[seen], positives[seen] / rows[seen], "o-", label=f"{label} (ECE {ece:.3f})")
         ax.set_xlabel("mean P(positive) in bin")
         ax.set_ylabel("share positive")
