@@ -355,7 +355,11 @@ def _watch_progress(paths: list[str], *, show: bool, on_progress: Callable[[int,
         return
     import ray
 
-    counter = ray.remote(num_cpus=0)(ProgressCounter).remote()
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    # on the driver's own node: a worker node lost mid-run must not take the counts with it
+    here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+    counter = ray.remote(num_cpus=0, scheduling_strategy=here)(ProgressCounter).remote()
     bar = progress_bar(show, paths)
     stop = threading.Event()
 
