@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tsinfer.infer.batching import usable_cores
+
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = Path(os.environ.get("TSINFER_ARTIFACTS", ROOT / "artifacts"))
 DATA = Path(os.environ.get("TSINFER_DATA", ROOT / "data"))
@@ -87,7 +89,7 @@ def machine() -> str:
             versions.append(f"{module} {__import__(module).__version__}")
         except ImportError:
             pass
-    return (f"{cpu}, {len(os.sched_getaffinity(0))} cores, ISA: {' '.join(flags) or 'none of ' + ', '.join(ISA_FLAGS)}"
+    return (f"{cpu}, {usable_cores()} cores, ISA: {' '.join(flags) or 'none of ' + ', '.join(ISA_FLAGS)}"
             f"; {', '.join(versions)}, Python {platform.python_version()}")
 
 
@@ -103,7 +105,7 @@ def peak_gops(kind: str) -> tuple[float, str] | None:
     mhz = float(cpuinfo().get("cpu MHz") or 0)
     for flag, per_cycle in PEAK_OPS_PER_CYCLE[kind]:
         if mhz and cpu_has(flag):
-            return len(os.sched_getaffinity(0)) * mhz / 1e3 * per_cycle, flag
+            return usable_cores() * mhz / 1e3 * per_cycle, flag
     return None
 
 
@@ -167,7 +169,7 @@ def peer_lines() -> list[str]:
 
 
 def cores_text() -> str:
-    return f"{len(os.sched_getaffinity(0))} cores at {float(cpuinfo().get('cpu MHz') or 0):,.0f} MHz"
+    return f"{usable_cores()} cores at {float(cpuinfo().get('cpu MHz') or 0):,.0f} MHz"
 
 
 def target_lines() -> list[str]:

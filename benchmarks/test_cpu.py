@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 
 from benchmarks.conftest import PIPELINE_NAME, ROWS, SEED_NAME, cpu_has, record
+from tsinfer.infer.batching import usable_cores
 from tsinfer.infer.pipeline import ScorerSettings
 
 CPU = ScorerSettings(provider="cpu")
 
-CORES = len(os.sched_getaffinity(0))
+CORES = usable_cores()  # affinity, container quota or TSINFER_CPUS, as tsinfer itself counts
 
 
 BERT_ROUNDS = 2  # every BERT contender: the best of the same number of rounds (this machine's noise is +-15%)

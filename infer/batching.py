@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tsinfer.infer.cpus import cpu_budget
+
 # Token budget of one padded batch, by provider (measured: benchmarks/results/cpu.md and gpu.md). On 2 CPU cores
 # small batches that stay in cache win. On CUDA the default fp16 graph is packed (export/bert.py GPU_LAYOUTS):
 # padding costs it no compute, so the largest batches win.
@@ -25,7 +27,9 @@ MAX_TOKENIZER_WORKERS = 8
 
 
 def usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    """The CPUs this process may use (affinity, container quota or TSINFER_CPUS: infer/cpus.py). Everything that
+    sizes itself by the machine asks here, so that one rule holds for all of it."""
+    return cpu_budget().count
 
 
 def default_tokenizer_workers(provider: str) -> int:
@@ -40,6 +44,9 @@ def load_tokenizer(folder: str | Path, max_length: int):
     """tokenizer.json from a model folder, truncating at max_length and never padding (batches pad themselves)."""
     from tokenizers import Tokenizer
 
+    # the tokenizer's thread pool (Rayon) is sized by RAYON_NUM_THREADS when it starts, else by the host's cores,
+    # which under a container's quota only get throttled (a tokenizer process sets its own share before this)
+    os.environ.setdefault("RAYON_NUM_THREADS", str(usable_cores()))
     tok = Tokenizer.from_file(str(Path(folder) / "tokenizer.json"))
     tok.enable_truncation(max_length=max_length)
     tok.no_padding()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from tsinfer.infer.cpus import CpuBudgetError, cpu_budget
 from tsinfer.infer.formats import Columns
 from tsinfer.infer.models import ModelError, available_providers, load_scorer, read_meta
 from tsinfer.infer.pipeline import ScorerSettings
@@ -31,7 +32,7 @@ class CleanErrors(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except (ModelError, InputError) as e:
+        except (ModelError, InputError, CpuBudgetError) as e:
             click.echo(f"Error: {e}", err=True)
             ctx.exit(2)
         except StrictError as e:
@@ -85,7 +86,8 @@ def main():
               help="Rows that could not be read, with line and reason [default: OUTPUT.rejects.tsv, or "
                    "rejects.tsv when writing to stdout].")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="CPU: lanes, each a single-threaded onnxruntime session running whole batches [all cores].")
+              help="CPU: lanes, each a single-threaded onnxruntime session running whole batches [the CPUs this "
+                   "process may use: affinity, container quota or TSINFER_CPUS].")
 @click.option("--tokenizer-workers", type=click.IntRange(min=0), default=None,
               help="Processes tokenizing beside the model, 0 for none [cuda: one per two cores, at most 8; cpu: 0].")
 @click.option("--chunk-rows", type=click.IntRange(min=1), default=None,
@@ -199,7 +201,8 @@ def predict(texts, model_dir, provider, precision):
 @main.command()
 @click.argument("model_dir", type=click.Path(path_type=Path))
 def info(model_dir):
-    """Show a model folder's meta.json, its files, and which providers this machine offers."""
+    """Show a model folder's meta.json, its files, the providers this machine offers and the CPUs this process may
+    use (TSINFER_CPUS overrides the count)."""
     meta = read_meta(model_dir, verify=False)
     click.echo(f"model folder: {model_dir}  kind: {meta['kind']}")
     for precision, name in meta.get("files", {}).items():
@@ -209,6 +212,8 @@ def info(model_dir):
     if meta.get("training_report"):
         click.echo("training report: " + json.dumps(meta["training_report"]))
     click.echo(f"providers on this machine: {', '.join(available_providers())}")
+    cpus = cpu_budget()
+    click.echo(f"CPUs this process may use: {cpus.count} ({cpus.source})")
     click.echo(f"default precision by provider: {json.dumps(meta.get('default_precision', {}))}")
 
 

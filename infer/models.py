@@ -85,6 +85,14 @@ CPU_DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"]
 MAX_CPU_LANES = 8
 
 
+def cpu_lanes(threads: int | None = None, lanes: int | None = None) -> tuple[int, int]:
+    """(lanes, onnxruntime threads per lane) on the CPU provider: lanes up to MAX_CPU_LANES, the cores (threads, or
+    the CPUs this process may use) shared out among them."""
+    cores = threads or usable_cores()
+    lanes = lanes or min(cores, MAX_CPU_LANES)
+    return lanes, max(1, cores // lanes)
+
+
 def _session(path: Path, provider: str, threads: int | None, cuda_options: dict | None = None):
     """An onnxruntime session; cuda_options (from meta.json) are added to the CUDA provider's options."""
     import onnxruntime as ort
@@ -92,8 +100,8 @@ def _session(path: Path, provider: str, threads: int | None, cuda_options: dict 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
+    # never onnxruntime's own default: it counts the host's cores, which a container's CPU quota does not limit
+    opts.intra_op_num_threads = threads or usable_cores()
     opts.inter_op_num_threads = 1
     if provider == "cuda":
         # Shapes vary batch to batch: grow the arena only by what is asked, never by doubling.
@@ -182,10 +190,8 @@ class BertScorer:
         # session splitting every operator over the cores: a small BERT's operators on short rows are too small to
         # share out (benchmarks/results/cpu.md). On a GPU each lane is a session with its own CUDA stream, so one
         # lane's host work can overlap another's kernels. Each lane holds its own copy of the weights.
-        if provider == "cpu":  # lanes up to MAX_CPU_LANES, the cores shared out among them
-            cores = threads or usable_cores()
-            lanes = lanes or min(cores or 1, MAX_CPU_LANES)
-            threads = max(1, (cores or 1) // lanes)
+        if provider == "cpu":
+            lanes, threads = cpu_lanes(threads, lanes)
         lanes = lanes or DEFAULT_LANES.get(provider, 1)
         self.sessions = [_session(folder / self.file, provider, threads, meta.get("cuda_options"))
                          for _ in range(lanes)]

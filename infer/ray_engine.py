@@ -35,6 +35,7 @@ from typing import Callable
 
 import numpy as np
 
+from tsinfer.infer.cpus import CpuBudget, cpu_budget
 from tsinfer.infer.metrics import StreamingMetrics, score_bins
 from tsinfer.infer.models import ModelError, load_scorer, read_meta
 from tsinfer.infer.pipeline import (ScorerSettings, close_scorers, default_chunk_rows, estimate_total,
@@ -246,11 +247,12 @@ def _read(path: str, fmt: str, columns: list[str] | None = None):
     return ds
 
 
-def connect(address: str | None, *, num_cpus: int | None, timeout_s: float) -> None:
+def connect(address: str | None, *, num_cpus: int | None, timeout_s: float) -> CpuBudget | None:
     """ray.init, with a cluster that cannot be reached turned into one InputError within timeout_s.
 
     Ray itself retries an unreachable address for minutes; a TCP connection to HOST:PORT (also for ray://) is tried
-    first, within the wait the user chose. 'auto' and no address are left to Ray.
+    first, within the wait the user chose. 'auto' and no address are left to Ray. Returns the CPUs a local Ray was
+    given (num_cpus, else the CPUs this process may use: infer/cpus.py), None for a cluster.
     """
     import socket
 
@@ -265,15 +267,19 @@ def connect(address: str | None, *, num_cpus: int | None, timeout_s: float) -> N
             raise InputError(f"cannot reach the Ray cluster at {address} within {timeout_s:g} s ({e}): start it "
                              "(ray start --head), check the address (HOST:PORT, ray://HOST:PORT or auto) or raise "
                              "--connect-timeout") from None
+    cpus = None
+    if address is None:
+        cpus = CpuBudget(num_cpus, "num_cpus argument") if num_cpus else cpu_budget()
     try:
         # no address: a Ray of this machine's own ("local"), never a cluster that a `ray start` left on record
-        ray.init(address=address or "local", num_cpus=num_cpus if address is None else None, include_dashboard=False,
+        ray.init(address=address or "local", num_cpus=cpus.count if cpus else None, include_dashboard=False,
                  log_to_driver=False, configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise InputError(f"cannot join the Ray cluster at {address or 'local'}: {str(e).splitlines()[0]} (a cluster "
                          "with token authentication, the default of `ray start` where ~/.ray/auth_token exists, also "
                          "needs RAY_AUTH_MODE=token here and its token: ~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or "
                          "RAY_AUTH_TOKEN)") from None
+    return cpus
 
 
 def score_with_ray(inputs: list[str], models: list[str], *, output: str,
@@ -293,8 +299,7 @@ def score_with_ray(inputs: list[str], models: list[str], *, output: str,
     paths, out = _check_job(inputs, models, output=output, fmt=fmt, settings=settings, gpus=gpus_per_actor)
     start = time.perf_counter()
     started_here = not ray.is_initialized()
-    if started_here:
-        connect(address, num_cpus=num_cpus, timeout_s=connect_timeout_s)
+    cpus = connect(address, num_cpus=num_cpus, timeout_s=connect_timeout_s) if started_here else None
     provider = "cuda" if gpus_per_actor else "cpu"
     # tokenization in each actor's own thread: Ray's actors are the parallelism here
     settings = replace(settings, provider=provider, threads=max(1, round(cpus_per_actor)), tokenizer_workers=0)
@@ -331,6 +336,8 @@ def score_with_ray(inputs: list[str], models: list[str], *, output: str,
             "rows_read": rows_scored + rows_rejected, "rows_scored": rows_scored, "rows_rejected": rows_rejected,
             "wall_s": round(time.perf_counter() - start, 3), "scoring_wall_s": round(scoring_s, 3),
             "tweets_per_s": rows_scored / scoring_s if scoring_s else None}
+    if cpus is not None:  # a local Ray's CPUs, and why (a cluster's are its own nodes')
+        head["cpus"] = cpus.as_dict()
     metrics = metrics_report(summaries, head)
     write_json(out / "metrics.json", metrics)
     if metrics_path:

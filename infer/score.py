@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from tsinfer.infer import formats
+from tsinfer.infer.cpus import cpu_budget
 from tsinfer.infer.formats import Columns
 from tsinfer.infer.metrics import StreamingMetrics
 from tsinfer.infer.models import Scorer
@@ -496,7 +497,8 @@ class LocalRun:
         summaries = {r.name: r.summary(wall) for r in self.runs}
         head = {"rows_read": self.rows_read, "rows_scored": self.rows_scored, "rows_rejected": self.rejects.count,
                 "tweets_per_s": self.rows_scored / wall if wall else None, "wall_s": round(wall, 3),
-                "load_s": round(self.load_s, 3), "timings": timings, "chunk_rows": self.chunk_rows}
+                "load_s": round(self.load_s, 3), "timings": timings, "chunk_rows": self.chunk_rows,
+                "cpus": cpu_budget().as_dict()}  # what the lanes and threads were sized by, and why
         metrics = metrics_report(summaries, head)
         if metrics_path:
             write_json(metrics_path, metrics)

@@ -261,6 +261,7 @@ def main(data, tokenizer_dir, out, work, rows, seed_rows, layouts, configs, mini
 
     import onnxruntime as ort
 
+    from tsinfer.infer.batching import usable_cores
     from tsinfer.infer.reader import read_all
 
     out.mkdir(parents=True, exist_ok=True)
@@ -270,12 +271,12 @@ def main(data, tokenizer_dir, out, work, rows, seed_rows, layouts, configs, mini
     layouts = ["padded"] if cpu else layouts.split(",")
     res = Results(out, {"date": datetime.date.today().isoformat(), "onnxruntime": ort.__version__,
                         "providers": ort.get_available_providers(), "torch": torch.__version__,
-                        "cpu_cores": os.cpu_count(),
+                        "cpu_cores": usable_cores(),
                         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
                         "python": platform.python_version(), "contenders": [], "export": {}, "model_only": {}})
     result = res.result
     log(f"onnxruntime {ort.__version__} providers {result['providers']}; torch {torch.__version__}; "
-        f"gpu {result['gpu']}; {os.cpu_count()} cores")
+        f"gpu {result['gpu']}; {usable_cores()} cores")
 
     t = time.perf_counter()
     config, model = build_model(small)
