@@ -3,7 +3,7 @@ otherwise; `tsinfer train bert --precision` overrides the choice.
 
 Autocast keeps the weights, the gradients and AdamW's state in fp32 and runs the matmuls in bf16, so the saved
 model is fp32 either way. On the CPU, "has bf16" means bf16 units (Intel AMX, AMD Zen 4 and later's avx512_bf16);
-a CPU without them can still run bf16 (PyTorch converts to and from fp32), but slower than fp32, so auto keeps
+a CPU without them can still run bf16 (PyTorch converts to and from fp32), but usually slower than fp32, so auto keeps
 fp32 there and an explicit --precision bf16 runs with a warning rather than being refused.
 """
 from __future__ import annotations
@@ -75,7 +75,7 @@ def training_precision(requested: str = "auto", *, cuda: bool, cuda_bf16: bool =
         return Precision("bf16", f"auto ({reason})") if reason else Precision("fp32", "auto (cpu has no bf16 units)")
     warning = None if requested == "fp32" or reason else (
         f"--precision bf16: this CPU has no bf16 units ({' or '.join(BF16_CPU_FLAGS)}); PyTorch emulates bf16 "
-        "there, which is slower than fp32")
+        "there, usually slower than fp32")
     return Precision(requested, "--precision", warning)
 
 
