@@ -363,9 +363,13 @@ def train_svc_command(out_dir, report_path, limit, tune, **data_options):
 @click.option("--average-last", type=click.IntRange(min=0), default=None,
               help="Average the weights at N evenly spaced steps of the last epoch; kept if validation prefers "
                    "it [0: off].")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
+              help="Training precision. auto: bf16 autocast where the CPU has bf16 units (AMX, avx512_bf16) or the "
+                   "GPU has bf16, else fp32 on the CPU and fp16 on the GPU. Weights stay fp32; evaluation on the "
+                   "CPU runs fp32.")
 def train_bert_command(out_dir, report_path, limit, base_model, preset, epochs, learning_rate, batch_size,
                        max_length, max_steps, text_normalization, label_smoothing, layer_decay, average_last,
-                       **data_options):
+                       precision, **data_options):
     """Fine-tune BERT for tweet sentiment (CUDA when present, CPU otherwise); torchrun runs it on several processes."""
     from tsinfer.train.bert import train_bert
 
@@ -374,7 +378,7 @@ def train_bert_command(out_dir, report_path, limit, base_model, preset, epochs, 
                  "text_normalization": text_normalization, "label_smoothing": label_smoothing,
                  "layer_decay": layer_decay, "average_last": average_last}
     r = train_bert(data, out_dir, report_path, base_model=base_model, preset=preset, overrides=overrides,
-                   limit=limit, max_steps=max_steps, progress=_progress)
+                   limit=limit, max_steps=max_steps, precision=precision, progress=_progress)
     if r:  # empty on the other processes of a torchrun
         calibration = r["calibration"]
         click.echo(_figures(f"bert (best epoch {r['best_epoch']})", r, out_dir) + f"; validation ECE "

@@ -1,9 +1,11 @@
 import json
+from dataclasses import astuple
 
 import onnx
 import pytest
 
 from tsinfer.train.bert import PRESETS, train_bert, training_arguments
+from tsinfer.train.precision import training_precision
 
 REPORT_KEYS = {"val_accuracy", "val_mcc", "val_roc_auc", "test_accuracy", "test_mcc", "test_roc_auc",
                "train_seconds", "n_train", "n_val", "base_model", "hyperparameters", "history"}
@@ -28,7 +30,9 @@ def test_a_few_steps_on_the_real_minilm_save_a_labelled_model_and_time_each_epoc
     assert r["n_train"] == 128
     # 128 rows at batch 32: 4 steps an epoch, so 6 steps end the first epoch and stop inside the second
     assert len(r["epoch_seconds"]) == 2 and all(t > 0 for t in r["epoch_seconds"])
-    assert r["device"] == "cpu" and r["precision"] == "fp32" and r["train_tweets_per_s"] > 0
+    assert r["device"] == "cpu" and r["train_tweets_per_s"] > 0
+    # auto: bf16 autocast where this CPU has bf16 units, fp32 otherwise
+    assert (r["precision"], r["precision_source"]) == astuple(training_precision(cuda=False))[:2]
     config = json.loads((tmp_path / "bert" / "config.json").read_text())
     assert config["id2label"] == {"0": "negative", "1": "positive"}
     assert 0.0 <= r["val_accuracy"] <= 1.0 and r["test_roc_auc"] is not None
@@ -41,7 +45,7 @@ def test_seed_preset_is_the_notebook_recipe():
 
 
 def test_training_arguments_keep_the_recipe_and_length_grouping(tmp_path):
-    args = training_arguments(str(tmp_path), PRESETS["minilm"], cuda=False, bf16=False, world=1, max_steps=-1)
+    args = training_arguments(str(tmp_path), PRESETS["minilm"], cuda=False, precision="fp32", world=1, max_steps=-1)
     assert args.learning_rate == 8e-5 and args.num_train_epochs == 2 and args.warmup_ratio == 0.06
     assert args.group_by_length and args.use_cpu and not args.bf16 and not args.fp16
     assert args.save_strategy == "no"  # no Trainer checkpoints: they would pickle the optimizer state

