@@ -182,7 +182,7 @@ class BertScorer:
 
     def __init__(self, folder: Path, meta: dict, provider: str, precision: str, threads: int | None,
                  batch_tokens: int | None = None, max_batch: int | None = None, lanes: int | None = None,
-                 tokenizer_workers: int | None = None):
+                 tokenizer_workers: int | None = None, backend: str = "auto"):
         self.folder, self.meta, self.provider = folder, meta, provider
         self.precision = choose_precision(meta, provider, precision, folder)
         self.file = meta["files"][self.precision]
@@ -359,7 +359,7 @@ def choose_precision(meta: dict, provider: str, precision: str, folder: Path) ->
 
 def load_scorer(folder: str | Path, provider: str = "auto", precision: str = "auto", threads: int | None = None,
                 verify: bool = True, *, batch_tokens: int | None = None, max_batch: int | None = None,
-                lanes: int | None = None, tokenizer_workers: int | None = None) -> Scorer:
+                lanes: int | None = None, tokenizer_workers: int | None = None, backend: str = "auto") -> Scorer:
     """The scorer for a model folder. The SVC runs its string ops on the CPU provider in fixed batches, so the
     provider and batching settings are BERT's alone."""
     folder = Path(folder)
@@ -368,4 +368,4 @@ def load_scorer(folder: str | Path, provider: str = "auto", precision: str = "au
     if meta["kind"] != "bert":
         return SvcScorer(folder, meta, threads)
     return BertScorer(folder, meta, provider, precision, threads, batch_tokens=batch_tokens, max_batch=max_batch,
-                      lanes=lanes, tokenizer_workers=tokenizer_workers)
+                      lanes=lanes, tokenizer_workers=tokenizer_workers, backend=backend)

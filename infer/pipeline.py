@@ -33,6 +33,7 @@ class ScorerSettings:
     max_batch: int | None = None
     lanes: int | None = None
     tokenizer_workers: int | None = None
+    backend: str = "auto"   # the CPU engine: auto, onnxruntime or openvino (infer/engines.py)
 
 
 def load_scorers(models: list[str], settings: ScorerSettings) -> list[Scorer]:
@@ -43,7 +44,7 @@ def load_scorers(models: list[str], settings: ScorerSettings) -> list[Scorer]:
             scorers.append(load_scorer(folder, settings.provider, settings.precision, settings.threads,
                                        settings.verify, batch_tokens=settings.batch_tokens,
                                        max_batch=settings.max_batch, lanes=settings.lanes,
-                                       tokenizer_workers=settings.tokenizer_workers))
+                                       tokenizer_workers=settings.tokenizer_workers, backend=settings.backend))
         for scorer in scorers:
             scorer.warm_up()
     except BaseException:
