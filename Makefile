@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(if $(GPU),PIP_FIND_LINKS= ,)$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[train,export,dist,dev]"
+	$(PY) -m pip install -q -e ".[train,export,openvino,dist,dev]"
 	$(if $(GPU),$(PY) -m pip uninstall -y -q onnxruntime && $(PY) -m pip install -q "$(ORT_GPU_SPEC)",)
 	rm -f $(VENV)/.installed-*
 	touch $@

@@ -219,7 +219,7 @@ def test_padding_strategies(benchmark, artifacts, test_rows, strategy):
         def run():
             for rows in batches:
                 ids, mask = pad_batch(enc, rows, scorer.int_dtype, pad_to=pad_to)
-                scorer._run(ids, mask)
+                scorer.run_batch(ids, mask)
         padded = sum(pad_to * len(b) if pad_to else int(enc.lengths[b].max()) * len(b) for b in batches)
     record(benchmark, "padding", f"int8, {strategy}", n, timed(benchmark, run),
            padding_efficiency=float(enc.lengths.sum() / padded))

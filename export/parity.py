@@ -64,18 +64,22 @@ def bert_parity(model_dir: Path, onnx_folder: Path, texts: list[str], labels, pr
     enc = encode(load_tokenizer(onnx_folder, meta["max_length"]), normalize(texts) if normalize else texts)
     ref = torch_positive_probability(model_dir, enc, temperature=meta.get("temperature"))
     ref_pred = (ref > 0.5).astype(int)
+    variants = [(p, "onnxruntime", p) for p in meta["files"]]
+    variants += [(p, "openvino", f"{p} openvino") for p in meta.get("openvino_files", {})]
     entries = []
-    for precision in meta["files"]:
+    for precision, backend, name in variants:
         provider = provider_for.get(precision)
         if provider is None:
-            entries.append({"variant": precision, "measured": False,
+            entries.append({"variant": name, "measured": False,
                             "reason": f"needs the {'/'.join(meta['providers'][precision])} provider, which this "
                                       "machine lacks (fp16 parity is only meaningful on a GPU; not faked on the CPU)"})
             continue
-        scorer = BertScorer(onnx_folder, meta, provider, precision, None)
+        if backend == "openvino":
+            provider = "cpu"
+        scorer = BertScorer(onnx_folder, meta, provider, precision, None, backend=backend)
         start = time.perf_counter()
         out = scorer.score(enc)
-        entry = compare(precision, labels, ref_pred, ref, out.pred, out.score, "p_positive",
-                        time.perf_counter() - start)
-        entries.append(dict(entry, provider=provider, measured=True))
+        scorer.close()
+        entry = compare(name, labels, ref_pred, ref, out.pred, out.score, "p_positive", time.perf_counter() - start)
+        entries.append(dict(entry, provider=provider, backend=backend, measured=True))
     return entries

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import queue
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,8 @@ import numpy as np
 from tsinfer.infer.batching import (DEFAULT_BATCH_TOKENS, DEFAULT_LANES, DEFAULT_MAX_BATCH, Encoded, TokenizerPool,
                                     default_tokenizer_workers, encode, load_tokenizer, pad_batch, plan_batches,
                                     usable_cores)
+from tsinfer.infer.engines import (Engine, EngineError, OpenVinoEngine, OrtEngine, choose_backend,
+                                   cpu_inference_precision)
 from tsinfer.infer.preprocess import normalization_for
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
@@ -163,6 +164,7 @@ class Scorer(Protocol):
 
     kind: str         # "bert" or "svc"
     provider: str     # the onnxruntime provider it runs on
+    backend: str      # the engine that runs it: onnxruntime or openvino (infer/engines.py)
     precision: str    # the model file's precision
     file: str         # the ONNX file in the model folder
 
@@ -177,6 +179,23 @@ class Scorer(Protocol):
     def close(self) -> None: ...
 
 
+def _engine(folder: Path, meta: dict, *, provider: str, precision: str, backend: str, lanes: int,
+            threads: int | None) -> Engine:
+    """The engine for a BERT folder: OpenVINO or onnxruntime (choose_backend), with `lanes` lanes."""
+    try:
+        chosen = choose_backend(backend, provider=provider, precision=precision,
+                                openvino_files=meta.get("openvino_files", {}))
+        if chosen == "openvino":
+            file = meta["openvino_files"][precision]
+            return OpenVinoEngine(folder / file, file, lanes=lanes, threads=threads or 1,
+                                  inference_precision=cpu_inference_precision())
+    except EngineError as e:
+        raise ModelError(f"{folder}: {e}") from e
+    file = meta["files"][precision]
+    sessions = [_session(folder / file, provider, threads, meta.get("cuda_options")) for _ in range(lanes)]
+    return OrtEngine(sessions, file, io_binding=provider in ("cuda", "tensorrt"))
+
+
 class BertScorer:
     kind = "bert"
 
@@ -185,7 +204,6 @@ class BertScorer:
                  tokenizer_workers: int | None = None, backend: str = "auto"):
         self.folder, self.meta, self.provider = folder, meta, provider
         self.precision = choose_precision(meta, provider, precision, folder)
-        self.file = meta["files"][self.precision]
         # On the CPU: one single-threaded session per core ("lane"), each running whole batches, instead of one
         # session splitting every operator over the cores: a small BERT's operators on short rows are too small to
         # share out (benchmarks/results/cpu.md). On a GPU each lane is a session with its own CUDA stream, so one
@@ -193,23 +211,16 @@ class BertScorer:
         if provider == "cpu":
             lanes, threads = cpu_lanes(threads, lanes)
         lanes = lanes or DEFAULT_LANES.get(provider, 1)
-        self.sessions = [_session(folder / self.file, provider, threads, meta.get("cuda_options"))
-                         for _ in range(lanes)]
-        self.session = self.sessions[0]
-        self._free: queue.SimpleQueue = queue.SimpleQueue()
-        for session in self.sessions:
-            self._free.put(session)
+        self.engine = _engine(folder, meta, provider=provider, precision=self.precision, backend=backend,
+                              lanes=lanes, threads=threads)
+        self.file, self.int_dtype, self.backend = self.engine.file, self.engine.int_dtype, self.engine.backend
         self._pool = ThreadPoolExecutor(lanes, thread_name_prefix="tsinfer-lane") if lanes > 1 else None
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        kinds = {i.name: i.type for i in self.session.get_inputs()}
-        self.int_dtype = np.int32 if kinds.get("input_ids") == "tensor(int32)" else np.int64
         try:
             self.tokenizer = load_tokenizer(folder, int(meta.get("max_length", 128)))
         except Exception as e:
             raise ModelError(f"cannot load {folder / 'tokenizer.json'}: {e} (re-run `make export`)") from e
         self.batch_tokens = batch_tokens or DEFAULT_BATCH_TOKENS[provider]
         self.max_batch = max_batch or DEFAULT_MAX_BATCH[provider]
-        self.io_binding = provider in ("cuda", "tensorrt")
         # On the CPU batches of one length (never padded) and per-token int8 (export/int8.py) make a row's answer
         # the same bits in any batch. On a GPU padding costs the packed graph nothing and fp16 kernels pick their
         # algorithm by shape anyway, so rows of all lengths share batches there.
@@ -236,23 +247,9 @@ class BertScorer:
             return self._tokenizers.submit(texts if self.normalize is None else self.normalize(texts))
         return done(self.prepare(texts))
 
-    def _run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """Logits of one padded batch, on whichever lane is free (its own session, so lanes never share one)."""
-        feeds = {"input_ids": ids, "attention_mask": mask}
-        if "token_type_ids" in self.input_names:
-            feeds["token_type_ids"] = np.zeros_like(ids)
-        session = self._free.get()
-        try:
-            if not self.io_binding:
-                return session.run(["logits"], feeds)[0]
-            binding = session.io_binding()
-            for name, value in feeds.items():
-                binding.bind_cpu_input(name, value)
-            binding.bind_output("logits", "cuda")
-            session.run_with_iobinding(binding)
-            return binding.copy_outputs_to_cpu()[0]
-        finally:
-            self._free.put(session)
+    def run_batch(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Logits of one padded batch, on whichever lane is free."""
+        return self.engine.run(ids, mask)
 
     def score(self, enc: Encoded, sort: bool = True, on_batch=None) -> Scored:
         """on_batch(rows) is called after each batch, for progress. Batches run on the lanes in parallel; each
@@ -264,7 +261,7 @@ class BertScorer:
 
         def one(rows: np.ndarray) -> int:
             ids, mask = pad_batch(enc, rows, self.int_dtype)
-            logits = self._run(ids, mask)
+            logits = self.run_batch(ids, mask)
             prob[rows] = positive_probability(logits, self.temperature)
             pred[rows] = (logits[:, 1] > logits[:, 0]).astype(np.int64)
             if on_batch:
@@ -289,8 +286,8 @@ class BertScorer:
         ones = np.ones((rows, width), dtype=self.int_dtype)
         if self._tokenizers is not None:
             self._tokenizers.warm_up()
-        for _ in self.sessions:
-            self._run(ones, ones)
+        for _ in range(self.engine.lanes):
+            self.run_batch(ones, ones)
 
     def close(self) -> None:
         """Stop the tokenizer processes and the lane threads (the sessions go with the object)."""
@@ -305,6 +302,7 @@ class SvcScorer:
 
     def __init__(self, folder: Path, meta: dict, threads: int | None, batch_rows: int = 64):
         self.folder, self.meta, self.provider = folder, meta, "cpu"  # string ops run on the CPU provider
+        self.backend = "onnxruntime"
         self.precision = "fp64"
         self.file = meta["files"]["fp64"]
         self.session = _session(folder / self.file, "cpu", threads)

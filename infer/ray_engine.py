@@ -410,7 +410,7 @@ def _check_job(inputs: list[str], models: list[str], *, output: str, fmt: str, s
         if gpus:
             read_meta(Path(folder), verify=settings.verify)
         else:
-            load_scorer(folder, "cpu", settings.precision, 1, settings.verify).close()
+            load_scorer(folder, "cpu", settings.precision, 1, settings.verify, backend=settings.backend).close()
     paths = expand_inputs(inputs)
     out = Path(output)
     if out.exists() and any(out.iterdir()):

@@ -49,7 +49,8 @@ class ModelRun:
 
     def summary(self, wall_s: float) -> dict:
         out = {"model": self.name, "kind": self.scorer.kind, "provider": self.scorer.provider,
-               "precision_mode": self.scorer.precision, "file": self.scorer.file}
+               "precision_mode": self.scorer.precision, "file": self.scorer.file,
+               "backend": self.scorer.backend}
         # the run-time choices made for this machine, so that a figure can be traced to its settings
         out["settings"] = {k: getattr(self.scorer, k) for k in ("batch_tokens", "max_batch", "batch_rows",
                                                                 "tokenizer_workers")

@@ -8,6 +8,19 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _has_openvino() -> bool:
+    from tsinfer.infer.engines import openvino_version
+
+    return openvino_version() is not None
+
+
+# (precision, backend) of every CPU engine a one-answer-per-row test must hold for; OpenVINO's where installed
+CPU_ENGINES = [pytest.param("fp32", "onnxruntime", id="fp32-onnxruntime"),
+               pytest.param("int8", "onnxruntime", id="int8-onnxruntime"),
+               pytest.param("int8", "openvino", id="int8-openvino",
+                            marks=pytest.mark.skipif(not _has_openvino(), reason="the openvino extra is not installed"))]
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 

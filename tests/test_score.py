@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 from sklearn import metrics as skm
 
+from conftest import CPU_ENGINES
 from tsinfer.infer.cli import main
 from tsinfer.infer.pipeline import ScorerSettings
 from tsinfer.infer.reader import read_all
@@ -81,8 +82,8 @@ def test_length_bucketing_gives_the_same_predictions_as_unbucketed(all_artifacts
     assert runs[True][0].metrics["padding_efficiency"] == runs[False][0].metrics["padding_efficiency"] == 1.0
 
 
-@pytest.mark.parametrize("precision", ["fp32", "int8"])
-def test_lanes_give_the_same_answers_as_one_session(all_artifacts, small_data, precision):
+@pytest.mark.parametrize("precision, backend", CPU_ENGINES)
+def test_lanes_give_the_same_answers_as_one_session(all_artifacts, small_data, precision, backend):
     """Batches run on parallel single-threaded sessions: which lane ran a batch must not change any row."""
     from tsinfer.infer.models import load_scorer
     from tsinfer.infer.reader import read_all
@@ -90,8 +91,9 @@ def test_lanes_give_the_same_answers_as_one_session(all_artifacts, small_data, p
     texts = read_all(small_data / "test.tsv").texts
     outs = {}
     for lanes in (1, 2):
-        scorer = load_scorer(all_artifacts / "onnx" / "bert", "cpu", precision, threads=lanes, batch_tokens=300)
-        assert len(scorer.sessions) == lanes
+        scorer = load_scorer(all_artifacts / "onnx" / "bert", "cpu", precision, threads=lanes, batch_tokens=300,
+                             backend=backend)
+        assert scorer.engine.lanes == lanes and scorer.backend == backend
         outs[lanes] = scorer.score(scorer.prepare(texts))
     assert (outs[1].pred == outs[2].pred).all()
     np.testing.assert_array_equal(outs[1].score, outs[2].score)
@@ -112,15 +114,18 @@ def test_tokenizer_processes_write_the_same_file_as_one_thread(all_artifacts, sm
     assert files[0] == files[3] and files[0].count(b"\n") > 37
 
 
-@pytest.mark.parametrize("precision", ["fp32", "int8"])
-def test_one_row_one_answer_whatever_the_chunk_and_batch_sizes(all_artifacts, full_data, tmp_path, precision):
+@pytest.mark.parametrize("precision, backend", CPU_ENGINES)
+def test_one_row_one_answer_whatever_the_chunk_and_batch_sizes(all_artifacts, full_data, tmp_path, precision,
+                                                               backend):
     """On the CPU a row's prediction and written score must not depend on its neighbours: all of test.tsv scored
     with small and large chunks, token budgets and row caps (so every row meets other batch mates) gives the same
-    file, to the byte. int8 included: its activations are quantized per token (export/int8.py)."""
+    file, to the byte. int8 included: onnxruntime's activations are quantized per token (export/int8.py), and
+    OpenVINO's with static scales fitted at export (export/openvino.py)."""
     files = []
     for chunk_rows, batch_tokens, max_batch in ((37, 96, 3), (4096, 512, 256), (20000, 4096, 1024)):
         out = tmp_path / f"{chunk_rows}.tsv"
-        settings = ScorerSettings(provider="cpu", precision=precision, batch_tokens=batch_tokens, max_batch=max_batch)
+        settings = ScorerSettings(provider="cpu", precision=precision, batch_tokens=batch_tokens, max_batch=max_batch,
+                                  backend=backend)
         score_files([str(full_data / "test.tsv")], [str(all_artifacts / "onnx" / "bert")], settings=settings,
                     output=str(out), chunk_rows=chunk_rows)
         files.append(out.read_bytes())
@@ -128,15 +133,16 @@ def test_one_row_one_answer_whatever_the_chunk_and_batch_sizes(all_artifacts, fu
     assert files[0] == files[1] == files[2]
 
 
-@pytest.mark.parametrize("precision", ["fp32", "int8"])
-def test_a_rows_probability_is_the_same_bits_in_any_batch(all_artifacts, small_data, precision):
+@pytest.mark.parametrize("precision, backend", CPU_ENGINES)
+def test_a_rows_probability_is_the_same_bits_in_any_batch(all_artifacts, small_data, precision, backend):
     """Below the written six decimals too: each row alone, and all rows in batches of every size, give the same
     float64 P(positive) (batches of one length, never padded, and per-token int8 scales)."""
     from tsinfer.infer.models import load_scorer
 
     texts = read_all(small_data / "test.tsv").texts
     scorer = load_scorer(all_artifacts / "onnx" / "bert", "cpu", precision, threads=1, batch_tokens=100000,
-                         max_batch=1000)
+                         max_batch=1000, backend=backend)
+    assert scorer.backend == backend
     together = scorer.score(scorer.prepare(texts)).score
     alone = np.concatenate([scorer.score(scorer.prepare([t])).score for t in texts])
     np.testing.assert_array_equal(together, alone)

@@ -1,0 +1,113 @@
+"""Fine-tuned BERT folder -> OpenVINO int8 (NNCF post-training quantization), the CPU engine's model file.
+
+- The PyTorch classifier is converted by `openvino.convert_model` with dynamic batch and length, its last encoder
+  layer computed for the [CLS] token alone (the only row the classifier reads: the same numbers for about a sixth
+  less work, as the onnxruntime CPU graphs do in export/bert.py). OpenVINO cannot read onnxruntime's fused contrib
+  ops, so it starts from the PyTorch model rather than from model.onnx.
+- NNCF quantizes it with its transformer preset (SmoothQuant, static per-tensor activation scales fitted on
+  training rows, int8 MatMuls): static scales keep a row's answer independent of the rows batched with it, which
+  per-batch dynamic scales would not (see infer/engines.py for the runtime side).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+OPENVINO_FILES = {"int8": "model_int8_ov.xml"}  # its weights sit beside it, same stem, .bin
+CALIBRATION_ROWS = 300  # NNCF's default subset size: enough rows for its activation statistics
+
+
+def cls_only_classifier(model):
+    """The classifier with its last layer for token 0 only, or the classifier itself when it is not a BERT
+    sequence classifier (pooler + classifier on BertModel) that the rewrite knows."""
+    import torch
+    import torch.nn.functional as F
+
+    bert = getattr(model, "bert", None)
+    if bert is None or getattr(bert, "pooler", None) is None or not hasattr(model, "classifier"):
+        return _logits_only(model)
+
+    class ClsOnly(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask):
+            mask = bert.get_extended_attention_mask(attention_mask, input_ids.shape)
+            hidden = bert.embeddings(input_ids=input_ids, token_type_ids=torch.zeros_like(input_ids))
+            for layer in bert.encoder.layer[:-1]:
+                hidden = layer(hidden, attention_mask=mask)[0]
+            last = bert.encoder.layer[-1]
+            att = last.attention.self
+            b, s, _ = hidden.shape
+            heads, d = att.num_attention_heads, att.attention_head_size
+            # queries for token 0; keys and values of every token
+            q = att.query(hidden[:, :1]).view(b, 1, heads, d).transpose(1, 2)
+            k = att.key(hidden).view(b, s, heads, d).transpose(1, 2)
+            v = att.value(hidden).view(b, s, heads, d).transpose(1, 2)
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(b, 1, -1)
+            first = last.attention.output(context, hidden[:, :1])
+            out = last.output(last.intermediate(first), first)
+            return model.classifier(bert.pooler(out))
+
+    return ClsOnly().eval()
+
+
+def _logits_only(model):
+    import torch
+
+    class LogitsOnly(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask):
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    return LogitsOnly().eval()
+
+
+def convert(model_dir: Path):
+    """The fine-tuned folder as an fp32 openvino.Model with inputs input_ids, attention_mask and output logits."""
+    import openvino as ov
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
+    example = torch.ones((2, 8), dtype=torch.int64)
+    with torch.no_grad():
+        ov_model = ov.convert_model(cls_only_classifier(model), example_input=(example, example),
+                                    input=[("input_ids", [-1, -1], ov.Type.i64),
+                                           ("attention_mask", [-1, -1], ov.Type.i64)])
+    ov_model.outputs[0].get_tensor().set_names({"logits"})
+    return ov_model
+
+
+def export_openvino_int8(model_dir: str | Path, out_dir: str | Path, calibration: list[np.ndarray]) -> dict:
+    """Write model_int8_ov.xml/.bin into out_dir; returns {precision: file}. calibration: token id rows (one array
+    per row, as the runtime tokenizes them), each fed alone so that no statistic sees padding."""
+    import nncf
+    import openvino as ov
+
+    ov_model = convert(Path(model_dir))
+    items = [{"input_ids": ids[None, :], "attention_mask": np.ones((1, len(ids)), dtype=np.int64)}
+             for ids in calibration]
+    quantized = nncf.quantize(ov_model, nncf.Dataset(items), model_type=nncf.ModelType.TRANSFORMER,
+                              subset_size=len(items))
+    out = Path(out_dir) / OPENVINO_FILES["int8"]
+    ov.save_model(quantized, str(out), compress_to_fp16=False)
+    return dict(OPENVINO_FILES)
+
+
+def calibration_ids(out_dir: Path, texts: list[str], *, max_length: int, normalize=None,
+                    rows: int = CALIBRATION_ROWS) -> list[np.ndarray]:
+    """Token ids of an evenly spaced sample of the training texts, through the exported folder's tokenizer and
+    the model's text normalisation: the calibration sees rows exactly as the runtime will feed them."""
+    from tsinfer.infer.batching import encode, load_tokenizer
+
+    picked = [texts[int(i)] for i in np.linspace(0, len(texts) - 1, num=min(rows, len(texts)))]
+    if normalize is not None:
+        picked = normalize(picked)
+    enc = encode(load_tokenizer(out_dir, max_length), picked)
+    return [enc.ids[enc.offsets[i]:enc.offsets[i + 1]] for i in range(len(enc))]

@@ -1,0 +1,150 @@
+"""The engines that run a BERT model file on batches of token ids: onnxruntime, or OpenVINO on the CPU.
+
+Both answer the same call, logits for one batch, on whichever lane is free: a lane is a session (onnxruntime) or
+an infer request on its own CPU stream (OpenVINO), so lanes never share one and batches run side by side. The
+scorer (infer/models.py) plans the batches; the engine only runs them. Which engine runs is chosen at load time
+from what the machine has and the model folder holds (choose_backend), and recorded with the run's metrics.
+"""
+from __future__ import annotations
+
+import queue
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+BACKENDS = ("auto", "onnxruntime", "openvino")
+
+
+class EngineError(Exception):
+    """An engine cannot run this model here: the message names the fix."""
+
+
+class Engine(Protocol):
+    backend: str            # "onnxruntime" or "openvino"
+    version: str
+    file: str               # the model file it runs, inside the model folder
+    lanes: int
+    int_dtype: type         # the dtype its input_ids want
+
+    def run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray: ...
+
+
+class _Lanes:
+    """A pool of per-lane handles: run() takes a free one and gives it back."""
+
+    def __init__(self, handles: list):
+        self.lanes = len(handles)
+        self._free: queue.SimpleQueue = queue.SimpleQueue()
+        for handle in handles:
+            self._free.put(handle)
+
+    def _with_lane(self, fn):
+        handle = self._free.get()
+        try:
+            return fn(handle)
+        finally:
+            self._free.put(handle)
+
+
+class OrtEngine(_Lanes):
+    """onnxruntime sessions, one per lane; IO binding on a GPU (logits bound to the device, copied once)."""
+
+    backend = "onnxruntime"
+
+    def __init__(self, sessions: list, file: str, *, io_binding: bool):
+        import onnxruntime as ort
+
+        super().__init__(sessions)
+        self.sessions, self.file, self.io_binding, self.version = sessions, file, io_binding, ort.__version__
+        kinds = {i.name: i.type for i in sessions[0].get_inputs()}
+        self.input_names = list(kinds)
+        self.int_dtype = np.int32 if kinds.get("input_ids") == "tensor(int32)" else np.int64
+
+    def run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        if "token_type_ids" in self.input_names:
+            feeds["token_type_ids"] = np.zeros_like(ids)
+        return self._with_lane(lambda session: self._run(session, feeds))
+
+    def _run(self, session, feeds: dict) -> np.ndarray:
+        if not self.io_binding:
+            return session.run(["logits"], feeds)[0]
+        binding = session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, value)
+        binding.bind_output("logits", "cuda")
+        session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
+
+
+class OpenVinoEngine(_Lanes):
+    """An OpenVINO CPU model compiled with one stream per lane, each lane an infer request (infer() releases the
+    interpreter lock, so the scorer's lane threads run side by side as with onnxruntime sessions)."""
+
+    backend = "openvino"
+    int_dtype = np.int64
+
+    def __init__(self, path: Path, file: str, *, lanes: int, threads: int, inference_precision: str):
+        import openvino as ov
+
+        self.file, self.version, self.inference_precision = file, ov.__version__, inference_precision
+        try:
+            compiled = ov.Core().compile_model(str(path), "CPU", {
+                "NUM_STREAMS": lanes, "INFERENCE_NUM_THREADS": lanes * threads,
+                "INFERENCE_PRECISION_HINT": inference_precision, "ENABLE_HYPER_THREADING": False})
+        except RuntimeError as e:
+            raise EngineError(f"OpenVINO cannot load {path}: {str(e).splitlines()[0]} (re-run `tsinfer export`, "
+                              "or use --backend onnxruntime)") from e
+        super().__init__([compiled.create_infer_request() for _ in range(lanes)])
+
+    def run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        def infer(request) -> np.ndarray:
+            request.infer({"input_ids": ids, "attention_mask": mask}, share_inputs=True)
+            return request.get_output_tensor(0).data.copy()
+        return self._with_lane(infer)
+
+
+def openvino_version() -> str | None:
+    """OpenVINO's version when it is installed (the openvino extra), else None."""
+    try:
+        import openvino
+    except ImportError:
+        return None
+    return openvino.__version__
+
+
+def choose_backend(requested: str, *, provider: str, precision: str, openvino_files: dict) -> str:
+    """onnxruntime or openvino for a model: auto takes OpenVINO on the CPU where the folder has an OpenVINO file
+    of that precision and the package is installed (measured faster there: benchmarks/results/cpu.md), else
+    onnxruntime, which also serves every GPU provider."""
+    if requested not in BACKENDS:
+        raise EngineError(f"unknown backend {requested!r}: use one of {', '.join(BACKENDS)}")
+    has_file = precision in openvino_files
+    if requested == "onnxruntime" or (requested == "auto" and (provider != "cpu" or not has_file)):
+        return "onnxruntime"
+    if provider != "cpu":
+        raise EngineError(f"the openvino backend runs on the CPU only, not the {provider} provider: "
+                          "use --provider cpu, or --backend onnxruntime")
+    if not has_file:
+        have = ", ".join(sorted(openvino_files)) or "none"
+        raise EngineError(f"this model folder has no OpenVINO {precision} file (it has: {have}): re-export with "
+                          "the openvino extra installed (pip install 'tsinfer-sentiment[openvino]'), or use "
+                          "--backend onnxruntime")
+    if openvino_version() is None:
+        if requested == "auto":
+            return "onnxruntime"
+        raise EngineError("--backend openvino needs the openvino package: pip install 'tsinfer-sentiment[openvino]'")
+    return "openvino"
+
+
+def cpu_inference_precision(flags: set[str] | None = None) -> str:
+    """OpenVINO's precision for what NNCF left in floating point: bf16 where the CPU has bf16 units, else f32."""
+    if flags is None:
+        try:
+            text = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            text = ""
+        flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines()
+                          if line.startswith("flags")), []))
+    return "bf16" if flags & {"avx512_bf16", "amx_bf16"} else "f32"

@@ -1,0 +1,125 @@
+"""The CPU engine choice (onnxruntime or OpenVINO) and the OpenVINO int8 model that `tsinfer export` writes."""
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from tsinfer.infer import engines
+from tsinfer.infer.engines import EngineError, choose_backend, cpu_inference_precision
+from tsinfer.infer.models import ModelError, load_scorer
+from tsinfer.infer.reader import read_all
+
+OV_FILES = {"int8": "model_int8_ov.xml"}
+
+
+@pytest.mark.parametrize("requested, provider, precision, files, installed, expected", [
+    ("auto", "cpu", "int8", OV_FILES, True, "openvino"),
+    ("auto", "cpu", "int8", OV_FILES, False, "onnxruntime"),    # the extra is missing: fall back
+    ("auto", "cpu", "int8", {}, True, "onnxruntime"),           # a folder exported without OpenVINO
+    ("auto", "cpu", "fp32", OV_FILES, True, "onnxruntime"),     # no OpenVINO fp32 file
+    ("auto", "cuda", "int8", OV_FILES, True, "onnxruntime"),    # OpenVINO is the CPU's engine only
+    ("onnxruntime", "cpu", "int8", OV_FILES, True, "onnxruntime"),
+    ("openvino", "cpu", "int8", OV_FILES, True, "openvino"),
+])
+def test_backend_choice(monkeypatch, requested, provider, precision, files, installed, expected):
+    monkeypatch.setattr(engines, "openvino_version", lambda: "2026.0" if installed else None)
+    assert choose_backend(requested, provider=provider, precision=precision, openvino_files=files) == expected
+
+
+@pytest.mark.parametrize("requested, provider, files, installed, message", [
+    ("openvino", "cpu", OV_FILES, False, "pip install"),
+    ("openvino", "cpu", {}, True, "no OpenVINO int8 file"),
+    ("openvino", "cuda", OV_FILES, True, "CPU only"),
+    ("tensorflow", "cpu", OV_FILES, True, "unknown backend"),
+])
+def test_an_impossible_backend_is_a_one_line_error(monkeypatch, requested, provider, files, installed, message):
+    monkeypatch.setattr(engines, "openvino_version", lambda: "2026.0" if installed else None)
+    with pytest.raises(EngineError, match=message) as e:
+        choose_backend(requested, provider=provider, precision="int8", openvino_files=files)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("flags, expected", [({"avx512_bf16", "avx512_vnni"}, "bf16"), ({"amx_bf16"}, "bf16"),
+                                             ({"avx2", "avx512_vnni"}, "f32"), (set(), "f32")])
+def test_openvino_float_precision_follows_the_cpu(flags, expected):
+    assert cpu_inference_precision(flags) == expected
+
+
+def test_without_the_extra_scoring_falls_back_to_onnxruntime(bert_artifacts, monkeypatch):
+    monkeypatch.setattr(engines, "openvino_version", lambda: None)
+    scorer = load_scorer(bert_artifacts / "onnx" / "bert", "cpu", "int8")
+    assert scorer.backend == "onnxruntime" and scorer.file == "model_int8.onnx"
+    with pytest.raises(ModelError, match="openvino"):
+        load_scorer(bert_artifacts / "onnx" / "bert", "cpu", "int8", backend="openvino")
+
+
+def test_export_without_the_extra_writes_no_openvino_file(bert_artifacts, monkeypatch):
+    from tsinfer.export.run import _openvino_export
+
+    said = []
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino now raises ImportError
+    meta = json.loads((bert_artifacts / "onnx" / "bert" / "meta.json").read_text())
+    assert _openvino_export(bert_artifacts / "bert", bert_artifacts / "onnx" / "bert", meta,
+                            progress=said.append) == {}
+    assert "not installed" in said[0]
+
+
+openvino_only = pytest.mark.skipif(engines.openvino_version() is None, reason="the openvino extra is not installed")
+
+
+@openvino_only
+def test_export_writes_the_openvino_int8_model_and_its_parity(bert_artifacts):
+    folder = bert_artifacts / "onnx" / "bert"
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["openvino_files"] == OV_FILES
+    assert {"model_int8_ov.xml", "model_int8_ov.bin"} <= set(meta["sha256"])  # both verified at load
+    assert meta["openvino_calibration"]["rows"] == 300
+    xml = (folder / "model_int8_ov.xml").read_text()
+    assert "FakeQuantize" in xml or "FakeConvert" in xml  # NNCF's quantizers are in the graph
+    parity = json.loads((bert_artifacts / "reports" / "parity.json").read_text())
+    entry = next(v for v in parity["models"]["bert"]["variants"] if v["variant"] == "int8 openvino")
+    assert entry["measured"] and entry["backend"] == "openvino" and entry["rows"] == 300
+
+
+def _logits_alone(scorer, texts) -> np.ndarray:
+    from tsinfer.infer.batching import pad_batch
+
+    enc = scorer.prepare(texts)
+    return np.concatenate([scorer.run_batch(*pad_batch(enc, np.array([i]))) for i in range(len(enc))])
+
+
+@openvino_only
+def test_openvino_int8_errs_no_more_than_onnxruntime_int8(all_artifacts, small_data):
+    """A random tiny model's logits barely differ between rows (its labels flip at any rounding), so the logits
+    are compared: OpenVINO's int8 must stay as close to the fp32 graph as onnxruntime's int8 does, and far below
+    the spread of the logits themselves (a wrongly wired conversion misses both)."""
+    texts = read_all(small_data / "test.tsv").texts[:120]
+    folder = all_artifacts / "onnx" / "bert"
+    ov = load_scorer(folder, "cpu", "int8", backend="openvino")
+    assert ov.backend == "openvino" and ov.file == "model_int8_ov.xml"
+    ref = _logits_alone(load_scorer(folder, "cpu", "fp32", backend="onnxruntime"), texts)
+    ort_err = np.abs(_logits_alone(load_scorer(folder, "cpu", "int8", backend="onnxruntime"), texts) - ref).max()
+    ov_err = np.abs(_logits_alone(ov, texts) - ref).max()
+    assert ov_err <= 2 * ort_err and ov_err < 0.1 * ref.std()
+
+
+@openvino_only
+def test_the_cls_only_conversion_equals_pytorch(bert_artifacts, small_data):
+    """The converted model computes the last layer for [CLS] alone: the same logits as the PyTorch classifier."""
+    import openvino as ov
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from tsinfer.export.openvino import convert
+    from tsinfer.infer.batching import encode, load_tokenizer, pad_batch
+
+    texts = read_all(small_data / "test.tsv").texts[:64]
+    enc = encode(load_tokenizer(bert_artifacts / "onnx" / "bert", 128), texts)
+    ids, mask = pad_batch(enc, np.arange(len(enc)))  # padded rows too: the mask must hold in the rewrite
+    compiled = ov.Core().compile_model(convert(bert_artifacts / "bert"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    got = compiled({"input_ids": ids, "attention_mask": mask})[0]
+    model = AutoModelForSequenceClassification.from_pretrained(bert_artifacts / "bert").eval()
+    with torch.inference_mode():
+        want = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits.numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5)
