@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.conftest import PIPELINE_NAME, ROWS, SEED_NAME, cpu_has, record
+from benchmarks.conftest import DEFAULT_PATH, PIPELINE_NAME, ROWS, SEED_NAME, cpu_has, record
 from tsinfer.infer.batching import usable_cores
 from tsinfer.infer.pipeline import ScorerSettings
 
@@ -86,21 +86,26 @@ def test_optimum_ort_pipeline(benchmark, artifacts, test_rows, tmp_path_factory)
            timed(benchmark, lambda: clf(texts, batch_size=32, truncation=True), rounds=BERT_ROUNDS))
 
 
-@pytest.mark.parametrize("precision", ["fp32", "int8"])
-def test_tsinfer_streaming(benchmark, artifacts, bench_tsv, tmp_path, precision):
-    """The real path: read the TSV, tokenize in the reader thread, bucketed batches, write predictions."""
+@pytest.mark.parametrize("precision, backend", [("fp32", "onnxruntime"), ("int8", "onnxruntime"), ("auto", "auto")])
+def test_tsinfer_streaming(benchmark, artifacts, bench_tsv, tmp_path, precision, backend):
+    """The real path: read the TSV, tokenize in the reader thread, bucketed batches, write predictions. auto/auto
+    is the default CPU path (the engine chosen at load: OpenVINO's int8 where installed)."""
     from tsinfer.infer.score import score_files
 
     out = {}
 
     def run():
         out["r"] = score_files([str(bench_tsv)], [str(artifacts / "onnx" / "bert")],
-                               settings=ScorerSettings(provider="cpu", precision=precision), output=str(tmp_path / "p.tsv"))
+                               settings=ScorerSettings(provider="cpu", precision=precision, backend=backend),
+                               output=str(tmp_path / "p.tsv"))
 
     timed(benchmark, run, rounds=BERT_ROUNDS)
     # Like every contender here, model loading is left out: wall time minus session creation and warm-up.
     r = out["r"]
-    record(benchmark, "bert", f"tsinfer score, {precision} (file in, file out)", r.rows_scored, r.wall_s - r.load_s,
+    summary = r.summaries["bert"]
+    name = (f"{DEFAULT_PATH}: {summary['backend']} {summary['precision_mode']}" if backend == "auto"
+            else f"tsinfer score, {precision} {backend}")
+    record(benchmark, "bert", f"{name} (file in, file out)", r.rows_scored, r.wall_s - r.load_s,
            padding_efficiency=r.metrics["padding_efficiency"], accuracy=r.metrics["accuracy"], load_s=r.load_s,
            tokens=r.models[0].tokens)
 

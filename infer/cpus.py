@@ -128,3 +128,20 @@ def _v1_quota(folder: Path) -> int | None:
         return _cpus(int(quota), int(period)) if quota and period else None
     except ValueError:
         return None
+
+
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo's names of the x86 bf16 units
+
+
+def read_cpu_flags(path: str | Path = "/proc/cpuinfo") -> set[str] | None:
+    """The x86 feature flags Linux lists for the CPU; None where there is no such list (other systems, ARM)."""
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return None
+    flags = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            flags.update(value.split())
+    return flags or None

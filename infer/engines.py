@@ -13,6 +13,8 @@ from typing import Protocol
 
 import numpy as np
 
+from tsinfer.infer.cpus import BF16_CPU_FLAGS, read_cpu_flags
+
 BACKENDS = ("auto", "onnxruntime", "openvino")
 
 
@@ -140,11 +142,5 @@ def choose_backend(requested: str, *, provider: str, precision: str, openvino_fi
 
 def cpu_inference_precision(flags: set[str] | None = None) -> str:
     """OpenVINO's precision for what NNCF left in floating point: bf16 where the CPU has bf16 units, else f32."""
-    if flags is None:
-        try:
-            text = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            text = ""
-        flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines()
-                          if line.startswith("flags")), []))
-    return "bf16" if flags & {"avx512_bf16", "amx_bf16"} else "f32"
+    flags = read_cpu_flags() if flags is None else flags
+    return "bf16" if flags and flags & set(BF16_CPU_FLAGS) else "f32"

@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 from transformers import Trainer
 
+from tsinfer.infer.cpus import BF16_CPU_FLAGS, read_cpu_flags
 from tsinfer.train.errors import TrainError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo's names of the x86 bf16 units
 
 
 @dataclass(frozen=True)
@@ -25,20 +25,6 @@ class Precision:
     name: str  # "fp32", "bf16" or "fp16"
     source: str  # why: "auto (cpu has avx512_bf16)", "--precision", ...
     warning: str | None = None  # a line to show before training, when the choice will be slow
-
-
-def read_cpu_flags(path: str | Path = "/proc/cpuinfo") -> set[str] | None:
-    """The x86 feature flags Linux lists for the CPU; None where there is no such list (other systems, ARM)."""
-    try:
-        text = Path(path).read_text(errors="replace")
-    except OSError:
-        return None
-    flags = set()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "flags":
-            flags.update(value.split())
-    return flags or None
 
 
 def cpu_bf16(flags: set[str] | None) -> str | None:
