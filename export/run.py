@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tsinfer.infer.formats import Columns
 from tsinfer.infer.models import available_providers, sha256_file
-from tsinfer.infer.reader import LABEL_NAMES
+from tsinfer.infer.rows import LABEL_NAMES
 from tsinfer.train.errors import DataError, ExportError
 from tsinfer.train.report import TRAINING_DATA_FILE, Progress, log_progress, write_report
 

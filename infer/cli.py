@@ -12,7 +12,7 @@ from tsinfer.infer.cpus import CpuBudgetError, cpu_budget
 from tsinfer.infer.formats import Columns
 from tsinfer.infer.models import ModelError, available_providers, load_scorer, read_meta
 from tsinfer.infer.pipeline import ScorerSettings
-from tsinfer.infer.reader import InputError
+from tsinfer.infer.rows import InputError
 from tsinfer.infer.score import Interrupted, StrictError
 
 DEFAULT_MODEL = "artifacts/onnx/bert"

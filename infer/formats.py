@@ -1,41 +1,26 @@
-"""Inputs other than TSV: JSON Lines, CSV and Parquet, read into the same Chunks as the TSV reader.
+"""The one entry point of every input format, and the formats other than TSV: JSON Lines, CSV and Parquet.
 
-Each record becomes a row with the TSV path's rules: labels 0/1/4 or negative/positive (or empty), an empty text
-rejected, a record that cannot be read rejected with its line (row, for Parquet) number and reason, never dropped.
-Columns are found by name: --text-column/--id-column/--label-column, else the usual names (Twitter/X API dumps write
-`full_text` or `text` and `id_str` or `id`). JSON Lines and CSV stream through open_text, so they may be compressed too; Parquet is
-read by pyarrow one record batch at a time, never whole.
+Every format makes rows.to_chunks items, so labels, texts and rejects follow the same rules (rows.py); a record that
+cannot be read is rejected with its line (row, for Parquet) number and reason, never dropped; blank lines are skipped
+and counted. Columns are found by name: --text-column/--id-column/--label-column, else rows.COLUMN_NAMES, as a TSV
+header is. JSON Lines and CSV stream through open_text, so they may be compressed too; Parquet is read by pyarrow one
+row group at a time, never whole.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
 from typing import Iterator
 
-from tsinfer.infer.reader import (MAX_LINE_CHARS, NO_LABEL, Chunk, InputError, Reject, _records,
-                                  damaged_as_input_error, iter_chunks, label_reject, open_text, parse_label)
+from tsinfer.infer.reader import LAYOUT_SAMPLE, MAX_LINE_CHARS, iter_chunks, records, too_long
+from tsinfer.infer.rows import BLANK, Chunk, Columns, InputError, Reject, resolve, to_chunks
+from tsinfer.infer.textio import damaged_as_input_error, open_text
 
 FORMATS = ("tsv", "jsonl", "csv", "parquet")
 SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet",
             ".pq": "parquet", ".tsv": "tsv", ".tab": "tsv", ".txt": "tsv"}
 COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst")
-DEFAULT_NAMES = {"text": ("text", "full_text", "tweet", "sentence", "content"),
-                 "id": ("id_str", "id", "tweet_id", "ids"),
-                 "label": ("label", "sentiment", "target", "polarity")}
-
-
-@dataclass(frozen=True)
-class Columns:
-    """Column names chosen by the user; None means: the first of DEFAULT_NAMES that the input has."""
-
-    text: str | None = None
-    id: str | None = None
-    label: str | None = None
-
-    def given(self) -> bool:
-        return any((self.text, self.id, self.label))
 
 
 def input_format(path: str, requested: str = "auto") -> str:
@@ -59,89 +44,6 @@ def read_chunks(path: str, chunk_rows: int, fmt: str = "auto", columns: Columns 
     return {"jsonl": jsonl_chunks, "csv": csv_chunks, "parquet": parquet_chunks}[fmt](path, columns, chunk_rows)
 
 
-def resolve(names: list[str], columns: Columns, source: str) -> dict[str, str | None]:
-    """{role: column name} for text, id and label; a missing text column, or a named column that is not there,
-    is an InputError that lists the columns the input has."""
-    out = {}
-    # the usual names match whatever their case and spacing (as TSV headers do); a named column must match exactly
-    usual = {n.strip().lower(): n for n in reversed(names)}
-    for role in ("text", "id", "label"):
-        wanted = getattr(columns, role)
-        if wanted is not None and wanted not in names:
-            raise InputError(f"{source} has no column {wanted!r} (--{role}-column); its columns: {', '.join(names)}")
-        out[role] = wanted or next((usual[n] for n in DEFAULT_NAMES[role] if n in usual), None)
-    if out["text"] is None:
-        raise InputError(f"{source} has no text column ({', '.join(DEFAULT_NAMES['text'])}): name it with "
-                         f"--text-column; its columns: {', '.join(names) or 'none'}")
-    return out
-
-
-def _label(value) -> int | str:
-    """The row's label (NO_LABEL when empty), or, when it is refused, the value as text."""
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return NO_LABEL
-    text = str(int(value)) if isinstance(value, (bool, int, float)) and float(value).is_integer() else str(value)
-    label = parse_label(text)
-    return text if label is None else label
-
-
-def rows_to_chunks(records: Iterator[tuple[int, dict | None, str]], roles: dict, chunk_rows: int,
-                   ) -> Iterator[Chunk]:
-    """(line, record or None with (reason, raw) in raw's place, raw text or None) -> Chunks, by the TSV path's
-    rules; a reject's raw text, when None, is its record as JSON."""
-    chunk = Chunk()
-    for line, record, raw in records:
-        reason = bad_label = None
-        if record is None:
-            reason, raw = raw
-        else:
-            text = record.get(roles["text"])
-            label = _label(record.get(roles["label"])) if roles["label"] else NO_LABEL
-            if isinstance(label, str):
-                bad_label = label
-            elif text is None:
-                reason = f"no {roles['text']!r} field"
-            elif not isinstance(text, str):
-                reason = "text is not a string"
-            elif not text.strip():
-                reason = "empty text"
-        if reason or bad_label is not None:
-            raw = raw if raw is not None else json.dumps(record, default=str, ensure_ascii=False)[:1000]
-            chunk.rejects.append(Reject(line, reason, raw) if reason else label_reject(line, bad_label, raw))
-            continue
-        ident = record.get(roles["id"]) if roles["id"] else None
-        chunk.add(line, str(line) if ident is None else str(ident), label, text)
-        if len(chunk) >= chunk_rows:
-            yield chunk
-            chunk = Chunk()
-    if len(chunk) or chunk.rejects:
-        yield chunk
-
-
-def jsonl_chunks(path: str, columns: Columns, chunk_rows: int) -> Iterator[Chunk]:
-    with open_text(path) as fh, damaged_as_input_error(fh, path):
-        lines = _bounded_lines(fh)
-        first = list(_until_first_object(lines))
-        if first and first[0][1] is not None and first[0][1].lstrip().startswith("["):
-            raise InputError(f"{path} is a JSON array, not JSON Lines (one object a line): convert it, for example "
-                             "with jq -c '.[]'")
-        obj = _object(first[-1][1]) if first and first[-1][1] is not None else None
-        roles = resolve(list(obj) if obj else [], columns, path) if first else {"text": None, "id": None,
-                                                                               "label": None}
-
-        def records():
-            for n, line in chain(first, lines):
-                if line is None:
-                    yield n, None, (f"line longer than {MAX_LINE_CHARS:,} characters", "")
-                elif not line.strip():
-                    yield n, None, ("empty line", line)
-                elif (obj := _object(line)) is None:
-                    yield n, None, ("not a JSON object", line[:1000])
-                else:
-                    yield n, obj, line
-        yield from rows_to_chunks(records(), roles, chunk_rows)
-
-
 def _bounded_lines(fh):
     """(line number, line without its end) with memory bounded: a line over MAX_LINE_CHARS comes back as None."""
     n = 0
@@ -163,35 +65,87 @@ def _object(line: str) -> dict | None:
     return obj if isinstance(obj, dict) else None
 
 
-def _until_first_object(lines, limit: int = 64):
-    """The lines up to and including the first JSON object (its keys name the columns), at most `limit`."""
-    for k, (n, line) in enumerate(lines):
-        yield n, line
-        if (line is not None and _object(line) is not None) or k + 1 >= limit:
+def _parsed(numbered_lines):
+    """(line number, line or None when too long, its object or None) per line; blank lines are not parsed."""
+    for n, line in numbered_lines:
+        yield n, line, _object(line) if line is not None and line.strip() else None
+
+
+def _sample(lines, size: int) -> list[tuple[int, str | None, dict | None]]:
+    """The first `size` lines that are not blank, parsed, and the blank lines among them."""
+    out, filled = [], 0
+    for n, line, obj in lines:
+        out.append((n, line, obj))
+        filled += line is None or bool(line.strip())
+        if filled >= size:
+            break
+    return out
+
+
+def jsonl_chunks(path: str, columns: Columns, chunk_rows: int) -> Iterator[Chunk]:
+    """JSON Lines: the columns are the keys of the first chunk's objects (a stream may begin with records that have
+    no text, such as Twitter/X delete notices: those are rejects); refused only when none of them has a text key."""
+    with open_text(path) as fh, damaged_as_input_error(fh, path):
+        lines = _parsed(_bounded_lines(fh))
+        parsed = _sample(lines, max(chunk_rows, LAYOUT_SAMPLE))
+        written = [line for _, line, _ in parsed if line is None or line.strip()]
+        if not written:  # nothing but blank lines
+            yield from to_chunks((BLANK for _ in parsed), chunk_rows)
             return
+        if (written[0] or "").lstrip().startswith("["):
+            raise InputError(f"{path} is a JSON array, not JSON Lines (one object a line): convert it, for example "
+                             "with jq -c '.[]'")
+        keys = list(dict.fromkeys(key for _, _, obj in parsed if obj for key in obj))
+        more = next(lines, None)  # None: the sample is the whole file
+        roles = resolve(keys, columns, path if more is None else f"{path} (in its first {len(parsed):,} lines)")
+        rest = chain(parsed, [more] if more else [], lines)
+        yield from to_chunks((_json_item(*record, roles) for record in rest), chunk_rows)
+
+
+def _json_item(n: int, line: str | None, obj: dict | None, roles: dict):
+    if line is None:
+        return too_long(n, "")
+    if not line.strip():
+        return BLANK
+    if obj is None:
+        return Reject(n, "not a JSON object", line[:1000])
+    if roles["text"] not in obj:
+        return Reject(n, f"no {roles['text']!r} field (a delete notice or limit message?)", line)
+    return (n, obj.get(roles["id"]) if roles["id"] else None, obj.get(roles["label"]) if roles["label"] else None,
+            obj[roles["text"]], line)
 
 
 def csv_chunks(path: str, columns: Columns, chunk_rows: int) -> Iterator[Chunk]:
-    """CSV with a header line, through the TSV path's record reader (bounded quotes and lines, line numbers)."""
+    """CSV with a header line (its first line that is not blank), through the TSV path's record reader (bounded
+    quotes and lines, line numbers)."""
     with open_text(path) as fh, damaged_as_input_error(fh, path):
-        records = _records(fh, delimiter=",")
-        first = next(records, None)
-        if first is None:
+        found = records(fh, delimiter=",")
+        blanks = 0
+        for first in found:
+            if first[1] != []:
+                break
+            blanks += 1
+        else:
+            if blanks:
+                yield from to_chunks((BLANK for _ in range(blanks)), chunk_rows)
             return
         header = first[1] or []
         roles = resolve(header, columns, path)
+        where = {role: header.index(name) if name is not None else None for role, name in roles.items()}
 
-        def rows():
-            for line, fields, raw in records:
+        def items():
+            yield from (BLANK for _ in range(blanks))
+            for line, fields, raw in found:
                 if fields is None:
-                    yield line, None, (f"line longer than {MAX_LINE_CHARS:,} characters", raw)
-                elif not any(cell.strip() for cell in fields):
-                    yield line, None, ("empty line", raw)
+                    yield too_long(line, raw)
+                elif not fields:
+                    yield BLANK
                 elif len(fields) != len(header):
-                    yield line, None, (f"expected {len(header)} columns, got {len(fields)}", raw)
+                    yield Reject(line, f"expected {len(header)} columns, got {len(fields)}", raw)
                 else:
-                    yield line, dict(zip(header, fields)), raw
-        yield from rows_to_chunks(rows(), roles, chunk_rows)
+                    yield (line, None if where["id"] is None else fields[where["id"]],
+                           None if where["label"] is None else fields[where["label"]], fields[where["text"]], raw)
+        yield from to_chunks(items(), chunk_rows)
 
 
 def parquet_chunks(path: str, columns: Columns, chunk_rows: int) -> Iterator[Chunk]:
@@ -206,22 +160,21 @@ def parquet_chunks(path: str, columns: Columns, chunk_rows: int) -> Iterator[Chu
     except Exception as e:  # pyarrow raises its own ArrowInvalid/OSError types
         raise InputError(f"cannot read {path} as Parquet: {str(e).splitlines()[0]}") from e
     try:
-        yield from _parquet_rows(parquet, resolve(parquet.schema_arrow.names, columns, path), chunk_rows)
+        yield from to_chunks(_parquet_items(parquet, resolve(parquet.schema_arrow.names, columns, path), chunk_rows),
+                             chunk_rows)
     finally:
         parquet.close()
 
 
-def _parquet_rows(parquet, roles: dict, chunk_rows: int) -> Iterator[Chunk]:
+def _parquet_items(parquet, roles: dict, chunk_rows: int):
+    """One row group in memory at a time (pyarrow's own batch iterator reads ahead several)."""
     wanted = [c for c in dict.fromkeys(roles.values()) if c]
     row = 0
-
-    def records():
-        # one row group in memory at a time (pyarrow's own batch iterator reads ahead several)
-        nonlocal row
-        for group in range(parquet.num_row_groups):
-            for batch in parquet.read_row_group(group, columns=wanted, use_threads=False).to_batches(chunk_rows):
-                data = batch.to_pydict()
-                for values in zip(*(data[c] for c in wanted)):
-                    row += 1
-                    yield row, dict(zip(wanted, values)), None  # raw text made only for a reject
-    yield from rows_to_chunks(records(), roles, chunk_rows)
+    for group in range(parquet.num_row_groups):
+        for batch in parquet.read_row_group(group, columns=wanted, use_threads=False).to_batches(chunk_rows):
+            data = batch.to_pydict()
+            for values in zip(*(data[c] for c in wanted)):
+                row += 1
+                record = dict(zip(wanted, values))  # the reject's raw text is made from it, only for a reject
+                yield (row, record.get(roles["id"]) if roles["id"] else None,
+                       record.get(roles["label"]) if roles["label"] else None, record[roles["text"]], record)

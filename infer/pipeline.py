@@ -18,7 +18,8 @@ import numpy as np
 from tsinfer.infer.batching import CHUNK_ROWS_BY_PROVIDER
 from tsinfer.infer.metrics import SCORE_BINS, format_score_bins, score_bins
 from tsinfer.infer.models import Scorer, done, load_scorer
-from tsinfer.infer.reader import DEFAULT_CHUNK_ROWS, input_size
+from tsinfer.infer.reader import DEFAULT_CHUNK_ROWS
+from tsinfer.infer.textio import input_size
 
 
 @dataclass(frozen=True)

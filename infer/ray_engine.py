@@ -41,7 +41,9 @@ from tsinfer.infer.models import ModelError, load_scorer, read_meta
 from tsinfer.infer.pipeline import (ScorerSettings, close_scorers, default_chunk_rows, estimate_total,
                                     load_scorers, metrics_report, model_names, prediction_columns, progress_bar,
                                     score_chunk, write_json, written_scores)
-from tsinfer.infer.reader import DEFAULT_CHUNK_ROWS, NO_LABEL, TEXT_DECODING, InputError, parse_chunks
+from tsinfer.infer.reader import DEFAULT_CHUNK_ROWS, parse_chunks
+from tsinfer.infer.rows import NO_LABEL, InputError
+from tsinfer.infer.textio import TEXT_DECODING
 
 FORMATS = ("parquet", "tsv")
 

@@ -29,8 +29,9 @@ from tsinfer.infer.models import Scorer
 from tsinfer.infer.pipeline import (ChunkScores, ScorerSettings, close_scorers, default_chunk_rows, estimate_total,
                                     load_scorers, metrics_report, model_names, prediction_columns, progress_bar,
                                     score_chunk, write_json, written_scores)
-from tsinfer.infer.reader import (NO_LABEL, Chunk, InputError, open_text, refuse_input_as_output,
-                                  tsv_field, tsv_line)
+from tsinfer.infer.reader import tsv_field, tsv_line
+from tsinfer.infer.rows import NO_LABEL, Chunk, InputError
+from tsinfer.infer.textio import open_text, refuse_input_as_output
 
 
 @dataclass
@@ -271,6 +272,7 @@ class ScoreResult:
     models: list[ModelRun]
     summaries: dict
     metrics: dict
+    blank_lines_skipped: int = 0
 
 
 def check_inputs(inputs: list[str], input_format: str, outputs: dict[str, str | None]) -> None:
@@ -348,7 +350,7 @@ class LocalRun:
         self.runs, self.inputs, self.output, self.fmt = runs, inputs, output, fmt
         self.rejects_path, self.chunk_rows, self.sort = rejects_path, chunk_rows, sort
         self.input_format, self.columns = input_format, columns
-        self.rows_read = self.rows_scored = self.chunks_done = 0
+        self.rows_read = self.rows_scored = self.chunks_done = self.blank_lines = 0
         self.load_s = 0.0
         self.timings = {"read_prepare_s": 0.0, "prepare_wait_s": 0.0, "inference_s": 0.0, "write_s": 0.0}
         self.checkpoint = self.state = None
@@ -393,6 +395,7 @@ class LocalRun:
         self.rows_read = self.state.get("rows_read", 0)
         self.rows_scored = self.state.get("rows_scored", 0)
         self.chunks_done = self.state.get("chunks_done", 0)
+        self.blank_lines = self.state.get("blank_lines_skipped", 0)
 
     def run(self, *, strict: bool, progress: bool) -> None:
         """Chunks from the reader thread, scored here, handed to the writer thread in order."""
@@ -464,6 +467,7 @@ class LocalRun:
             self.writer.write(chunk, results)
         self.rows_scored += len(chunk)
         self.rows_read += len(chunk) + len(chunk.rejects)
+        self.blank_lines += chunk.blank_lines
         self.chunks_done += 1
         self._save_checkpoint()
         self.timings["write_s"] += time.perf_counter() - t
@@ -476,6 +480,7 @@ class LocalRun:
         self.rows_file.flush()
         self.checkpoint.save({
             "chunks_done": self.chunks_done, "rows_read": self.rows_read, "rows_scored": self.rows_scored,
+            "blank_lines_skipped": self.blank_lines,
             "rejects_count": self.rejects.count, "output_bytes": self.writer.position(),
             "rejects_bytes": self.rejects.position(), "rows_bytes": self.rows_file.tell(),
             "model_stats": {r.name: r.counts() for r in self.runs}})
@@ -496,7 +501,9 @@ class LocalRun:
     def report(self, wall: float, *, metrics_path: str | None, roc_path: str | None) -> ScoreResult:
         timings = {k: round(v, 3) for k, v in self.timings.items()}
         summaries = {r.name: r.summary(wall) for r in self.runs}
+        # blank lines are not rows (rows_read = rows_scored + rows_rejected holds): they are counted on their own
         head = {"rows_read": self.rows_read, "rows_scored": self.rows_scored, "rows_rejected": self.rejects.count,
+                "blank_lines_skipped": self.blank_lines,
                 "tweets_per_s": self.rows_scored / wall if wall else None, "wall_s": round(wall, 3),
                 "load_s": round(self.load_s, 3), "timings": timings, "chunk_rows": self.chunk_rows,
                 "cpus": cpu_budget().as_dict()}  # what the lanes and threads were sized by, and why
@@ -506,7 +513,7 @@ class LocalRun:
         if roc_path and any(r.metrics.rows for r in self.runs):
             plot_roc(self.runs, summaries, roc_path)
         return ScoreResult(self.rows_read, self.rows_scored, self.rejects.count, wall, timings, self.load_s,
-                           self.runs, summaries, metrics)
+                           self.runs, summaries, metrics, self.blank_lines)
 
 
 class Pipe:
@@ -635,7 +642,9 @@ def comparison_table(result: ScoreResult) -> str:
                     f"{neg['f1']:>8.4f}{pos['precision']:>8.4f}{pos['recall']:>8.4f}{pos['f1']:>8.4f}")
         lines.append(row)
     t = result.timings
-    lines.append(f"rows read {result.rows_read:,}, scored {result.rows_scored:,}, rejected {result.rows_rejected:,}; "
+    blank = f" ({result.blank_lines_skipped:,} blank lines skipped)" if result.blank_lines_skipped else ""
+    lines.append(f"rows read {result.rows_read:,}, scored {result.rows_scored:,}, rejected {result.rows_rejected:,}"
+                 f"{blank}; "
                  f"{result.rows_scored / result.wall_s if result.wall_s else 0:,.0f} tweets/s overall in "
                  f"{result.wall_s:.1f} s (inference {t['inference_s']:.1f} s, waiting for tokens "
                  f"{t['prepare_wait_s']:.1f} s; in parallel threads: read+prepare {t['read_prepare_s']:.1f} s, write "

@@ -143,10 +143,10 @@ def test_bad_jsonl_records_are_rejected_with_their_line(svc_artifacts, tmp_path)
     rejects = [r.split("\t") for r in (tmp_path / "p.tsv.rejects.tsv").read_text().splitlines()[1:]]
     reasons = {int(r[1]): r[2] for r in rejects}
     assert reasons == {2: "not a JSON object", 3: "empty text", 4: "label 'neutral' is not 0/1, 0/4 or negative/positive",
-                       5: "empty line", 6: "no 'text' field", 7: "not a JSON object"}
+                       6: "no 'text' field (a delete notice or limit message?)", 7: "not a JSON object"}
     import json as js
     m = js.loads((tmp_path / "m.json").read_text())
-    assert m["rows_read"] == m["rows_scored"] + m["rows_rejected"] == 8
+    assert m["rows_read"] == m["rows_scored"] + m["rows_rejected"] == 7 and m["blank_lines_skipped"] == 1
 
 
 def test_a_named_column_that_is_missing_is_one_clean_line(svc_artifacts, small_data, tmp_path):
@@ -227,3 +227,84 @@ def test_a_full_disk_mid_run_keeps_a_partial_that_resume_completes(svc_artifacts
     result = _score([str(small_data / "test.tsv"), *model, "-o", str(out), "--resume"])
     assert result.exit_code == 0, result.output
     assert out.read_bytes() == (tmp_path / "whole.tsv").read_bytes()
+
+
+def _read(path, **kwargs):
+    from tsinfer.infer.formats import read_chunks
+    from tsinfer.infer.rows import Chunk
+
+    whole = Chunk()
+    for c in read_chunks(str(path), kwargs.pop("chunk_rows", 2), **kwargs):
+        whole.lines += c.lines
+        whole.ids += c.ids
+        whole.texts += c.texts
+        whole.rejects += c.rejects
+        whole.blank_lines += c.blank_lines
+    return whole
+
+
+@pytest.mark.parametrize("fmt", ["tsv", "csv", "jsonl"])
+def test_blank_lines_are_skipped_and_counted_not_rows(tmp_path, fmt):
+    rows = [("1", "0", "first"), ("2", "4", ""), ("3", "1", "multi\n\nline"), ("4", "0", "last")]
+    if fmt == "jsonl":
+        lines = [json.dumps({"id": i, "label": y, "text": t}) for i, y, t in rows]
+    else:
+        sep = "\t" if fmt == "tsv" else ","
+        lines = [sep.join(("id", "label", "text"))] + [sep.join((i, y, f'"{t}"' if "\n" in t else t))
+                                                       for i, y, t in rows]
+    # a blank line before everything, one of spaces, one of CRLF and two at the end
+    text = "\n" + "\n  \n".join(lines[:2]) + "\r\n\r\n" + "\n".join(lines[2:]) + "\n\n\t\n"
+    src = tmp_path / f"in.{fmt}"
+    src.write_text(text)
+    got = _read(src)
+    assert got.ids == ["1", "3", "4"] and got.texts[1] == "multi\n\nline"  # blank lines inside a quote stay
+    # the real line numbers: blank lines 1, 3, 5 and the last two; the header (not in JSON Lines) on line 2
+    rows, reject = ([2, 6, 7], 4) if fmt == "jsonl" else ([4, 7, 10], 6)
+    assert got.lines == rows and [(r.line, r.reason) for r in got.rejects] == [(reject, "empty text")]
+    assert got.blank_lines == 5
+
+
+def test_a_line_of_nul_bytes_is_no_blank_line(tmp_path):
+    src = tmp_path / "nul.tsv"
+    src.write_bytes(b"1\t0\tfine\n\x00\x00\n\n2\t4\talso fine\n")
+    got = _read(src, chunk_rows=10)
+    assert got.ids == ["1", "2"] and got.blank_lines == 1
+    assert [(r.line, r.reason) for r in got.rejects] == [(2, "empty row")]
+
+
+def test_a_stream_that_begins_with_delete_notices_is_read_and_they_are_rejects(tmp_path):
+    notices = [{"delete": {"status": {"id": 1, "id_str": "1"}}}, {"limit": {"track": 5}}]
+    tweets = [{"id_str": str(100 + k), "full_text": f"tweet {k}", "label": k % 2} for k in range(99)]
+    src = tmp_path / "stream.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in notices + tweets))
+    got = _read(src, chunk_rows=64)
+    assert got.ids == [t["id_str"] for t in tweets] and got.lines == list(range(3, 102))
+    assert [(r.line, r.reason) for r in got.rejects] == [
+        (n, "no 'full_text' field (a delete notice or limit message?)") for n in (1, 2)]
+
+
+def test_a_stream_without_any_text_field_is_one_clean_error(svc_artifacts, tmp_path):
+    from tsinfer.infer.rows import InputError
+
+    src = tmp_path / "ids.jsonl"
+    src.write_text("".join(json.dumps({"id_str": str(k), "label": 0}) + "\n" for k in range(200)))
+    with pytest.raises(InputError, match=r"in its first 64 lines\) has no text column .*its columns: id_str, label$"):
+        _read(src, chunk_rows=10)
+    result = _score([str(src), "--model", str(svc_artifacts / "onnx" / "svc"), "-o", str(tmp_path / "p.tsv")])
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
+    assert "has no text column" in result.stderr and "id_str, label" in result.stderr
+
+
+def test_blank_lines_in_a_score_run_are_counted_apart_from_rows(svc_artifacts, small_data, tmp_path):
+    lines = (small_data / "test.tsv").read_bytes().split(b"\n")  # not splitlines: a text holds U+0085
+    src = tmp_path / "airy.tsv"
+    src.write_bytes(b"".join(line + b"\n\n" for line in lines[:101]) + b"7\t8\t0\ta\t\n")  # a blank after each
+    out = tmp_path / "p.tsv"
+    result = _score([str(src), "--model", str(svc_artifacts / "onnx" / "svc"), "-o", str(out), "--metrics",
+                     str(tmp_path / "m.json"), "--chunk-rows", "32"])
+    assert result.exit_code == 0, result.output
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert (m["rows_read"], m["rows_scored"], m["rows_rejected"], m["blank_lines_skipped"]) == (101, 100, 1, 101)
+    assert "101 blank lines skipped" in result.stderr
+    rejects = (tmp_path / "p.tsv.rejects.tsv").read_text().splitlines()[1:]
+    assert [r.split("\t")[1:3] for r in rejects] == [["203", "empty text"]]

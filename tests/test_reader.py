@@ -67,3 +67,18 @@ def test_seed_files_read_completely(full_data):
     assert np.bincount(test.labels).tolist() == [7862, 7820]
     quoted = [t for t in dev.texts + test.texts if "\t" in t]
     assert len(quoted) == 4
+
+
+def test_twitter_column_names_in_a_tsv_header_read_as_in_csv(tmp_path):
+    from tsinfer.infer.formats import read_chunks
+
+    body = '1001\t4\tgood day\n1002\tnegative\t"a\ttab"\n'
+    tsv = write(tmp_path, f"id_str\tlabel\tfull_text\n{body}".encode())
+    rows = read_all(tsv)
+    assert not rows.rejects and rows.lines == [2, 3]
+    assert (rows.ids, rows.labels, rows.texts) == (["1001", "1002"], [1, 0], ["good day", "a\ttab"])
+    csv_rows = [c for c in read_chunks(str(write(tmp_path, f"id_str,label,full_text\n{body}".replace("\t4\t", ",4,")
+                                                 .replace("\tnegative\t", ",negative,").encode(), "in.csv")), 100)][0]
+    assert (csv_rows.ids, csv_rows.labels, csv_rows.texts, csv_rows.lines) == (rows.ids, rows.labels, rows.texts,
+                                                                               rows.lines)
+

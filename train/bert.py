@@ -27,7 +27,7 @@ from transformers import (AutoModelForSequenceClassification, AutoTokenizer, Dat
 from tsinfer.infer.metrics import binary_metrics
 from tsinfer.infer.models import positive_probability
 from tsinfer.infer.preprocess import TEXT_NORMALIZATION, normalization_for
-from tsinfer.infer.reader import LABEL_NAMES
+from tsinfer.infer.rows import LABEL_NAMES
 from tsinfer.train.calibration import calibrate, plot_reliability
 from tsinfer.train.callbacks import AverageLastEpoch, EpochTimer, KeepBestByMcc
 from tsinfer.train.data import SPLIT_SEED, Texts, TrainingData, prepared

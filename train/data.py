@@ -1,7 +1,7 @@
 """Training data for both trainers: the user's labelled files or the seed's dev.tsv/test.tsv, checked and traced.
 
 Files are read by the scorer's own readers (infer/formats.py: TSV, CSV, JSON Lines, Parquet, the same column
-options), so a file that `tsinfer score` reads trains too, with the same label mapping (reader.parse_label). Bad
+options), so a file that `tsinfer score` reads trains too, with the same label mapping (rows.parse_label). Bad
 data never trains silently: a label other than 0/1, 0/4 or negative/positive, a row without a label or a row that
 cannot be read stops with a DataError that counts and shows them; empty texts are dropped and counted; a class
 under 1% of the rows and texts shared between the training rows and the test file are reported as warnings.
@@ -20,7 +20,7 @@ from sklearn.model_selection import train_test_split
 
 from tsinfer.infer.formats import Columns, read_chunks
 from tsinfer.infer.models import sha256_file
-from tsinfer.infer.reader import LABEL_MAP, LABEL_NAMES, LABELS_ACCEPTED, NO_LABEL, InputError, Reject
+from tsinfer.infer.rows import LABEL_MAP, LABEL_NAMES, LABELS_ACCEPTED, NO_LABEL, InputError, Reject
 from tsinfer.train.errors import DataError
 
 SPLIT_SEED = 213
