@@ -200,9 +200,3 @@ def parity_lines(report: dict) -> list[str]:
         lines.append(f"svc model.onnx {m['model_bytes'] / 1e6:.2f} MB (dense support vectors would be "
                      f"{m['dense_svc_bytes_avoided'] / 1e9:.2f} GB)")
     return lines
-
-
-if __name__ == "__main__":  # the `python -m tsinfer.export.run` alias of `tsinfer export`
-    from tsinfer.infer.cli import export_command
-
-    export_command()

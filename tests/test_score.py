@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 from sklearn import metrics as skm
 
-from tsinfer.infer.cli import main
+from tsinfer.cli import main
 from tsinfer.infer.pipeline import ScorerSettings
 from tsinfer.infer.reader import read_all
 from tsinfer.infer.score import score_files
@@ -194,7 +194,7 @@ def test_predict_and_info(all_artifacts):
 
 
 def test_runtime_imports_no_training_stack():
-    code = ("import sys, tsinfer.infer.cli, tsinfer.infer.score, tsinfer.infer.models, tsinfer.infer.preprocess;"
+    code = ("import sys, tsinfer.cli, tsinfer.infer.score, tsinfer.infer.models, tsinfer.infer.preprocess;"
             "bad = [m for m in ('torch', 'transformers', 'sklearn', 'optimum') if m in sys.modules];"
             "print(','.join(bad))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -11,7 +11,7 @@ from sklearn import metrics as skm
 from sklearn.model_selection import train_test_split
 
 from conftest import tiny_bert
-from tsinfer.infer.cli import main
+from tsinfer.cli import main
 from tsinfer.infer.reader import read_all
 from tsinfer.train.data import SPLIT_SEED, dev_split, load_training_data
 from tsinfer.train.errors import DataError
@@ -192,7 +192,7 @@ def test_a_validation_file_replaces_the_held_out_fraction(small_data, tmp_path):
 
 
 def test_without_the_train_extra_the_command_says_which_extra_to_install(tmp_path):
-    code = ("import sys; sys.modules['sklearn'] = None; from tsinfer.infer.cli import main; "
+    code = ("import sys; sys.modules['sklearn'] = None; from tsinfer.cli import main; "
             f"main(['train', 'svc', '--train', {str(tmp_path / 'x.csv')!r}], prog_name='tsinfer')")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr
@@ -210,7 +210,7 @@ def test_library_code_never_imports_click():
 
 def test_the_bert_command_offers_exactly_the_trainers_presets():
     """The command names the presets without importing torch; they must stay those of train/bert.py."""
-    from tsinfer.infer.cli import train_bert_command
+    from tsinfer.cli.train import train_bert_command
     from tsinfer.train.bert import PRESETS
 
     preset = next(p for p in train_bert_command.params if p.name == "preset")
@@ -219,7 +219,7 @@ def test_the_bert_command_offers_exactly_the_trainers_presets():
 
 def test_the_bert_command_offers_exactly_the_trainers_precisions(small_data, tmp_path):
     """--precision's choices are named without importing torch too; fp16 on the CPU stops with one line."""
-    from tsinfer.infer.cli import train_bert_command
+    from tsinfer.cli.train import train_bert_command
     from tsinfer.train.precision import PRECISIONS
 
     option = next(p for p in train_bert_command.params if p.name == "precision")

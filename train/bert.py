@@ -1,7 +1,7 @@
 """Fine-tune a BERT-family classifier on the user's data or the seed's split with the Hugging Face Trainer.
 
     tsinfer train bert --train my_tweets.csv --out artifacts/bert [--base-model NAME|DIR] [--preset seed]
-    torchrun --nproc_per_node=2 -m tsinfer.train.bert ...      (DDP: gloo on CPU, NCCL on GPU; same options)
+    torchrun --nproc_per_node=2 -m tsinfer.cli train bert ...  (DDP: gloo on CPU, NCCL on GPU; same options)
 
 The Trainer is used rather than a hand loop because it brings, tested, what this job needs: length-grouped batches,
 linear schedule, gradient clipping, bf16/fp16 autocast on CUDA, per-epoch evaluation, a progress bar with ETA and
@@ -378,9 +378,3 @@ def _run_figures(trainer, timer: EpochTimer, keep_best: KeepBestByMcc, hp: dict,
         "checkpoint_average": averaged,
         "history": epoch_history(trainer.state.log_history),
     }
-
-
-if __name__ == "__main__":  # the `python -m tsinfer.train.bert` alias of `tsinfer train bert` (torchrun too)
-    from tsinfer.infer.cli import train_bert_command
-
-    train_bert_command()
