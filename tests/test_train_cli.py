@@ -200,14 +200,6 @@ def test_without_the_train_extra_the_command_says_which_extra_to_install(tmp_pat
                                 "pip install 'tsinfer-sentiment[train]'")
 
 
-def test_library_code_never_imports_click():
-    code = ("import sys, tsinfer.train.svc, tsinfer.train.bert, tsinfer.train.data, tsinfer.export.run, "
-            "tsinfer.export.bert, tsinfer.export.svc; print('click' in sys.modules)")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert r.stdout.strip() == "False"
-
-
-
 def test_the_bert_command_offers_exactly_the_trainers_presets():
     """The command names the presets without importing torch; they must stay those of train/bert.py."""
     from tsinfer.cli.train import train_bert_command
