@@ -20,14 +20,18 @@ from tsinfer.infer.formats import Columns
 @click.option("--data", "data_dir", default="data", show_default=True, type=click.Path(path_type=Path),
               help="Folder with the seed's test.tsv (the parity file when --parity-file is not given).")
 @click.option("--skip-parity", is_flag=True, help="Do not run the parity check.")
+@click.option("--allow-parity-miss", is_flag=True,
+              help="Exit 0 even when a graph misses its parity target (otherwise exit 4, after the report).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Parity on the first N rows only.")
 def export_command(artifacts, only, parity_file, input_format, text_column, label_column, data_dir, skip_parity,
-                   limit):
+                   allow_parity_miss, limit):
     """Export the trained SVC and BERT to ONNX folders (meta.json: label mapping, training data) and check parity."""
-    from tsinfer.export.run import parity_lines, run_export
+    from tsinfer.export.run import parity_lines, require_parity, run_export
 
     report = run_export(artifacts, data_dir, parity=not skip_parity, which=(only,) if only else ("svc", "bert"),
                         limit=limit, parity_file=parity_file, input_format=input_format,
                         columns=Columns(text_column, None, label_column), progress=progress)
     for line in parity_lines(report):
         click.echo(line)
+    if not allow_parity_miss:
+        require_parity(report)

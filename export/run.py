@@ -14,7 +14,7 @@ from pathlib import Path
 from tsinfer.infer.formats import Columns
 from tsinfer.infer.models import available_providers, sha256_file
 from tsinfer.infer.reader import LABEL_NAMES
-from tsinfer.train.errors import DataError, ExportError
+from tsinfer.train.errors import DataError, ExportError, ParityError
 from tsinfer.train.report import TRAINING_DATA_FILE, Progress, log_progress, write_report
 
 PARITY_TARGETS = {
@@ -181,6 +181,19 @@ def _bert_parity(artifacts: Path, meta: dict, texts: list[str], labels: list[int
     entries = bert_parity(artifacts / "bert", artifacts / "onnx" / "bert", texts, labels, provider_for)
     fp32_acc = next((e["onnx_accuracy"] for e in entries if e["variant"] == "fp32"), None)
     return [check_targets(e, "bert", fp32_acc) for e in entries]
+
+
+def parity_misses(report: dict) -> list[str]:
+    """The measured graphs that miss their target, as "MODEL VARIANT"."""
+    return [f"{name} {v['variant']}" for name, m in report["models"].items() for v in m.get("variants", [])
+            if v.get("measured", True) and not v["meets_target"]]
+
+
+def require_parity(report: dict) -> None:
+    """ParityError when a measured graph misses its target: the export is written, but not fit to serve as is."""
+    misses = parity_misses(report)
+    if misses:
+        raise ParityError(misses)
 
 
 def parity_lines(report: dict) -> list[str]:

@@ -2,6 +2,7 @@
 import csv
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 
@@ -14,7 +15,8 @@ from conftest import tiny_bert
 from tsinfer.cli import main
 from tsinfer.infer.reader import read_all
 from tsinfer.train.data import SPLIT_SEED, dev_split, load_training_data
-from tsinfer.train.errors import DataError
+from tsinfer.export import run as export_run
+from tsinfer.train.errors import DataError, ExportError, ParityError
 
 WORDS = {0: ("negative", "NEGATIVE", "Negative"), 1: ("positive", "Positive", "POSITIVE")}
 
@@ -59,6 +61,25 @@ def own_run(small_data, tmp_path_factory):
     export = run("export", "--artifacts", art, "--parity-file", src)
     assert export.exit_code == 0, export.output
     return d, src, art, rows, svc
+
+
+def test_a_parity_miss_exits_4_after_the_report_unless_allowed(own_run, tmp_path, monkeypatch):
+    d, src, art, rows, svc = own_run
+    shutil.copytree(art / "svc", tmp_path / "svc")
+    monkeypatch.setitem(export_run.PARITY_TARGETS, "svc", {"agreement": 1.0, "max_abs_delta": -1.0})  # unreachable
+    r = run("export", "--artifacts", tmp_path, "--only", "svc", "--parity-file", src)
+    assert r.exit_code == 4 and "Traceback" not in r.output
+    assert "-> MISSES TARGET" in r.stdout  # the report's lines come first
+    assert r.stderr.splitlines()[-1] == ("Error: 1 exported graph misses its parity target (svc fp64): see "
+                                         "reports/parity.json, or pass --allow-parity-miss to accept them")
+    parity = json.loads((tmp_path / "reports" / "parity.json").read_text())
+    assert parity["models"]["svc"]["variants"][0]["meets_target"] is False
+    assert (tmp_path / "onnx" / "svc" / "meta.json").exists()  # written all the same, for a look
+    with pytest.raises(ParityError) as e:
+        export_run.require_parity(parity)
+    assert isinstance(e.value, ExportError) and e.value.misses == ["svc fp64"]
+    r = run("export", "--artifacts", tmp_path, "--only", "svc", "--parity-file", src, "--allow-parity-miss")
+    assert r.exit_code == 0 and "-> MISSES TARGET" in r.stdout
 
 
 def test_reports_trace_the_data_and_the_stratified_split(own_run):
