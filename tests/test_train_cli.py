@@ -16,7 +16,7 @@ from tsinfer.cli import main
 from tsinfer.infer.reader import read_all
 from tsinfer.train.data import SPLIT_SEED, dev_split, load_training_data
 from tsinfer.export import run as export_run
-from tsinfer.train.errors import DataError, ExportError, ParityError
+from tsinfer.train.errors import DataError, ExportError, ParityError, TrainError
 
 WORDS = {0: ("negative", "NEGATIVE", "Negative"), 1: ("positive", "Positive", "POSITIVE")}
 
@@ -221,13 +221,25 @@ def test_without_the_train_extra_the_command_says_which_extra_to_install(tmp_pat
                                 "pip install 'tsinfer-sentiment[train]'")
 
 
-def test_the_bert_command_offers_exactly_the_trainers_presets():
-    """The command names the presets without importing torch; they must stay those of train/bert.py."""
+def test_the_bert_command_offers_the_recipes_presets_and_fields():
+    """The command's preset choices and hyperparameter options come from train/recipe.py (torch-free); an unset
+    option leaves the preset's value, and the help shows each preset's."""
     from tsinfer.cli.train import train_bert_command
-    from tsinfer.train.bert import PRESETS
+    from tsinfer.train.recipe import PRESETS, BertRecipe, offered_fields
 
-    preset = next(p for p in train_bert_command.params if p.name == "preset")
-    assert sorted(preset.type.choices) == sorted(PRESETS)
+    params = {p.name: p for p in train_bert_command.params}
+    assert sorted(params["preset"].type.choices) == sorted(PRESETS)
+    offered = dict(offered_fields())
+    assert set(offered) == {"learning_rate", "epochs", "batch_size", "max_length", "text_normalization",
+                            "label_smoothing", "layer_decay", "average_last"}
+    for name, option in offered.items():
+        assert params[name].opts == [option.flag] and params[name].default is None
+    assert "[seed 2e-05, minilm 8e-05]" in params["learning_rate"].help
+    assert PRESETS["minilm"].overridden({"epochs": 1, "lr": None, "learning_rate": None}) == BertRecipe(
+        learning_rate=8e-5, epochs=1, warmup_ratio=0.06, weight_decay=0.01, layer_decay=0.9, average_last=4)
+    assert PRESETS["seed"].overridden({"text_normalization": "none"}).text_normalization is None
+    with pytest.raises(TrainError, match="unknown hyperparameter lr"):
+        PRESETS["seed"].overridden({"lr": 1e-4})
 
 
 def test_the_bert_command_offers_exactly_the_trainers_precisions(small_data, tmp_path):

@@ -15,8 +15,8 @@ import torch
 from transformers import Trainer
 
 from tsinfer.train.errors import TrainError
+from tsinfer.train.recipe import PRECISIONS
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo's names of the x86 bf16 units
 
 
