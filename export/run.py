@@ -12,7 +12,8 @@ import json
 from pathlib import Path
 
 from tsinfer.infer.formats import Columns
-from tsinfer.infer.models import available_providers, sha256_file
+from tsinfer.infer.meta import DEFAULT_MAX_LENGTH, ModelMeta
+from tsinfer.infer.models import available_providers
 from tsinfer.infer.reader import LABEL_NAMES
 from tsinfer.train.errors import DataError, ExportError, ParityError
 from tsinfer.train.report import TRAINING_DATA_FILE, Progress, log_progress, write_report
@@ -23,14 +24,6 @@ PARITY_TARGETS = {
     "fp16": {"agreement": 0.999},
     "int8": {"accuracy_drop_points": 0.5},
 }
-
-
-def write_meta(folder: Path, meta: dict) -> dict:
-    """meta.json with the sha256 of every other file in the folder, so that the runtime can verify them."""
-    files = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != "meta.json")
-    meta = dict(meta, sha256={name: sha256_file(folder / name) for name in files})
-    (folder / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    return meta
 
 
 def _report_figures(path: Path) -> dict:
@@ -66,7 +59,7 @@ def export_svc(svc_dir: Path, out: Path, reports: Path) -> tuple:
     out.mkdir(parents=True, exist_ok=True)
     onnx.save(build_svc_onnx(model), out / "model.onnx")
     size = (out / "model.onnx").stat().st_size
-    meta = write_meta(out, {
+    meta = ModelMeta.from_dict({
         "kind": "svc", **_training_record(svc_dir),
         "input": "text preprocessed by tsinfer.infer.preprocess (spaCy lemmas joined by spaces)",
         "outputs": {"label": "0/1", "decision": "SVC decision value (float64)",
@@ -78,11 +71,11 @@ def export_svc(svc_dir: Path, out: Path, reports: Path) -> tuple:
         "hyperparameters": model.params, "platt": list(model.platt),
         "model_bytes": size, "dense_svc_bytes_avoided": dense_svc_bytes(model),
         "training_report": _report_figures(reports / "train_svc.json"),
-    })
+    }).write(out)
     return model, meta
 
 
-def export_bert(bert_dir: Path, out: Path, reports: Path) -> dict:
+def export_bert(bert_dir: Path, out: Path, reports: Path) -> ModelMeta:
     from transformers import AutoConfig
 
     from tsinfer.export.bert import DEFAULT_PRECISION, GPU_LAYOUT, GPU_LAYOUTS, PROVIDERS, export_bert_onnx
@@ -90,9 +83,9 @@ def export_bert(bert_dir: Path, out: Path, reports: Path) -> dict:
     files = export_bert_onnx(bert_dir, out)
     train_report = reports / "train_bert.json"
     max_length = json.loads(train_report.read_text())["hyperparameters"]["max_length"] if train_report.exists() \
-        else 128
+        else DEFAULT_MAX_LENGTH
     config = AutoConfig.from_pretrained(bert_dir)
-    return write_meta(out, {
+    return ModelMeta.from_dict({
         "kind": "bert", **_training_record(bert_dir), "max_length": max_length,
         "score": "P(positive), softmax of the logits (divided by `temperature` first, when meta.json has one)",
         "files": files, "providers": {p: PROVIDERS[p] for p in files},
@@ -104,7 +97,7 @@ def export_bert(bert_dir: Path, out: Path, reports: Path) -> dict:
         "architecture": {"layers": config.num_hidden_layers, "hidden": config.hidden_size,
                          "heads": config.num_attention_heads},
         "training_report": _report_figures(reports / "train_bert.json"),
-    })
+    }).write(out)
 
 
 def check_targets(entry: dict, kind: str, fp32_accuracy: float | None) -> dict:
@@ -154,8 +147,8 @@ def run_export(artifacts: Path, data_dir: Path, parity: bool = True, which=("svc
     if "svc" in which:
         progress("export: SVC -> ONNX")
         model, meta = export_svc(artifacts / "svc", artifacts / "onnx" / "svc", reports)
-        report["models"]["svc"] = {"model_bytes": meta["model_bytes"],
-                                   "dense_svc_bytes_avoided": meta["dense_svc_bytes_avoided"]}
+        report["models"]["svc"] = {"model_bytes": meta.extra["model_bytes"],
+                                   "dense_svc_bytes_avoided": meta.extra["dense_svc_bytes_avoided"]}
         if parity:
             from tsinfer.export.parity import svc_parity
 
@@ -164,7 +157,7 @@ def run_export(artifacts: Path, data_dir: Path, parity: bool = True, which=("svc
     if "bert" in which:
         progress("export: BERT -> ONNX (optimum-onnx, fusions, fp16, int8)")
         meta = export_bert(artifacts / "bert", artifacts / "onnx" / "bert", reports)
-        report["models"]["bert"] = {"files": meta["files"]}
+        report["models"]["bert"] = {"files": meta.files}
         if parity:
             report["models"]["bert"]["variants"] = _bert_parity(artifacts, meta, texts, labels)
     if parity:
@@ -172,12 +165,12 @@ def run_export(artifacts: Path, data_dir: Path, parity: bool = True, which=("svc
     return report
 
 
-def _bert_parity(artifacts: Path, meta: dict, texts: list[str], labels: list[int]) -> list[dict]:
+def _bert_parity(artifacts: Path, meta: ModelMeta, texts: list[str], labels: list[int]) -> list[dict]:
     from tsinfer.export.parity import bert_parity
 
     here = available_providers()
-    provider_for = {p: next((q for q in meta["providers"][p] if q in here and q != "tensorrt"), None)
-                    for p in meta["files"]}
+    provider_for = {p: next((q for q in meta.providers[p] if q in here and q != "tensorrt"), None)
+                    for p in meta.files}
     entries = bert_parity(artifacts / "bert", artifacts / "onnx" / "bert", texts, labels, provider_for)
     fp32_acc = next((e["onnx_accuracy"] for e in entries if e["variant"] == "fp32"), None)
     return [check_targets(e, "bert", fp32_acc) for e in entries]
