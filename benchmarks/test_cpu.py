@@ -343,7 +343,7 @@ def test_cost_vs_input_size(benchmark, tiny_onnx, test_rows, tmp_path, fmt, n_ro
     cmd = [sys.executable, "-c",
            "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)",
-           sys.executable, "-m", "tsinfer.infer.cli", "score", str(src), "--model", str(tiny_onnx),
+           sys.executable, "-m", "tsinfer.cli", "score", str(src), "--model", str(tiny_onnx),
            "--provider", "cpu", "--precision", "int8", "--no-progress", "-o", str(tmp_path / "p.tsv")]
     out = {}
 

@@ -12,9 +12,10 @@ import json
 from pathlib import Path
 
 from tsinfer.infer.formats import Columns
-from tsinfer.infer.models import available_providers, sha256_file
+from tsinfer.infer.meta import DEFAULT_MAX_LENGTH, ModelMeta, sha256_file
+from tsinfer.infer.models import available_providers
 from tsinfer.infer.rows import LABEL_NAMES
-from tsinfer.train.errors import DataError, ExportError
+from tsinfer.train.errors import DataError, ExportError, ParityError
 from tsinfer.train.report import TRAINING_DATA_FILE, Progress, log_progress, write_report
 
 PARITY_TARGETS = {
@@ -25,14 +26,6 @@ PARITY_TARGETS = {
     # the CPU engine's default model: the CPU issue's bound on the accuracy cost of its speed
     "int8 openvino": {"accuracy_drop_points": 0.3},
 }
-
-
-def write_meta(folder: Path, meta: dict) -> dict:
-    """meta.json with the sha256 of every other file in the folder, so that the runtime can verify them."""
-    files = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != "meta.json")
-    meta = dict(meta, sha256={name: sha256_file(folder / name) for name in files})
-    (folder / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    return meta
 
 
 def _report_figures(path: Path) -> dict:
@@ -68,7 +61,7 @@ def export_svc(svc_dir: Path, out: Path, reports: Path) -> tuple:
     out.mkdir(parents=True, exist_ok=True)
     onnx.save(build_svc_onnx(model), out / "model.onnx")
     size = (out / "model.onnx").stat().st_size
-    meta = write_meta(out, {
+    meta = ModelMeta.from_dict({
         "kind": "svc", **_training_record(svc_dir),
         "input": "text preprocessed by tsinfer.infer.preprocess (spaCy lemmas joined by spaces)",
         "outputs": {"label": "0/1", "decision": "SVC decision value (float64)",
@@ -80,11 +73,11 @@ def export_svc(svc_dir: Path, out: Path, reports: Path) -> tuple:
         "hyperparameters": model.params, "platt": list(model.platt),
         "model_bytes": size, "dense_svc_bytes_avoided": dense_svc_bytes(model),
         "training_report": _report_figures(reports / "train_svc.json"),
-    })
+    }).write(out)
     return model, meta
 
 
-def export_bert(bert_dir: Path, out: Path, reports: Path, *, progress: Progress = log_progress) -> dict:
+def export_bert(bert_dir: Path, out: Path, reports: Path, *, progress: Progress = log_progress) -> ModelMeta:
     from transformers import AutoConfig
 
     from tsinfer.export.bert import DEFAULT_PRECISION, GPU_LAYOUT, GPU_LAYOUTS, PROVIDERS, export_bert_onnx
@@ -92,7 +85,7 @@ def export_bert(bert_dir: Path, out: Path, reports: Path, *, progress: Progress 
     files = export_bert_onnx(bert_dir, out)
     train_report = reports / "train_bert.json"
     max_length = json.loads(train_report.read_text())["hyperparameters"]["max_length"] if train_report.exists() \
-        else 128
+        else DEFAULT_MAX_LENGTH
     config = AutoConfig.from_pretrained(bert_dir)
     meta = {
         "kind": "bert", **_training_record(bert_dir), "max_length": max_length,
@@ -108,7 +101,7 @@ def export_bert(bert_dir: Path, out: Path, reports: Path, *, progress: Progress 
         "training_report": _report_figures(reports / "train_bert.json"),
     }
     meta.update(_openvino_export(bert_dir, out, meta, progress=progress))
-    return write_meta(out, meta)
+    return ModelMeta.from_dict(meta).write(out)
 
 
 def _openvino_export(bert_dir: Path, out: Path, meta: dict, *, progress: Progress) -> dict:
@@ -197,8 +190,8 @@ def run_export(artifacts: Path, data_dir: Path, parity: bool = True, which=("svc
     if "svc" in which:
         progress("export: SVC -> ONNX")
         model, meta = export_svc(artifacts / "svc", artifacts / "onnx" / "svc", reports)
-        report["models"]["svc"] = {"model_bytes": meta["model_bytes"],
-                                   "dense_svc_bytes_avoided": meta["dense_svc_bytes_avoided"]}
+        report["models"]["svc"] = {"model_bytes": meta.extra["model_bytes"],
+                                   "dense_svc_bytes_avoided": meta.extra["dense_svc_bytes_avoided"]}
         if parity:
             from tsinfer.export.parity import svc_parity
 
@@ -207,7 +200,7 @@ def run_export(artifacts: Path, data_dir: Path, parity: bool = True, which=("svc
     if "bert" in which:
         progress("export: BERT -> ONNX (optimum-onnx, fusions, fp16, int8)")
         meta = export_bert(artifacts / "bert", artifacts / "onnx" / "bert", reports, progress=progress)
-        report["models"]["bert"] = {"files": meta["files"]}
+        report["models"]["bert"] = {"files": meta.files}
         if parity:
             report["models"]["bert"]["variants"] = _bert_parity(artifacts, meta, texts, labels)
     if parity:
@@ -215,15 +208,28 @@ def run_export(artifacts: Path, data_dir: Path, parity: bool = True, which=("svc
     return report
 
 
-def _bert_parity(artifacts: Path, meta: dict, texts: list[str], labels: list[int]) -> list[dict]:
+def _bert_parity(artifacts: Path, meta: ModelMeta, texts: list[str], labels: list[int]) -> list[dict]:
     from tsinfer.export.parity import bert_parity
 
     here = available_providers()
-    provider_for = {p: next((q for q in meta["providers"][p] if q in here and q != "tensorrt"), None)
-                    for p in meta["files"]}
+    provider_for = {p: next((q for q in meta.providers[p] if q in here and q != "tensorrt"), None)
+                    for p in meta.files}
     entries = bert_parity(artifacts / "bert", artifacts / "onnx" / "bert", texts, labels, provider_for)
     fp32_acc = next((e["onnx_accuracy"] for e in entries if e["variant"] == "fp32"), None)
     return [check_targets(e, "bert", fp32_acc) for e in entries]
+
+
+def parity_misses(report: dict) -> list[str]:
+    """The measured graphs that miss their target, as "MODEL VARIANT"."""
+    return [f"{name} {v['variant']}" for name, m in report["models"].items() for v in m.get("variants", [])
+            if v.get("measured", True) and not v["meets_target"]]
+
+
+def require_parity(report: dict) -> None:
+    """ParityError when a measured graph misses its target: the export is written, but not fit to serve as is."""
+    misses = parity_misses(report)
+    if misses:
+        raise ParityError(misses)
 
 
 def parity_lines(report: dict) -> list[str]:
@@ -243,9 +249,3 @@ def parity_lines(report: dict) -> list[str]:
         lines.append(f"svc model.onnx {m['model_bytes'] / 1e6:.2f} MB (dense support vectors would be "
                      f"{m['dense_svc_bytes_avoided'] / 1e9:.2f} GB)")
     return lines
-
-
-if __name__ == "__main__":  # the `python -m tsinfer.export.run` alias of `tsinfer export`
-    from tsinfer.infer.cli import export_command
-
-    export_command()

@@ -144,3 +144,10 @@ def cpu_inference_precision(flags: set[str] | None = None) -> str:
     """OpenVINO's precision for what NNCF left in floating point: bf16 where the CPU has bf16 units, else f32."""
     flags = read_cpu_flags() if flags is None else flags
     return "bf16" if flags and flags & set(BF16_CPU_FLAGS) else "f32"
+
+
+def default_cpu_backend(meta: dict) -> str:
+    """The engine `--backend auto` gives this model folder's default CPU precision on this machine."""
+    precision = meta.get("default_precision", {}).get("cpu", "fp32")
+    return choose_backend("auto", provider="cpu", precision=precision,
+                          openvino_files=meta.get("openvino_files", {}))

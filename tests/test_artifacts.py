@@ -4,7 +4,8 @@ import shutil
 import pytest
 from click.testing import CliRunner
 
-from tsinfer.infer.cli import main
+from tsinfer.cli import main
+from tsinfer.infer.engines import openvino_version
 
 PICKLE_MAGIC = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
 
@@ -36,11 +37,18 @@ def test_damaged_folder_is_a_clean_error(bert_copy, small_data, damage, message)
     assert message in r.stderr and "Traceback" not in r.output
 
 
-def test_no_verify_loads_past_the_hash_but_still_refuses_a_truncated_graph(bert_copy, small_data):
-    path = bert_copy / "model_int8.onnx"
+@pytest.mark.parametrize("backend, damaged, named", [
+    ("onnxruntime", "model_int8.onnx", "model_int8.onnx"),
+    pytest.param("openvino", "model_int8_ov.bin", "model_int8_ov.xml",
+                 marks=pytest.mark.skipif(openvino_version() is None, reason="the openvino extra is not installed")),
+])
+def test_no_verify_loads_past_the_hash_but_still_refuses_a_truncated_graph(bert_copy, small_data, backend, damaged,
+                                                                           named):
+    path = bert_copy / damaged
     path.write_bytes(path.read_bytes()[:1000])
-    r = run_score(bert_copy, small_data, "--no-verify")
-    assert r.exit_code == 2 and "cannot load" in r.stderr and "model_int8.onnx" in r.stderr
+    r = run_score(bert_copy, small_data, "--no-verify", "--backend", backend)
+    assert r.exit_code == 2 and "cannot load" in r.stderr and named in r.stderr, r.output
+    assert "Traceback" not in r.output
 
 
 def test_no_verify_accepts_a_changed_but_valid_file(bert_copy, small_data):
@@ -54,6 +62,9 @@ def test_model_folders_hold_no_pickle(all_artifacts, bert_artifacts, svc_artifac
     files = [p for folder in folders for p in folder.rglob("*") if p.is_file()]
     assert files
     for p in files:
-        assert p.suffix not in (".pkl", ".pickle", ".joblib", ".bin", ".pt", ".pth"), p
         head = p.read_bytes()[:2]
         assert head not in PICKLE_MAGIC, p
+        if p.suffix == ".bin":  # only as an OpenVINO IR's raw weights, never PyTorch's pickled or zipped kind
+            assert p.with_suffix(".xml").exists() and head != b"PK", p
+            continue
+        assert p.suffix not in (".pkl", ".pickle", ".joblib", ".pt", ".pth"), p

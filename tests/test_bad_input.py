@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tsinfer.infer.cli import main
+from tsinfer.cli import main
 from tsinfer.infer.reader import InputError, iter_chunks, read_all, write_rows
 
 MESSY = b"".join([
@@ -90,7 +90,7 @@ def test_empty_file_and_stdin(all_artifacts, tmp_path):
     r = CliRunner().invoke(main, ["score", str(tmp_path / "empty.tsv"), "--model",
                                   str(all_artifacts / "onnx" / "bert"), "-o", str(tmp_path / "p.tsv")])
     assert r.exit_code == 0 and (tmp_path / "p.tsv").read_text() == "id\tlabel\tpred\tscore\n"
-    r = subprocess.run([sys.executable, "-m", "tsinfer.infer.cli", "score", "-", "--model",
+    r = subprocess.run([sys.executable, "-m", "tsinfer.cli", "score", "-", "--model",
                         str(all_artifacts / "onnx" / "bert")], input="good\nbad\n", capture_output=True, text=True)
     assert r.returncode == 0 and len(r.stdout.splitlines()) == 3
 
@@ -98,7 +98,7 @@ def test_empty_file_and_stdin(all_artifacts, tmp_path):
 def test_sigterm_leaves_no_output_under_the_final_name(all_artifacts, tmp_path):
     big = tmp_path / "big.tsv"
     big.write_text("".join(f"{i}\t0\ta\tsome tweet number {i} about nothing much\n" for i in range(400_000)))
-    proc = subprocess.Popen([sys.executable, "-m", "tsinfer.infer.cli", "score", str(big), "--model",
+    proc = subprocess.Popen([sys.executable, "-m", "tsinfer.cli", "score", str(big), "--model",
                              str(all_artifacts / "onnx" / "bert"), "-o", str(tmp_path / "p.tsv")],
                             stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120  # signal only once rows are being written (the handler is set by then)
@@ -119,7 +119,7 @@ def test_resume_after_a_hard_kill_is_byte_identical(all_artifacts, tmp_path):
     model = str(all_artifacts / "onnx" / "bert")
 
     def cmd(out, *extra):
-        return [sys.executable, "-m", "tsinfer.infer.cli", "score", str(big), "--model", model, "--chunk-rows",
+        return [sys.executable, "-m", "tsinfer.cli", "score", str(big), "--model", model, "--chunk-rows",
                 "2000", "-o", str(tmp_path / out), "--metrics", str(tmp_path / f"{out}.json"), *extra]
 
     subprocess.run(cmd("whole.tsv"), check=True, capture_output=True)

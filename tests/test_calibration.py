@@ -144,9 +144,10 @@ def test_layer_decay_gives_lower_layers_lower_learning_rates():
     from conftest import tiny_bert
 
     from tsinfer.train.bert import layerwise_optimizer
+    from tsinfer.train.recipe import BertRecipe
 
     model, _ = tiny_bert()  # 2 encoder layers
-    hp = {"learning_rate": 1e-4, "weight_decay": 0.01, "adam_epsilon": 1e-8, "layer_decay": 0.5}
+    hp = BertRecipe(learning_rate=1e-4, weight_decay=0.01, adam_epsilon=1e-8, layer_decay=0.5)
     opt = layerwise_optimizer(model, hp)
     lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
     wd_of = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
@@ -158,4 +159,4 @@ def test_layer_decay_gives_lower_layers_lower_learning_rates():
     assert wd_of[id(params["bert.encoder.layer.0.output.LayerNorm.weight"])] == 0.0
     assert wd_of[id(params["bert.encoder.layer.0.output.dense.weight"])] == 0.01
     assert len(lr_of) == len(params)
-    assert layerwise_optimizer(model, dict(hp, layer_decay=1.0)) is None  # the Trainer's own AdamW
+    assert layerwise_optimizer(model, hp.overridden({"layer_decay": 1.0})) is None  # the Trainer's own AdamW

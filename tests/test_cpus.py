@@ -5,7 +5,7 @@ import pytest
 from click.testing import CliRunner
 
 from tsinfer.infer.batching import default_tokenizer_workers, usable_cores
-from tsinfer.infer.cli import main
+from tsinfer.cli import main
 from tsinfer.infer.cpus import CpuBudget, CpuBudgetError, cpu_budget
 from tsinfer.infer.models import MAX_CPU_LANES, cpu_lanes
 

@@ -12,9 +12,9 @@ def test_two_process_cpu_ddp_run(small_data, tmp_path):
     model.save_pretrained(tmp_path / "tiny")
     tokenizer.save_pretrained(tmp_path / "tiny")
     torchrun = Path(sys.executable).with_name("torchrun")
-    r = subprocess.run([str(torchrun), "--nproc_per_node=2", "-m", "tsinfer.train.bert", "--data", str(small_data),
-                        "--base-model", str(tmp_path / "tiny"), "--out", str(tmp_path / "out"),
-                        "--report", str(tmp_path / "r.json"), "--max-steps", "3", "--batch-size", "8"],
+    r = subprocess.run([str(torchrun), "--nproc_per_node=2", "-m", "tsinfer.cli", "train", "bert",
+                        "--data", str(small_data), "--base-model", str(tmp_path / "tiny"),
+                        "--out", str(tmp_path / "out"), "--report", str(tmp_path / "r.json"), "--max-steps", "3", "--batch-size", "8"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads((tmp_path / "r.json").read_text())

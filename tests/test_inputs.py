@@ -10,7 +10,7 @@ import zipfile
 import pytest
 from click.testing import CliRunner
 
-from tsinfer.infer.cli import main
+from tsinfer.cli import main
 from tsinfer.infer.reader import InputError, read_all
 
 

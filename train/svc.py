@@ -186,9 +186,3 @@ def train_svc(data: TrainingData | str | Path, out_dir: str | Path, report_path:
     }
     write_report(report_path, report)
     return report
-
-
-if __name__ == "__main__":  # the `python -m tsinfer.train.svc` alias of `tsinfer train svc`
-    from tsinfer.infer.cli import train_svc_command
-
-    train_svc_command()

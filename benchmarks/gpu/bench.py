@@ -84,13 +84,12 @@ def model_folder(folder: Path, onnx_files: dict, tokenizer: Path, cuda_options: 
     """A tsinfer model folder (meta.json with sha256) around already written ONNX files; returns the fused ops."""
     import onnx
 
-    from tsinfer.export.run import write_meta
+    from tsinfer.infer.meta import ModelMeta
 
     shutil.copy(tokenizer, folder / "tokenizer.json")
-    write_meta(folder, {"kind": "bert", "labels": ["negative", "positive"], "max_length": 128,
-                        "files": onnx_files, "providers": {p: ["cpu", "cuda"] for p in onnx_files},
-                        "default_precision": {"cpu": next(iter(onnx_files)), "cuda": next(iter(onnx_files))},
-                        "cuda_options": cuda_options})
+    first = next(iter(onnx_files))
+    ModelMeta(kind="bert", max_length=128, files=onnx_files, providers={p: ["cpu", "cuda"] for p in onnx_files},
+              default_precision={"cpu": first, "cuda": first}, cuda_options=cuda_options).write(folder)
     ops: dict = {}
     for node in onnx.load(str(folder / next(iter(onnx_files.values()))), load_external_data=False).graph.node:
         ops[node.op_type] = ops.get(node.op_type, 0) + 1

@@ -1,0 +1,172 @@
+"""`tsinfer score`, `tsinfer predict` and `tsinfer info`: thin commands over infer.score and infer.models."""
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from tsinfer.cli.errors import CleanCommand, on_sigterm
+from tsinfer.cli.options import DEFAULT_MODEL, column_options, engine_options
+from tsinfer.infer.cpus import cpu_budget
+from tsinfer.infer.engines import default_cpu_backend, openvino_version
+from tsinfer.infer.formats import Columns
+from tsinfer.infer.models import available_providers, load_scorer, read_meta
+from tsinfer.infer.pipeline import ScorerSettings
+
+
+@click.command(cls=CleanCommand)
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--model", "models", multiple=True, default=[DEFAULT_MODEL], show_default=True,
+              help="Exported model folder; repeat to score several models on the same rows in one pass.")
+@engine_options
+@click.option("--batch-tokens", type=click.IntRange(min=1), default=None,
+              help="Token budget of one padded batch (rows x longest row) [cpu 512, cuda 262144, tensorrt 65536].")
+@click.option("--max-batch", type=click.IntRange(min=1), default=None,
+              help="Rows per batch at most [cpu 256, cuda 8192, tensorrt 2048].")
+@column_options(id_column=True)
+@click.option("--output", "-o", default="-", show_default=True, help="Predictions file, or - for stdout.")
+@click.option("--format", "fmt", type=click.Choice(["tsv", "jsonl", "parquet"]), default=None,
+              help="Predictions format [tsv; parquet or tsv shards with --engine ray, default parquet].")
+@click.option("--metrics", "metrics_path", type=click.Path(dir_okay=False), default=None,
+              help="Write metrics and throughput as JSON here.")
+@click.option("--roc", "roc_path", type=click.Path(dir_okay=False), default=None,
+              help="Write a PNG with every model's ROC curve (labelled input only).")
+@click.option("--rejects", "rejects_path", type=click.Path(dir_okay=False), default=None,
+              help="Rows that could not be read, with line and reason [default: OUTPUT.rejects.tsv, or "
+                   "rejects.tsv when writing to stdout].")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU: lanes, each a single-threaded onnxruntime session running whole batches [the CPUs this "
+                   "process may use: affinity, container quota or TSINFER_CPUS].")
+@click.option("--tokenizer-workers", type=click.IntRange(min=0), default=None,
+              help="Processes tokenizing beside the model, 0 for none [cuda: one per two cores, at most 8; cpu: 0].")
+@click.option("--chunk-rows", type=click.IntRange(min=1), default=None,
+              help="Rows read, prepared and sorted together [cpu 4096, cuda/tensorrt 16384].")
+@click.option("--progress/--no-progress", default=None, help="Progress bar on stderr [when stderr is a terminal].")
+@click.option("--verify/--no-verify", default=True, show_default=True, help="Check model files against meta.json.")
+@click.option("--strict", is_flag=True, help="Stop with exit code 3 at the first row that cannot be read.")
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted run from its last completed chunk (same command, --output FILE).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this process; ray: Ray Data over many shards and machines (extra `dist`).")
+@click.option("--address", default=None, help="[ray] Join this Ray cluster: HOST:PORT, ray://HOST:PORT (Ray "
+                                               "Client) or auto (default: a local Ray with this machine's cores).")
+@click.option("--connect-timeout", type=click.FloatRange(min=0.1), default=15.0, show_default=True,
+              help="[ray] Seconds to wait for --address before giving up.")
+@click.option("--actors", type=click.IntRange(min=1), default=None,
+              help="[ray] Scoring actors, each holding one onnxruntime session per model [GPUs / gpus-per-actor, "
+                   "or CPUs - 1].")
+@click.option("--gpus-per-actor", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="[ray] GPUs per actor; above 0 the actors use the CUDA provider.")
+@click.option("--cpus-per-actor", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
+              help="[ray] CPUs per actor (also its onnxruntime threads).")
+def score(inputs, models, provider, precision, backend, batch_tokens, max_batch, input_format, text_column, id_column,
+          label_column, output, fmt, metrics_path, roc_path, rejects_path, threads, tokenizer_workers, chunk_rows,
+          progress, verify, strict, resume, engine, address, connect_timeout, actors, gpus_per_actor, cpus_per_actor):
+    """Score INPUT TSV files (or - for stdin) and print a comparison of the models.
+
+    Input layouts: the seed's dev.tsv/test.tsv, `id<TAB>label<TAB>text`, `id<TAB>text`, or one text a line.
+    Output columns: id, label, pred, score (score = P(positive)); with several models, pred_NAME and score_NAME.
+    With --engine ray, INPUTS may be files, folders, globs or URIs Ray reads (s3://...), and --output is a folder
+    of prediction shards (columns shard and line first), rejects shards and metrics.json.
+    """
+    from tsinfer.infer.score import comparison_table, score_files
+
+    if progress is None:
+        progress = sys.stderr.isatty()
+    columns = Columns(text_column, id_column, label_column)
+    settings = ScorerSettings(provider=provider, precision=precision, backend=backend, threads=threads, verify=verify,
+                              batch_tokens=batch_tokens, max_batch=max_batch, tokenizer_workers=tokenizer_workers)
+    if engine == "ray":
+        if input_format not in ("auto", "tsv") or columns.given():
+            raise click.UsageError("--engine ray reads TSV shards: --input-format and the column options are for "
+                                   "--engine local")
+        return _score_ray(inputs, models, settings=settings, output=output, fmt=fmt or "parquet",
+                          metrics_path=metrics_path, roc_path=roc_path, chunk_rows=chunk_rows, progress=progress,
+                          strict=strict, resume=resume, address=address, actors=actors,
+                          gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor,
+                          connect_timeout=connect_timeout)
+    fmt = fmt or "tsv"
+    if fmt == "parquet":
+        raise click.UsageError("--format parquet is for --engine ray; the local engine writes tsv or jsonl")
+    signal.signal(signal.SIGTERM, on_sigterm)
+    if rejects_path is None:
+        rejects_path = "rejects.tsv" if output == "-" else f"{output}.rejects.tsv"
+    result = score_files(list(inputs), list(models), settings=settings, output=output, fmt=fmt,
+                         metrics_path=metrics_path, roc_path=roc_path, rejects_path=rejects_path, progress=progress,
+                         chunk_rows=chunk_rows, strict=strict, resume=resume, input_format=input_format,
+                         columns=columns)
+    click.echo(comparison_table(result), err=True)
+    if result.rows_rejected:
+        click.echo(f"{result.rows_rejected:,} rows rejected: see {rejects_path}", err=True)
+
+
+def _score_ray(inputs, models, *, settings: ScorerSettings, output, fmt, metrics_path, roc_path, chunk_rows,
+               progress, strict, resume, address, actors, gpus_per_actor, cpus_per_actor, connect_timeout):
+    from tsinfer.infer.ray_engine import score_with_ray
+
+    unsupported = [name for name, used in (("--resume", resume), ("--strict", strict), ("--roc", roc_path),
+                                           ("--threads (use --cpus-per-actor)", settings.threads),
+                                           ("--tokenizer-workers", settings.tokenizer_workers is not None))
+                   if used]
+    if unsupported:
+        raise click.UsageError(f"{', '.join(unsupported)}: not available with --engine ray")
+    if output in (None, "-"):
+        raise click.UsageError("--engine ray needs --output FOLDER (it writes prediction and rejects shards there)")
+    if fmt == "jsonl":
+        raise click.UsageError("--engine ray writes --format parquet or tsv")
+    if settings.provider in ("cuda", "tensorrt") and not gpus_per_actor:
+        gpus_per_actor = 1.0
+    m = score_with_ray(list(inputs), list(models), output=output, settings=settings, fmt=fmt, address=address,
+                       actors=actors, gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor,
+                       chunk_rows=chunk_rows, metrics_path=metrics_path, progress=progress,
+                       connect_timeout_s=connect_timeout)
+    for name, s in (m["models"].items() if "models" in m else [(m.get("model", "model"), m)]):
+        if s.get("accuracy") is not None:
+            click.echo(f"{name}: accuracy {s['accuracy']:.4f}  MCC {s['mcc']:.4f}  ROC-AUC {s['roc_auc'] or 0:.4f}  "
+                       f"({s['rows_labelled']:,} labelled rows)", err=True)
+    click.echo(f"rows read {m['rows_read']:,}, scored {m['rows_scored']:,}, rejected {m['rows_rejected']:,}; "
+               f"{m['engine']['actors']} actors, {m['tweets_per_s'] or 0:,.0f} tweets/s; wrote {output}/predictions, "
+               f"{output}/rejects and {output}/metrics.json", err=True)
+
+
+@click.command(cls=CleanCommand)
+@click.argument("texts", nargs=-1)
+@click.option("--model", "model_dir", default=DEFAULT_MODEL, show_default=True, help="Exported model folder.")
+@engine_options
+def predict(texts, model_dir, provider, precision, backend):
+    """Print label and P(positive) for each TEXT (or each line of stdin when no TEXT is given)."""
+    if not texts:
+        texts = tuple(line.rstrip("\n") for line in sys.stdin if line.strip())
+    if not texts:
+        raise click.UsageError("give one or more TEXT arguments, or lines on stdin")
+    scorer = load_scorer(model_dir, provider, precision, backend=backend)
+    out = scorer.score(scorer.prepare(list(texts)))
+    names = ["negative", "positive"]
+    for text, pred, s in zip(texts, out.pred, out.score):
+        click.echo(f"{names[int(pred)]}\t{s:.4f}\t{text}")
+
+
+@click.command(cls=CleanCommand)
+@click.argument("model_dir", type=click.Path(path_type=Path))
+def info(model_dir):
+    """Show a model folder's meta.json, its files, the providers this machine offers and the CPUs this process may
+    use (TSINFER_CPUS overrides the count)."""
+    meta = read_meta(model_dir, verify=False)
+    click.echo(f"model folder: {model_dir}  kind: {meta['kind']}")
+    for precision, name in meta.get("files", {}).items():
+        size = (model_dir / name).stat().st_size if (model_dir / name).exists() else 0
+        runs_on = ", ".join(meta.get("providers", {}).get(precision, ["cpu"]))
+        click.echo(f"  {precision:5s} {name:20s} {size / 1e6:8.2f} MB  providers: {runs_on}")
+    if meta.get("training_report"):
+        click.echo("training report: " + json.dumps(meta["training_report"]))
+    click.echo(f"providers on this machine: {', '.join(available_providers())}")
+    cpus = cpu_budget()
+    click.echo(f"CPUs this process may use: {cpus.count} ({cpus.source})")
+    click.echo(f"default precision by provider: {json.dumps(meta.get('default_precision', {}))}")
+    for precision, name in meta.get("openvino_files", {}).items():
+        click.echo(f"  {precision:5s} {name:20s} OpenVINO (the CPU engine): "
+                   f"{openvino_version() or 'not installed here, so the CPU runs onnxruntime'}")
+    click.echo(f"CPU engine by default (--backend auto): {default_cpu_backend(meta)}")

@@ -1,0 +1,120 @@
+"""meta.json, the contract between export and the runtime: read (with validation) and written here only.
+
+Export writes a ModelMeta into each model folder; the runtime and the benchmarks read it back. The fields the
+runtime acts on are typed; the rest (label mapping, training data record, notes, figures) travel in `extra` as
+written, so a newer export's additions survive an older reader.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from tsinfer.infer.rows import LABEL_NAMES
+
+META_FILE = "meta.json"
+KINDS = ("bert", "svc")
+DEFAULT_MAX_LENGTH = 128  # a BERT folder written before meta.json named its max_length
+
+
+class ModelError(Exception):
+    """A model folder cannot be used: the message names the file and the fix."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """One model folder's meta.json."""
+
+    kind: str  # "bert" or "svc"
+    files: dict[str, str]  # precision -> ONNX file in the folder
+    providers: dict[str, list[str]] = field(default_factory=dict)  # precision -> providers that run it
+    default_precision: dict[str, str] = field(default_factory=dict)  # provider -> precision
+    labels: list[str] = field(default_factory=lambda: list(LABEL_NAMES))
+    max_length: int | None = None  # BERT: tokens per row at most
+    temperature: float | None = None  # BERT: the logits are divided by it before the softmax
+    text_normalization: str | None = None  # infer/preprocess.py's name; None: texts as they are
+    cuda_options: dict | None = None  # BERT: the CUDA provider's options its GPU layout needs
+    sha256: dict[str, str] = field(default_factory=dict)  # every other file of the folder
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict, *, where: str = META_FILE) -> ModelMeta:
+        """Checked: a ModelError names `where` and what is wrong."""
+        known = {f.name for f in fields(cls)} - {"extra"}
+        given = {"kind": None, "files": None} | {k: v for k, v in data.items() if k in known}
+        meta = cls(**given, extra={k: v for k, v in data.items() if k not in known})
+        problem = meta._problem()
+        if problem:
+            raise ModelError(f"{where}: {problem}: re-run `make export`")
+        if meta.kind == "bert" and meta.max_length is None:
+            meta = replace(meta, max_length=DEFAULT_MAX_LENGTH)
+        return meta
+
+    def _problem(self) -> str | None:
+        if self.kind not in KINDS:
+            return f"unknown model kind {self.kind!r} (expected 'bert' or 'svc')"
+        if not isinstance(self.files, dict) or not self.files:
+            return "no model files listed under 'files'"
+        if self.max_length is not None and (not isinstance(self.max_length, int) or self.max_length < 1):
+            return f"max_length {self.max_length!r} is not a positive integer"
+        if self.temperature is not None and not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
+            return f"temperature {self.temperature!r} is not a positive number"
+        if not isinstance(self.labels, list) or len(self.labels) != 2:
+            return f"labels {self.labels!r}: a binary model has two"
+        return None
+
+    @classmethod
+    def read(cls, folder: str | Path, *, verify: bool = True) -> ModelMeta:
+        """The folder's meta.json; with `verify`, every file it lists must match its sha256."""
+        folder = Path(folder)
+        path = folder / META_FILE
+        if not folder.is_dir():
+            raise ModelError(f"model folder not found: {folder} (run `make export`, or pass --model DIR)")
+        if not path.exists():
+            raise ModelError(f"{path} is missing: this is not an exported model folder (run `make export`)")
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ModelError(f"{path} is not valid JSON ({e}): re-run `make export`") from e
+        if not isinstance(data, dict):
+            raise ModelError(f"{path} is not a JSON object: re-run `make export`")
+        meta = cls.from_dict(data, where=str(path))
+        if verify:
+            meta.verify(folder)
+        return meta
+
+    def verify(self, folder: Path) -> None:
+        for name, digest in self.sha256.items():
+            path = folder / name
+            if not path.exists():
+                raise ModelError(f"{path} is missing (listed in meta.json): re-run `make export`")
+            if sha256_file(path) != digest:
+                raise ModelError(f"{path} does not match its sha256 in meta.json (corrupt or changed): "
+                                 "re-run `make export`, or pass --no-verify to load it anyway")
+
+    def to_dict(self) -> dict:
+        """meta.json's object: typed fields (unset optional ones left out), then `extra`, then sha256 last."""
+        optional = {"max_length", "temperature", "text_normalization", "cuda_options"}
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("extra", "sha256")
+               and not (f.name in optional and getattr(self, f.name) is None)}
+        return {**out, **self.extra, "sha256": self.sha256}
+
+    def write(self, folder: str | Path) -> ModelMeta:
+        """meta.json with the sha256 of every other file in the folder, so that the runtime can verify them;
+        returns the meta as written."""
+        folder = Path(folder)
+        files = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != META_FILE)
+        written = replace(self, sha256={name: sha256_file(folder / name) for name in files})
+        (folder / META_FILE).write_text(json.dumps(written.to_dict(), indent=2) + "\n")
+        return written
+

