@@ -13,7 +13,8 @@ from tsinfer.cli.options import DEFAULT_MODEL, column_options, engine_options
 from tsinfer.infer.cpus import cpu_budget
 from tsinfer.infer.engines import default_cpu_backend, openvino_version
 from tsinfer.infer.formats import Columns
-from tsinfer.infer.models import available_providers, load_scorer, read_meta
+from tsinfer.infer.meta import ModelMeta
+from tsinfer.infer.models import available_providers, load_scorer
 from tsinfer.infer.pipeline import ScorerSettings
 
 
@@ -154,19 +155,23 @@ def predict(texts, model_dir, provider, precision, backend):
 def info(model_dir):
     """Show a model folder's meta.json, its files, the providers this machine offers and the CPUs this process may
     use (TSINFER_CPUS overrides the count)."""
-    meta = read_meta(model_dir, verify=False)
-    click.echo(f"model folder: {model_dir}  kind: {meta['kind']}")
-    for precision, name in meta.get("files", {}).items():
+    meta = ModelMeta.read(model_dir, verify=False)
+    click.echo(f"model folder: {model_dir}  kind: {meta.kind}")
+    for precision, name in meta.files.items():
         size = (model_dir / name).stat().st_size if (model_dir / name).exists() else 0
-        runs_on = ", ".join(meta.get("providers", {}).get(precision, ["cpu"]))
+        runs_on = ", ".join(meta.providers.get(precision, ["cpu"]))
         click.echo(f"  {precision:5s} {name:20s} {size / 1e6:8.2f} MB  providers: {runs_on}")
-    if meta.get("training_report"):
-        click.echo("training report: " + json.dumps(meta["training_report"]))
+    unhashed = meta.unhashed()
+    if unhashed:  # a folder from elsewhere: nothing proves its files are the ones exported
+        click.echo(f"WARNING: meta.json has no sha256 for {', '.join(unhashed)}: --verify refuses this folder; "
+                   "re-export it, or pass --no-verify if you trust where it came from")
+    if meta.extra.get("training_report"):
+        click.echo("training report: " + json.dumps(meta.extra["training_report"]))
     click.echo(f"providers on this machine: {', '.join(available_providers())}")
     cpus = cpu_budget()
     click.echo(f"CPUs this process may use: {cpus.count} ({cpus.source})")
-    click.echo(f"default precision by provider: {json.dumps(meta.get('default_precision', {}))}")
-    for precision, name in meta.get("openvino_files", {}).items():
+    click.echo(f"default precision by provider: {json.dumps(meta.default_precision)}")
+    for precision, name in meta.openvino_files.items():
         click.echo(f"  {precision:5s} {name:20s} OpenVINO (the CPU engine): "
                    f"{openvino_version() or 'not installed here, so the CPU runs onnxruntime'}")
-    click.echo(f"CPU engine by default (--backend auto): {default_cpu_backend(meta)}")
+    click.echo(f"CPU engine by default (--backend auto): {default_cpu_backend(meta.to_dict())}")
