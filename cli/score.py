@@ -1,4 +1,5 @@
-"""`tsinfer score`, `tsinfer predict` and `tsinfer info`: thin commands over infer.score and infer.models."""
+"""`tsinfer score`, `tsinfer predict` and `tsinfer info`: thin commands over the Python API (`tsinfer.score_file`,
+`tsinfer.load`; the Ray engine's infer.ray_engine) and infer.meta."""
 from __future__ import annotations
 
 import json
@@ -8,13 +9,14 @@ from pathlib import Path
 
 import click
 
+import tsinfer
 from tsinfer.cli.errors import CleanCommand, on_sigterm
 from tsinfer.cli.options import DEFAULT_MODEL, column_options, engine_options
 from tsinfer.infer.cpus import cpu_budget
 from tsinfer.infer.engines import default_cpu_backend, openvino_version
 from tsinfer.infer.formats import Columns
 from tsinfer.infer.meta import ModelMeta
-from tsinfer.infer.models import available_providers, load_scorer
+from tsinfer.infer.models import available_providers
 from tsinfer.infer.pipeline import ScorerSettings
 
 
@@ -73,7 +75,7 @@ def score(inputs, models, provider, precision, backend, batch_tokens, max_batch,
     With --engine ray, INPUTS may be files, folders, globs or URIs Ray reads (s3://...), and --output is a folder
     of prediction shards (columns shard and line first), rejects shards and metrics.json.
     """
-    from tsinfer.infer.score import comparison_table, score_files
+    from tsinfer.infer.score import comparison_table
 
     if progress is None:
         progress = sys.stderr.isatty()
@@ -93,15 +95,15 @@ def score(inputs, models, provider, precision, backend, batch_tokens, max_batch,
     if fmt == "parquet":
         raise click.UsageError("--format parquet is for --engine ray; the local engine writes tsv or jsonl")
     signal.signal(signal.SIGTERM, on_sigterm)
-    if rejects_path is None:
-        rejects_path = "rejects.tsv" if output == "-" else f"{output}.rejects.tsv"
-    result = score_files(list(inputs), list(models), settings=settings, output=output, fmt=fmt,
-                         metrics_path=metrics_path, roc_path=roc_path, rejects_path=rejects_path, progress=progress,
-                         chunk_rows=chunk_rows, strict=strict, resume=resume, input_format=input_format,
-                         columns=columns)
+    result = tsinfer.score_file(list(inputs), list(models), output, metrics=metrics_path, rejects=rejects_path,
+                                roc=roc_path, fmt=fmt, input_format=input_format, text_column=text_column,
+                                id_column=id_column, label_column=label_column, provider=provider,
+                                precision=precision, backend=backend, threads=threads, verify=verify,
+                                batch_tokens=batch_tokens, max_batch=max_batch, tokenizer_workers=tokenizer_workers,
+                                chunk_rows=chunk_rows, strict=strict, resume=resume, progress=progress)
     click.echo(comparison_table(result), err=True)
     if result.rows_rejected:
-        click.echo(f"{result.rows_rejected:,} rows rejected: see {rejects_path}", err=True)
+        click.echo(f"{result.rows_rejected:,} rows rejected: see {result.rejects}", err=True)
 
 
 def _score_ray(inputs, models, *, settings: ScorerSettings, output, fmt, metrics_path, roc_path, chunk_rows,
@@ -143,11 +145,10 @@ def predict(texts, model_dir, provider, precision, backend):
         texts = tuple(line.rstrip("\n") for line in sys.stdin if line.strip())
     if not texts:
         raise click.UsageError("give one or more TEXT arguments, or lines on stdin")
-    scorer = load_scorer(model_dir, provider, precision, backend=backend)
-    out = scorer.score(scorer.prepare(list(texts)))
-    names = ["negative", "positive"]
+    with tsinfer.load(model_dir, provider=provider, precision=precision, backend=backend) as model:
+        out = model.score(list(texts))
     for text, pred, s in zip(texts, out.pred, out.score):
-        click.echo(f"{names[int(pred)]}\t{s:.4f}\t{text}")
+        click.echo(f"{model.labels[int(pred)]}\t{s:.4f}\t{text}")
 
 
 @click.command(cls=CleanCommand)
