@@ -17,10 +17,10 @@ CALIBRATION_ROWS = 300
 
 def _model_texts(artifacts, texts: list[str]) -> list[str]:
     """The texts as the model was trained on them (its tweet normalisation), as tsinfer's scorer feeds them."""
-    from tsinfer.infer.models import read_meta
+    from tsinfer.infer.meta import ModelMeta
     from tsinfer.infer.preprocess import normalization_for
 
-    normalize = normalization_for(read_meta(artifacts / "onnx" / "bert", verify=False))
+    normalize = normalization_for(ModelMeta.read(artifacts / "onnx" / "bert", verify=False).to_dict())
     return normalize(texts) if normalize else texts
 
 

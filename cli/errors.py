@@ -11,8 +11,7 @@ from dataclasses import dataclass
 import click
 
 from tsinfer.infer.cpus import CpuBudgetError
-from tsinfer.infer.meta import ModelError as MetaError
-from tsinfer.infer.models import ModelError
+from tsinfer.infer.meta import ModelError
 from tsinfer.infer.rows import InputError
 from tsinfer.infer.score import Interrupted, StrictError
 from tsinfer.train.errors import ExportError, ParityError, TrainError
@@ -20,8 +19,7 @@ from tsinfer.train.errors import ExportError, ParityError, TrainError
 # Exit codes: 1 the system refused (disk, permissions), 2 the input or the setup cannot be used as given, 3 --strict
 # met a bad row, 4 an export whose graphs miss their parity targets; 130/143 interrupted by SIGINT/SIGTERM.
 EXIT_SYSTEM, EXIT_USAGE, EXIT_STRICT, EXIT_PARITY = 1, 2, 3, 4
-# MetaError: meta.json's checks (infer/meta.py); the same class as ModelError once models.py imports it from there
-USER_ERRORS = (ModelError, MetaError, InputError, CpuBudgetError, TrainError, ExportError)
+USER_ERRORS = (ModelError, InputError, CpuBudgetError, TrainError, ExportError)
 
 # The training stack is imported inside the commands only; a missing module names the extra that brings it.
 EXTRA_OF_MODULE = {"torch": "train", "transformers": "train", "sklearn": "train", "scipy": "train",

@@ -1,4 +1,5 @@
-"""`tsinfer score`, `tsinfer predict` and `tsinfer info`: thin commands over infer.score and infer.models."""
+"""`tsinfer score`, `tsinfer predict` and `tsinfer info`: thin commands over the Python API (`tsinfer.score_file`,
+`tsinfer.load`; the Ray engine's infer.ray_engine) and infer.meta."""
 from __future__ import annotations
 
 import json
@@ -8,12 +9,14 @@ from pathlib import Path
 
 import click
 
+import tsinfer
 from tsinfer.cli.errors import CleanCommand, on_sigterm
 from tsinfer.cli.options import DEFAULT_MODEL, column_options, engine_options
 from tsinfer.infer.cpus import cpu_budget
 from tsinfer.infer.engines import default_cpu_backend, openvino_version
 from tsinfer.infer.formats import Columns
-from tsinfer.infer.models import available_providers, load_scorer, read_meta
+from tsinfer.infer.meta import ModelMeta
+from tsinfer.infer.models import available_providers
 from tsinfer.infer.pipeline import ScorerSettings
 
 
@@ -72,7 +75,7 @@ def score(inputs, models, provider, precision, backend, batch_tokens, max_batch,
     With --engine ray, INPUTS may be files, folders, globs or URIs Ray reads (s3://...), and --output is a folder
     of prediction shards (columns shard and line first), rejects shards and metrics.json.
     """
-    from tsinfer.infer.score import comparison_table, score_files
+    from tsinfer.infer.score import comparison_table
 
     if progress is None:
         progress = sys.stderr.isatty()
@@ -92,15 +95,15 @@ def score(inputs, models, provider, precision, backend, batch_tokens, max_batch,
     if fmt == "parquet":
         raise click.UsageError("--format parquet is for --engine ray; the local engine writes tsv or jsonl")
     signal.signal(signal.SIGTERM, on_sigterm)
-    if rejects_path is None:
-        rejects_path = "rejects.tsv" if output == "-" else f"{output}.rejects.tsv"
-    result = score_files(list(inputs), list(models), settings=settings, output=output, fmt=fmt,
-                         metrics_path=metrics_path, roc_path=roc_path, rejects_path=rejects_path, progress=progress,
-                         chunk_rows=chunk_rows, strict=strict, resume=resume, input_format=input_format,
-                         columns=columns)
+    result = tsinfer.score_file(list(inputs), list(models), output, metrics=metrics_path, rejects=rejects_path,
+                                roc=roc_path, fmt=fmt, input_format=input_format, text_column=text_column,
+                                id_column=id_column, label_column=label_column, provider=provider,
+                                precision=precision, backend=backend, threads=threads, verify=verify,
+                                batch_tokens=batch_tokens, max_batch=max_batch, tokenizer_workers=tokenizer_workers,
+                                chunk_rows=chunk_rows, strict=strict, resume=resume, progress=progress)
     click.echo(comparison_table(result), err=True)
     if result.rows_rejected:
-        click.echo(f"{result.rows_rejected:,} rows rejected: see {rejects_path}", err=True)
+        click.echo(f"{result.rows_rejected:,} rows rejected: see {result.rejects}", err=True)
 
 
 def _score_ray(inputs, models, *, settings: ScorerSettings, output, fmt, metrics_path, roc_path, chunk_rows,
@@ -142,11 +145,10 @@ def predict(texts, model_dir, provider, precision, backend):
         texts = tuple(line.rstrip("\n") for line in sys.stdin if line.strip())
     if not texts:
         raise click.UsageError("give one or more TEXT arguments, or lines on stdin")
-    scorer = load_scorer(model_dir, provider, precision, backend=backend)
-    out = scorer.score(scorer.prepare(list(texts)))
-    names = ["negative", "positive"]
+    with tsinfer.load(model_dir, provider=provider, precision=precision, backend=backend) as model:
+        out = model.score(list(texts))
     for text, pred, s in zip(texts, out.pred, out.score):
-        click.echo(f"{names[int(pred)]}\t{s:.4f}\t{text}")
+        click.echo(f"{model.labels[int(pred)]}\t{s:.4f}\t{text}")
 
 
 @click.command(cls=CleanCommand)
@@ -154,19 +156,23 @@ def predict(texts, model_dir, provider, precision, backend):
 def info(model_dir):
     """Show a model folder's meta.json, its files, the providers this machine offers and the CPUs this process may
     use (TSINFER_CPUS overrides the count)."""
-    meta = read_meta(model_dir, verify=False)
-    click.echo(f"model folder: {model_dir}  kind: {meta['kind']}")
-    for precision, name in meta.get("files", {}).items():
+    meta = ModelMeta.read(model_dir, verify=False)
+    click.echo(f"model folder: {model_dir}  kind: {meta.kind}")
+    for precision, name in meta.files.items():
         size = (model_dir / name).stat().st_size if (model_dir / name).exists() else 0
-        runs_on = ", ".join(meta.get("providers", {}).get(precision, ["cpu"]))
+        runs_on = ", ".join(meta.providers.get(precision, ["cpu"]))
         click.echo(f"  {precision:5s} {name:20s} {size / 1e6:8.2f} MB  providers: {runs_on}")
-    if meta.get("training_report"):
-        click.echo("training report: " + json.dumps(meta["training_report"]))
+    unhashed = meta.unhashed()
+    if unhashed:  # a folder from elsewhere: nothing proves its files are the ones exported
+        click.echo(f"WARNING: meta.json has no sha256 for {', '.join(unhashed)}: --verify refuses this folder; "
+                   "re-export it, or pass --no-verify if you trust where it came from")
+    if meta.extra.get("training_report"):
+        click.echo("training report: " + json.dumps(meta.extra["training_report"]))
     click.echo(f"providers on this machine: {', '.join(available_providers())}")
     cpus = cpu_budget()
     click.echo(f"CPUs this process may use: {cpus.count} ({cpus.source})")
-    click.echo(f"default precision by provider: {json.dumps(meta.get('default_precision', {}))}")
-    for precision, name in meta.get("openvino_files", {}).items():
+    click.echo(f"default precision by provider: {json.dumps(meta.default_precision)}")
+    for precision, name in meta.openvino_files.items():
         click.echo(f"  {precision:5s} {name:20s} OpenVINO (the CPU engine): "
                    f"{openvino_version() or 'not installed here, so the CPU runs onnxruntime'}")
-    click.echo(f"CPU engine by default (--backend auto): {default_cpu_backend(meta)}")
+    click.echo(f"CPU engine by default (--backend auto): {default_cpu_backend(meta.to_dict())}")

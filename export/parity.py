@@ -8,8 +8,9 @@ import numpy as np
 from tqdm import tqdm
 
 from tsinfer.infer.batching import encode, load_tokenizer, pad_batch, plan_batches
+from tsinfer.infer.meta import ModelMeta
 from tsinfer.infer.metrics import binary_metrics
-from tsinfer.infer.models import BertScorer, SvcScorer, positive_probability, read_meta
+from tsinfer.infer.models import BertScorer, SvcScorer, positive_probability
 from tsinfer.infer.preprocess import normalization_for
 
 
@@ -33,7 +34,7 @@ def svc_parity(svc_model, onnx_folder: Path, texts: list[str], labels) -> dict:
 
     docs = preprocess(texts)
     ref = svc_model.decision_function(docs)
-    scorer = SvcScorer(onnx_folder, read_meta(onnx_folder), None)
+    scorer = SvcScorer(onnx_folder, ModelMeta.read(onnx_folder), None)
     start = time.perf_counter()
     out = scorer.score(docs)
     seconds = time.perf_counter() - start
@@ -59,19 +60,20 @@ def torch_positive_probability(model_dir: Path, enc, batch_tokens: int = 8192,
 
 def bert_parity(model_dir: Path, onnx_folder: Path, texts: list[str], labels, provider_for: dict) -> list[dict]:
     """Each ONNX variant against PyTorch fp32. provider_for maps precision -> provider, or None: not measured."""
-    meta = read_meta(onnx_folder)
-    normalize = normalization_for(meta)  # as the runtime's prepare() does before its tokenizer
-    enc = encode(load_tokenizer(onnx_folder, meta["max_length"]), normalize(texts) if normalize else texts)
-    ref = torch_positive_probability(model_dir, enc, temperature=meta.get("temperature"))
+    meta = ModelMeta.read(onnx_folder)
+    # as the runtime's prepare() does before its tokenizer
+    normalize = normalization_for({"text_normalization": meta.text_normalization})
+    enc = encode(load_tokenizer(onnx_folder, meta.max_length), normalize(texts) if normalize else texts)
+    ref = torch_positive_probability(model_dir, enc, temperature=meta.temperature)
     ref_pred = (ref > 0.5).astype(int)
-    variants = [(p, "onnxruntime", p) for p in meta["files"]]
-    variants += [(p, "openvino", f"{p} openvino") for p in meta.get("openvino_files", {})]
+    variants = [(p, "onnxruntime", p) for p in meta.files]
+    variants += [(p, "openvino", f"{p} openvino") for p in meta.openvino_files]
     entries = []
     for precision, backend, name in variants:
         provider = provider_for.get(precision)
         if provider is None:
             entries.append({"variant": name, "measured": False,
-                            "reason": f"needs the {'/'.join(meta['providers'][precision])} provider, which this "
+                            "reason": f"needs the {'/'.join(meta.providers[precision])} provider, which this "
                                       "machine lacks (fp16 parity is only meaningful on a GPU; not faked on the CPU)"})
             continue
         if backend == "openvino":

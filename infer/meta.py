@@ -37,6 +37,7 @@ class ModelMeta:
 
     kind: str  # "bert" or "svc"
     files: dict[str, str]  # precision -> ONNX file in the folder
+    openvino_files: dict[str, str] = field(default_factory=dict)  # precision -> OpenVINO .xml (weights: same stem .bin)
     providers: dict[str, list[str]] = field(default_factory=dict)  # precision -> providers that run it
     default_precision: dict[str, str] = field(default_factory=dict)  # provider -> precision
     labels: list[str] = field(default_factory=lambda: list(LABEL_NAMES))
@@ -71,7 +72,30 @@ class ModelMeta:
             return f"temperature {self.temperature!r} is not a positive number"
         if not isinstance(self.labels, list) or len(self.labels) != 2:
             return f"labels {self.labels!r}: a binary model has two"
+        if not isinstance(self.openvino_files, dict) or not isinstance(self.sha256, dict):
+            return "'openvino_files' and 'sha256' must be JSON objects"
+        bad = [name for name in self.named_files() if not isinstance(name, str) or not name
+               or Path(name).is_absolute() or ".." in Path(name).parts]
+        if bad:
+            return f"file name {bad[0]!r} leaves the model folder (names must be relative, without '..')"
         return None
+
+    def named_files(self) -> list[str]:
+        """Every file meta.json names: the model files (an OpenVINO .xml with its .bin) and the hashed ones."""
+        names = [*self.files.values(), *self.sha256]
+        for xml in self.openvino_files.values():
+            names += [xml, str(Path(xml).with_suffix(".bin"))] if isinstance(xml, str) else [xml]
+        return names
+
+    def check_inside(self, folder: Path) -> None:
+        """Every named file, symlinks followed, must resolve inside the folder: onnxruntime holds external-data
+        paths to the same rule, and a received folder must not make tsinfer open any file on the machine."""
+        root = folder.resolve()
+        for name in self.named_files():
+            target = (folder / name).resolve()
+            if target != root and root not in target.parents:
+                raise ModelError(f"{folder / META_FILE}: {name!r} resolves to {target}, outside the model folder "
+                                 "(a symlink or path out of it): do not use this folder, or re-run `make export`")
 
     @classmethod
     def read(cls, folder: str | Path, *, verify: bool = True) -> ModelMeta:
@@ -89,11 +113,17 @@ class ModelMeta:
         if not isinstance(data, dict):
             raise ModelError(f"{path} is not a JSON object: re-run `make export`")
         meta = cls.from_dict(data, where=str(path))
+        meta.check_inside(folder)
         if verify:
             meta.verify(folder)
         return meta
 
+    def unhashed(self) -> list[str]:
+        """The model files meta.json names without a sha256: nothing proves they are the ones exported."""
+        return [name for name in self.named_files() if name not in self.sha256]
+
     def verify(self, folder: Path) -> None:
+        """Every model file must have a sha256 and every hashed file must match it."""
         for name, digest in self.sha256.items():
             path = folder / name
             if not path.exists():
@@ -101,12 +131,17 @@ class ModelMeta:
             if sha256_file(path) != digest:
                 raise ModelError(f"{path} does not match its sha256 in meta.json (corrupt or changed): "
                                  "re-run `make export`, or pass --no-verify to load it anyway")
+        missing = self.unhashed()
+        if missing:
+            raise ModelError(f"{folder / META_FILE} has no sha256 for {', '.join(missing)}, so it cannot be "
+                             "verified: re-run `make export`, or pass --no-verify if you trust where it came from")
 
     def to_dict(self) -> dict:
         """meta.json's object: typed fields (unset optional ones left out), then `extra`, then sha256 last."""
         optional = {"max_length", "temperature", "text_normalization", "cuda_options"}
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("extra", "sha256")
-               and not (f.name in optional and getattr(self, f.name) is None)}
+               and not (f.name in optional and getattr(self, f.name) is None)
+               and not (f.name == "openvino_files" and not self.openvino_files)}  # written only when exported
         return {**out, **self.extra, "sha256": self.sha256}
 
     def write(self, folder: str | Path) -> ModelMeta:

@@ -5,8 +5,6 @@ provider and precision, and holds the sha256 of every file, checked before anyth
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,22 +17,11 @@ from tsinfer.infer.batching import (DEFAULT_BATCH_TOKENS, DEFAULT_LANES, DEFAULT
                                     usable_cores)
 from tsinfer.infer.engines import (Engine, EngineError, OpenVinoEngine, OrtEngine, choose_backend,
                                    cpu_inference_precision)
+from tsinfer.infer.meta import ModelError, ModelMeta
 from tsinfer.infer.preprocess import normalization_for
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 PRECISIONS = ("fp32", "fp16", "int8")
-
-
-class ModelError(Exception):
-    """A model folder cannot be used: the message names the file and the fix."""
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def available_providers() -> list[str]:
@@ -54,29 +41,6 @@ def resolve_provider(requested: str) -> str:
             "Install the gpu extra (pip uninstall -y onnxruntime && pip install onnxruntime-gpu) on a machine "
             "with CUDA, or use --provider cpu.")
     return requested
-
-
-def read_meta(folder: Path, verify: bool = True) -> dict:
-    meta_path = folder / "meta.json"
-    if not folder.is_dir():
-        raise ModelError(f"model folder not found: {folder} (run `make export`, or pass --model DIR)")
-    if not meta_path.exists():
-        raise ModelError(f"{meta_path} is missing: this is not an exported model folder (run `make export`)")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelError(f"{meta_path} is not valid JSON ({e}): re-run `make export`") from e
-    if meta.get("kind") not in ("bert", "svc"):
-        raise ModelError(f"{meta_path}: unknown model kind {meta.get('kind')!r} (expected 'bert' or 'svc')")
-    if verify:
-        for name, digest in meta.get("sha256", {}).items():
-            path = folder / name
-            if not path.exists():
-                raise ModelError(f"{path} is missing (listed in meta.json): re-run `make export`")
-            if sha256_file(path) != digest:
-                raise ModelError(f"{path} does not match its sha256 in meta.json (corrupt or changed): "
-                                 "re-run `make export`, or pass --no-verify to load it anyway")
-    return meta
 
 
 # onnxruntime's own graph optimizer would fuse Add + LayerNormalization back into SkipLayerNormalization, whose CPU
@@ -179,27 +143,27 @@ class Scorer(Protocol):
     def close(self) -> None: ...
 
 
-def _engine(folder: Path, meta: dict, *, provider: str, precision: str, backend: str, lanes: int,
+def _engine(folder: Path, meta: ModelMeta, *, provider: str, precision: str, backend: str, lanes: int,
             threads: int | None) -> Engine:
     """The engine for a BERT folder: OpenVINO or onnxruntime (choose_backend), with `lanes` lanes."""
     try:
         chosen = choose_backend(backend, provider=provider, precision=precision,
-                                openvino_files=meta.get("openvino_files", {}))
+                                openvino_files=meta.openvino_files)
         if chosen == "openvino":
-            file = meta["openvino_files"][precision]
+            file = meta.openvino_files[precision]
             return OpenVinoEngine(folder / file, file, lanes=lanes, threads=threads or 1,
                                   inference_precision=cpu_inference_precision())
     except EngineError as e:
         raise ModelError(f"{folder}: {e}") from e
-    file = meta["files"][precision]
-    sessions = [_session(folder / file, provider, threads, meta.get("cuda_options")) for _ in range(lanes)]
+    file = meta.files[precision]
+    sessions = [_session(folder / file, provider, threads, meta.cuda_options) for _ in range(lanes)]
     return OrtEngine(sessions, file, io_binding=provider in ("cuda", "tensorrt"))
 
 
 class BertScorer:
     kind = "bert"
 
-    def __init__(self, folder: Path, meta: dict, provider: str, precision: str, threads: int | None,
+    def __init__(self, folder: Path, meta: ModelMeta, provider: str, precision: str, threads: int | None,
                  batch_tokens: int | None = None, max_batch: int | None = None, lanes: int | None = None,
                  tokenizer_workers: int | None = None, backend: str = "auto"):
         self.folder, self.meta, self.provider = folder, meta, provider
@@ -216,7 +180,7 @@ class BertScorer:
         self.file, self.int_dtype, self.backend = self.engine.file, self.engine.int_dtype, self.engine.backend
         self._pool = ThreadPoolExecutor(lanes, thread_name_prefix="tsinfer-lane") if lanes > 1 else None
         try:
-            self.tokenizer = load_tokenizer(folder, int(meta.get("max_length", 128)))
+            self.tokenizer = load_tokenizer(folder, meta.max_length)
         except Exception as e:
             raise ModelError(f"cannot load {folder / 'tokenizer.json'}: {e} (re-run `make export`)") from e
         self.batch_tokens = batch_tokens or DEFAULT_BATCH_TOKENS[provider]
@@ -227,11 +191,11 @@ class BertScorer:
         self.same_length = provider == "cpu"
         self.tokenizer_workers = default_tokenizer_workers(provider) if tokenizer_workers is None else tokenizer_workers
         try:  # the text normalisation the model was trained with, and its temperature (None for older folders)
-            self.normalize = normalization_for(meta)
+            self.normalize = normalization_for({"text_normalization": meta.text_normalization})
         except ValueError as e:
             raise ModelError(f"{folder / 'meta.json'}: {e}") from e
-        self.temperature = meta.get("temperature")
-        self._tokenizers = (TokenizerPool(folder, int(meta.get("max_length", 128)), self.tokenizer_workers)
+        self.temperature = meta.temperature
+        self._tokenizers = (TokenizerPool(folder, meta.max_length, self.tokenizer_workers)
                             if self.tokenizer_workers else None)
 
     def prepare(self, texts: list[str]) -> Encoded:
@@ -281,7 +245,7 @@ class BertScorer:
 
     def warm_up(self) -> None:
         """One run per lane at the largest batch shape, so the first real batches pay for no allocation."""
-        width = max(1, min(int(self.meta.get("max_length", 128)), self.batch_tokens))
+        width = max(1, min(self.meta.max_length, self.batch_tokens))
         rows = max(1, min(self.max_batch, self.batch_tokens // width))
         ones = np.ones((rows, width), dtype=self.int_dtype)
         if self._tokenizers is not None:
@@ -300,11 +264,14 @@ class BertScorer:
 class SvcScorer:
     kind = "svc"
 
-    def __init__(self, folder: Path, meta: dict, threads: int | None, batch_rows: int = 64):
+    def __init__(self, folder: Path, meta: ModelMeta, threads: int | None, batch_rows: int = 64):
         self.folder, self.meta, self.provider = folder, meta, "cpu"  # string ops run on the CPU provider
         self.backend = "onnxruntime"
         self.precision = "fp64"
-        self.file = meta["files"]["fp64"]
+        if "fp64" not in meta.files:
+            raise ModelError(f"{folder / 'meta.json'}: an SVC folder lists its graph as files.fp64 (it lists "
+                             f"{', '.join(sorted(meta.files))}): re-run `make export`")
+        self.file = meta.files["fp64"]
         self.session = _session(folder / self.file, "cpu", threads)
         self.batch_rows = batch_rows
 
@@ -342,13 +309,13 @@ def done(value) -> Future:
     return future
 
 
-def choose_precision(meta: dict, provider: str, precision: str, folder: Path) -> str:
-    files = meta.get("files", {})
+def choose_precision(meta: ModelMeta, provider: str, precision: str, folder: Path) -> str:
+    files = meta.files
     if precision == "auto":
-        precision = meta.get("default_precision", {}).get(provider, "fp32")
+        precision = meta.default_precision.get(provider, "fp32")
     if precision not in files:
         raise ModelError(f"{folder} has no {precision} model (it has: {', '.join(sorted(files))})")
-    allowed = meta.get("providers", {}).get(precision)
+    allowed = meta.providers.get(precision)
     if allowed and provider not in allowed:
         raise ModelError(f"the {precision} model in {folder} cannot run on the {provider} provider "
                          f"(it runs on: {', '.join(allowed)}); pick another --precision")
@@ -361,9 +328,9 @@ def load_scorer(folder: str | Path, provider: str = "auto", precision: str = "au
     """The scorer for a model folder. The SVC runs its string ops on the CPU provider in fixed batches, so the
     provider and batching settings are BERT's alone."""
     folder = Path(folder)
-    meta = read_meta(folder, verify=verify)
+    meta = ModelMeta.read(folder, verify=verify)
     provider = resolve_provider(provider)
-    if meta["kind"] != "bert":
+    if meta.kind != "bert":
         return SvcScorer(folder, meta, threads)
     return BertScorer(folder, meta, provider, precision, threads, batch_tokens=batch_tokens, max_batch=max_batch,
                       lanes=lanes, tokenizer_workers=tokenizer_workers, backend=backend)

@@ -37,7 +37,8 @@ import numpy as np
 
 from tsinfer.infer.cpus import CpuBudget, cpu_budget
 from tsinfer.infer.metrics import StreamingMetrics, score_bins
-from tsinfer.infer.models import ModelError, load_scorer, read_meta
+from tsinfer.infer.meta import ModelError, ModelMeta
+from tsinfer.infer.models import load_scorer
 from tsinfer.infer.pipeline import (ScorerSettings, close_scorers, default_chunk_rows, estimate_total,
                                     load_scorers, metrics_report, model_names, prediction_columns, progress_bar,
                                     score_chunk, write_json, written_scores)
@@ -410,7 +411,7 @@ def _check_job(inputs: list[str], models: list[str], *, output: str, fmt: str, s
         raise InputError(f"--engine ray writes {' or '.join(FORMATS)} shards, not {fmt}")
     for folder in models:
         if gpus:
-            read_meta(Path(folder), verify=settings.verify)
+            ModelMeta.read(folder, verify=settings.verify)
         else:
             load_scorer(folder, "cpu", settings.precision, 1, settings.verify, backend=settings.backend).close()
     paths = expand_inputs(inputs)

@@ -1,4 +1,5 @@
 """Hostile or broken model folders: a one-line error naming the file, exit 2; nothing is ever unpickled."""
+import json
 import shutil
 
 import pytest
@@ -68,3 +69,45 @@ def test_model_folders_hold_no_pickle(all_artifacts, bert_artifacts, svc_artifac
             assert p.with_suffix(".xml").exists() and head != b"PK", p
             continue
         assert p.suffix not in (".pkl", ".pickle", ".joblib", ".pt", ".pth"), p
+
+
+def _rewrite_meta(folder, change):
+    meta = json.loads((folder / "meta.json").read_text())
+    change(meta)
+    (folder / "meta.json").write_text(json.dumps(meta))
+
+
+def _point_int8_at(target):
+    def change(meta):
+        meta["files"]["int8"] = target
+        meta["sha256"].pop("model_int8.onnx")  # a received folder need not hash what it points at
+    return change
+
+
+@pytest.mark.parametrize("how", ["dotdot", "absolute", "symlink", "symlinked_hashed_file"])
+@pytest.mark.parametrize("verify", [[], ["--no-verify"]])
+def test_a_meta_json_naming_a_file_out_of_the_folder_is_refused(bert_copy, small_data, tmp_path, how, verify):
+    outside = tmp_path / "outside.onnx"
+    shutil.copy(bert_copy / "model_int8.onnx", outside)  # a valid graph: only the rule can stop it
+    if how == "dotdot":
+        _rewrite_meta(bert_copy, _point_int8_at("../outside.onnx"))
+    elif how == "absolute":
+        _rewrite_meta(bert_copy, _point_int8_at(str(outside)))
+    else:
+        name = "model_int8.onnx" if how == "symlink" else "vocab.txt"
+        (bert_copy / name).unlink()
+        (bert_copy / name).symlink_to(outside)
+    r = run_score(bert_copy, small_data, "--provider", "cpu", *verify)
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output and len(r.stderr.strip().splitlines()) == 1, r.output
+    assert "leaves the model folder" in r.stderr or "outside the model folder" in r.stderr
+    assert CliRunner().invoke(main, ["info", str(bert_copy)]).exit_code == 2
+
+
+def test_a_folder_without_hashes_is_flagged_by_info_and_refused_by_verify(bert_copy, small_data):
+    _rewrite_meta(bert_copy, lambda meta: meta.update(sha256={}))
+    info = CliRunner().invoke(main, ["info", str(bert_copy)])
+    assert info.exit_code == 0 and "WARNING: meta.json has no sha256 for model.onnx" in info.output
+    r = run_score(bert_copy, small_data, "--provider", "cpu")
+    assert r.exit_code == 2 and "cannot be verified" in r.stderr and "--no-verify" in r.stderr, r.output
+    assert run_score(bert_copy, small_data, "--provider", "cpu", "--no-verify").exit_code == 0

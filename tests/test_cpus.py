@@ -102,7 +102,7 @@ def test_lanes_threads_and_tokenizer_processes_follow_the_budget(monkeypatch):
 def fake_model_folder(tmp_path):
     folder = tmp_path / "svc"
     folder.mkdir()
-    (folder / "meta.json").write_text(json.dumps({"kind": "svc", "files": {}}))
+    (folder / "meta.json").write_text(json.dumps({"kind": "svc", "files": {"fp64": "model.onnx"}}))
     return folder
 
 

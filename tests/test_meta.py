@@ -7,6 +7,7 @@ from tsinfer.infer.meta import DEFAULT_MAX_LENGTH, ModelError, ModelMeta
 
 
 def folder_with(tmp_path, meta: dict | str):
+    tmp_path.mkdir(exist_ok=True)
     (tmp_path / "model.onnx").write_bytes(b"not really a graph")
     (tmp_path / "meta.json").write_text(meta if isinstance(meta, str) else json.dumps(meta))
     return tmp_path
@@ -60,3 +61,49 @@ def test_a_missing_folder_or_meta_says_what_to_run(tmp_path):
         ModelMeta.read(tmp_path / "nowhere")
     with pytest.raises(ModelError, match="this is not an exported model folder"):
         ModelMeta.read(tmp_path)
+
+
+@pytest.mark.parametrize("files", [{"fp64": "../outside.onnx"}, {"fp64": "/etc/passwd"}, {"fp64": "a/../../x.onnx"}])
+def test_a_file_name_out_of_the_folder_is_refused_before_anything_opens(tmp_path, files):
+    folder_with(tmp_path / "m", {"kind": "svc", "files": files})
+    with pytest.raises(ModelError, match="leaves the model folder"):
+        ModelMeta.read(tmp_path / "m", verify=False)  # refused even without --verify
+
+
+@pytest.mark.parametrize("meta", [
+    {"kind": "bert", "files": {"fp32": "model.onnx"}, "openvino_files": {"int8": "../ov.xml"}},
+    {"kind": "bert", "files": {"fp32": "model.onnx"}, "sha256": {"/tmp/x": "0" * 64}},
+])
+def test_openvino_files_and_hashed_names_are_held_to_the_same_rule(tmp_path, meta):
+    folder_with(tmp_path, meta)
+    with pytest.raises(ModelError, match="leaves the model folder"):
+        ModelMeta.read(tmp_path, verify=False)
+
+
+@pytest.mark.parametrize("link", ["model.onnx", "ov.bin"])
+def test_a_symlink_out_of_the_folder_is_refused(tmp_path, link):
+    (tmp_path / "elsewhere.onnx").write_bytes(b"x")
+    folder = tmp_path / "m"
+    folder_with(folder, {"kind": "bert", "files": {"fp32": "model.onnx"}, "openvino_files": {"int8": "ov.xml"}})
+    (folder / link).unlink(missing_ok=True)
+    (folder / link).symlink_to(tmp_path / "elsewhere.onnx")
+    with pytest.raises(ModelError, match=f"'{link}' resolves to .*outside the model folder"):
+        ModelMeta.read(folder, verify=False)
+
+
+def test_a_symlink_inside_the_folder_is_fine_and_openvino_files_is_typed(tmp_path):
+    folder = tmp_path / "m"
+    folder_with(folder, {"kind": "bert", "files": {"fp32": "model.onnx"}, "openvino_files": {"int8": "ov.xml"}})
+    (folder / "model.onnx").rename(folder / "real.onnx")
+    (folder / "model.onnx").symlink_to(folder / "real.onnx")
+    meta = ModelMeta.read(folder, verify=False)
+    assert meta.openvino_files == {"int8": "ov.xml"} and "openvino_files" not in meta.extra
+    assert meta.unhashed() == ["model.onnx", "ov.xml", "ov.bin"]
+
+
+def test_verify_refuses_a_folder_whose_model_files_have_no_hash(tmp_path):
+    folder_with(tmp_path, {"kind": "svc", "files": {"fp64": "model.onnx"}})
+    (tmp_path / "model.onnx").write_bytes(b"x")
+    with pytest.raises(ModelError, match="no sha256 for model.onnx, so it cannot be verified.*--no-verify"):
+        ModelMeta.read(tmp_path)
+    assert ModelMeta.read(tmp_path, verify=False).files == {"fp64": "model.onnx"}

@@ -19,7 +19,7 @@ from typing import Callable
 from sklearn.model_selection import train_test_split
 
 from tsinfer.infer.formats import Columns, read_chunks
-from tsinfer.infer.models import sha256_file
+from tsinfer.infer.meta import sha256_file
 from tsinfer.infer.rows import LABEL_MAP, LABEL_NAMES, LABELS_ACCEPTED, NO_LABEL, InputError, Reject
 from tsinfer.train.errors import DataError
 
