@@ -239,7 +239,7 @@ def test_token_budget(benchmark, artifacts, test_rows, batch_tokens):
     scorer = load_scorer(artifacts / "onnx" / "bert", "cpu", "int8", batch_tokens=batch_tokens, max_batch=1024)
     enc = scorer.prepare(test_rows.texts[:ROWS])
     scorer.score(enc)
-    record(benchmark, "scaling", f"int8, token budget {batch_tokens}", len(enc),
+    record(benchmark, "scaling", f"int8 {scorer.backend}, token budget {batch_tokens}", len(enc),
            timed(benchmark, lambda: scorer.score(enc)))
 
 

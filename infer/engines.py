@@ -28,6 +28,7 @@ class Engine(Protocol):
     file: str               # the model file it runs, inside the model folder
     lanes: int
     int_dtype: type         # the dtype its input_ids want
+    batch_tokens: int | None  # the token budget of a batch it runs fastest with; None: the provider's default
 
     def run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray: ...
 
@@ -53,6 +54,7 @@ class OrtEngine(_Lanes):
     """onnxruntime sessions, one per lane; IO binding on a GPU (logits bound to the device, copied once)."""
 
     backend = "onnxruntime"
+    batch_tokens = None
 
     def __init__(self, sessions: list, file: str, *, io_binding: bool):
         import onnxruntime as ort
@@ -86,6 +88,9 @@ class OpenVinoEngine(_Lanes):
 
     backend = "openvino"
     int_dtype = np.int64
+    # larger batches than onnxruntime's lanes want: each OpenVINO call costs more outside its kernels, which a
+    # bigger batch shares out (benchmarks/results/cpu.md, token budget group)
+    batch_tokens = 4096
 
     def __init__(self, path: Path, file: str, *, lanes: int, threads: int, inference_precision: str):
         import openvino as ov

@@ -183,7 +183,7 @@ class BertScorer:
             self.tokenizer = load_tokenizer(folder, meta.max_length)
         except Exception as e:
             raise ModelError(f"cannot load {folder / 'tokenizer.json'}: {e} (re-run `make export`)") from e
-        self.batch_tokens = batch_tokens or DEFAULT_BATCH_TOKENS[provider]
+        self.batch_tokens = batch_tokens or self.engine.batch_tokens or DEFAULT_BATCH_TOKENS[provider]
         self.max_batch = max_batch or DEFAULT_MAX_BATCH[provider]
         # On the CPU batches of one length (never padded) and per-token int8 (export/int8.py) make a row's answer
         # the same bits in any batch. On a GPU padding costs the packed graph nothing and fp16 kernels pick their
