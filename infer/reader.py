@@ -205,12 +205,4 @@ def write_rows(path: str | Path, ids, labels, texts) -> None:
 
 def read_all(path: str | Path) -> Chunk:
     """The whole file as one Chunk: for training and reports, where the data fits in memory."""
-    whole = Chunk()
-    for chunk in iter_chunks(path):
-        whole.lines += chunk.lines
-        whole.ids += chunk.ids
-        whole.labels += chunk.labels
-        whole.texts += chunk.texts
-        whole.rejects += chunk.rejects
-        whole.blank_lines += chunk.blank_lines
-    return whole
+    return Chunk.joined(iter_chunks(path))

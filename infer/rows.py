@@ -69,6 +69,19 @@ class Chunk:
     def label_array(self) -> np.ndarray:
         return np.asarray(self.labels, dtype=np.int8)
 
+    @classmethod
+    def joined(cls, chunks) -> "Chunk":
+        """The chunks as one, in order (the whole input, where it fits in memory)."""
+        whole = cls()
+        for chunk in chunks:
+            whole.lines += chunk.lines
+            whole.ids += chunk.ids
+            whole.labels += chunk.labels
+            whole.texts += chunk.texts
+            whole.rejects += chunk.rejects
+            whole.blank_lines += chunk.blank_lines
+        return whole
+
     def add(self, line: int, ident: str, label: int, text: str) -> None:
         self.lines.append(line)
         self.ids.append(ident)

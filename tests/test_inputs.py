@@ -233,14 +233,7 @@ def _read(path, **kwargs):
     from tsinfer.infer.formats import read_chunks
     from tsinfer.infer.rows import Chunk
 
-    whole = Chunk()
-    for c in read_chunks(str(path), kwargs.pop("chunk_rows", 2), **kwargs):
-        whole.lines += c.lines
-        whole.ids += c.ids
-        whole.texts += c.texts
-        whole.rejects += c.rejects
-        whole.blank_lines += c.blank_lines
-    return whole
+    return Chunk.joined(read_chunks(str(path), kwargs.pop("chunk_rows", 2), **kwargs))
 
 
 @pytest.mark.parametrize("fmt", ["tsv", "csv", "jsonl"])
