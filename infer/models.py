@@ -250,8 +250,10 @@ class BertScorer:
         ones = np.ones((rows, width), dtype=self.int_dtype)
         if self._tokenizers is not None:
             self._tokenizers.warm_up()
-        for _ in range(self.engine.lanes):
+        if self._pool is None:
             self.run_batch(ones, ones)
+        else:  # all lanes at once, so each stream (OpenVINO runs a request on any free one) allocates its own
+            list(self._pool.map(lambda _: self.run_batch(ones, ones), range(self.engine.lanes)))
 
     def close(self) -> None:
         """Stop the tokenizer processes and the lane threads (the sessions go with the object)."""
