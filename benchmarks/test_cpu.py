@@ -250,7 +250,7 @@ def test_threads(benchmark, artifacts, test_rows, threads):
     scorer = load_scorer(artifacts / "onnx" / "bert", "cpu", "int8", threads=threads)
     enc = scorer.prepare(test_rows.texts[:ROWS])
     scorer.score(enc)
-    record(benchmark, "scaling", f"int8, {threads} lane(s) (single-threaded onnxruntime sessions)", len(enc),
+    record(benchmark, "scaling", f"int8 {scorer.backend}, {threads} lane(s) (single-threaded each)", len(enc),
            timed(benchmark, lambda: scorer.score(enc)))
 
 
