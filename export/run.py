@@ -123,8 +123,8 @@ def _openvino_export(bert_dir: Path, out: Path, meta: dict, *, progress: Progres
         return {}
     from tsinfer.export.openvino import calibration_ids, export_openvino_int8
 
-    progress(f"export: BERT -> OpenVINO int8 (NNCF, calibrated on {min(len(texts), 300)} training rows)")
     ids = calibration_ids(out, texts, max_length=meta["max_length"], normalize=normalization_for(meta))
+    progress(f"export: BERT -> OpenVINO int8 (NNCF, calibrated on {len(ids)} training rows)")
     return {"openvino_files": export_openvino_int8(bert_dir, out, ids),
             "openvino_calibration": {"rows": len(ids), "file": "training data (training_data.json, role train)"}}
 

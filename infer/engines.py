@@ -24,7 +24,6 @@ class EngineError(Exception):
 
 class Engine(Protocol):
     backend: str            # "onnxruntime" or "openvino"
-    version: str
     file: str               # the model file it runs, inside the model folder
     lanes: int
     int_dtype: type         # the dtype its input_ids want
@@ -57,10 +56,8 @@ class OrtEngine(_Lanes):
     batch_tokens = None
 
     def __init__(self, sessions: list, file: str, *, io_binding: bool):
-        import onnxruntime as ort
-
         super().__init__(sessions)
-        self.sessions, self.file, self.io_binding, self.version = sessions, file, io_binding, ort.__version__
+        self.file, self.io_binding = file, io_binding
         kinds = {i.name: i.type for i in sessions[0].get_inputs()}
         self.input_names = list(kinds)
         self.int_dtype = np.int32 if kinds.get("input_ids") == "tensor(int32)" else np.int64
@@ -95,7 +92,7 @@ class OpenVinoEngine(_Lanes):
     def __init__(self, path: Path, file: str, *, lanes: int, threads: int, inference_precision: str):
         import openvino as ov
 
-        self.file, self.version, self.inference_precision = file, ov.__version__, inference_precision
+        self.file = file
         try:
             compiled = ov.Core().compile_model(str(path), "CPU", {
                 "NUM_STREAMS": lanes, "INFERENCE_NUM_THREADS": lanes * threads,
