@@ -75,7 +75,7 @@ def score(inputs, models, provider, precision, backend, batch_tokens, max_batch,
     With --engine ray, INPUTS may be files, folders, globs or URIs Ray reads (s3://...), and --output is a folder
     of prediction shards (columns shard and line first), rejects shards and metrics.json.
     """
-    from tsinfer.infer.score import comparison_table
+    from tsinfer.infer.report import comparison_table
 
     if progress is None:
         progress = sys.stderr.isatty()
