@@ -14,7 +14,7 @@ from pathlib import Path
 from tsinfer.infer.formats import Columns
 from tsinfer.infer.meta import DEFAULT_MAX_LENGTH, ModelMeta, sha256_file
 from tsinfer.infer.models import available_providers
-from tsinfer.infer.rows import LABEL_NAMES
+from tsinfer.infer.labels import BINARY, LabelSet
 from tsinfer.train.errors import DataError, ExportError, ParityError
 from tsinfer.train.report import TRAINING_DATA_FILE, Progress, log_progress, write_report
 
@@ -47,8 +47,14 @@ def _training_record(model_dir: Path) -> dict:
     record = json.loads(path.read_text()) if path.exists() else {}
     mapping = record.pop("label_mapping", None)
     runtime = {key: record.pop(key) for key in RUNTIME_KEYS if record.get(key) is not None}
-    return {"labels": record.pop("labels", list(LABEL_NAMES)), "label_mapping": mapping, **runtime,
+    return {"labels": record.pop("labels", list(BINARY.names)), "label_mapping": mapping, **runtime,
             "training_data": record or None}
+
+
+def trained_classes(model_dir: Path) -> LabelSet:
+    """The classes a trained folder was fitted on (its training record; binary for a folder without one)."""
+    record = _training_record(model_dir)
+    return LabelSet.from_mapping(record["labels"], record["label_mapping"])
 
 
 def export_svc(svc_dir: Path, out: Path, reports: Path) -> tuple:
@@ -64,17 +70,28 @@ def export_svc(svc_dir: Path, out: Path, reports: Path) -> tuple:
     meta = ModelMeta.from_dict({
         "kind": "svc", **_training_record(svc_dir),
         "input": "text preprocessed by tsinfer.infer.preprocess (spaCy lemmas joined by spaces)",
-        "outputs": {"label": "0/1", "decision": "SVC decision value (float64)",
-                    "probability": "P(positive): Platt sigmoid of the decision, fitted on the validation split"},
-        "score": "probability",
+        **(_svc_outputs_multiclass(model) if model.multiclass else {
+            "outputs": {"label": "0/1", "decision": "SVC decision value (float64)",
+                        "probability": "P(positive): Platt sigmoid of the decision, fitted on the validation split"},
+            "score": "probability"}),
         "files": {"fp64": "model.onnx"}, "providers": {"fp64": ["cpu"]}, "default_precision": {"cpu": "fp64"},
         "n_support_vectors": int(model.support_vectors.shape[0]),
         "vocabulary_size": int(model.support_vectors.shape[1]),
-        "hyperparameters": model.params, "platt": list(model.platt),
+        "hyperparameters": model.params, **({} if model.multiclass else {"platt": list(model.platt)}),
         "model_bytes": size, "dense_svc_bytes_avoided": dense_svc_bytes(model),
         "training_report": _report_figures(reports / "train_svc.json"),
     }).write(out)
     return model, meta
+
+
+def _svc_outputs_multiclass(model) -> dict:
+    """meta.json's description of a multi-class SVC graph's outputs (export/svc.py)."""
+    pairs = ", ".join(f"{model.labels[i]}/{model.labels[j]}" for i, j in model.pairs())
+    return {"outputs": {"label": "class index into labels: the one-vs-one vote (sklearn's SVC.predict)",
+                        "decision": f"one-vs-one decision values (float64), one per pair: {pairs}",
+                        "probability": "(rows, classes) probabilities: multinomial logistic regression on the "
+                                       "decision values, fitted on the validation split"},
+            "score": "probability"}
 
 
 def export_bert(bert_dir: Path, out: Path, reports: Path, *, progress: Progress = log_progress) -> ModelMeta:
@@ -89,7 +106,9 @@ def export_bert(bert_dir: Path, out: Path, reports: Path, *, progress: Progress 
     config = AutoConfig.from_pretrained(bert_dir)
     meta = {
         "kind": "bert", **_training_record(bert_dir), "max_length": max_length,
-        "score": "P(positive), softmax of the logits (divided by `temperature` first, when meta.json has one)",
+        "score": ("P(positive), softmax of the logits" if len(config.id2label) == 2 else
+                  "one probability per class, softmax of the logits") + " (divided by `temperature` first, when "
+                 "meta.json has one)",
         "files": files, "providers": {p: PROVIDERS[p] for p in files},
         "default_precision": DEFAULT_PRECISION,
         "gpu_layout": GPU_LAYOUT, "cuda_options": GPU_LAYOUTS[GPU_LAYOUT]["cuda_options"],
@@ -116,7 +135,8 @@ def _openvino_export(bert_dir: Path, out: Path, meta: dict, *, progress: Progres
         progress("export: OpenVINO int8 skipped: the openvino extra is not installed (pip install "
                  "'tsinfer-sentiment[openvino]'); CPU scoring runs onnxruntime's int8")
         return {}
-    texts = _calibration_texts(meta.get("training_data") or {})
+    texts = _calibration_texts(meta.get("training_data") or {}, LabelSet.from_mapping(meta["labels"],
+                                                                                       meta["label_mapping"]))
     if not texts:
         progress("export: OpenVINO int8 skipped: the training file named in training_data.json is gone or changed "
                  "(its rows calibrate the int8 scales); CPU scoring runs onnxruntime's int8")
@@ -129,7 +149,7 @@ def _openvino_export(bert_dir: Path, out: Path, meta: dict, *, progress: Progres
             "openvino_calibration": {"rows": len(ids), "file": "training data (training_data.json, role train)"}}
 
 
-def _calibration_texts(record: dict) -> list[str]:
+def _calibration_texts(record: dict, classes: LabelSet) -> list[str]:
     """The training texts, read again from the file the training record names, if it is still the same file."""
     from tsinfer.train.data import read_labelled
 
@@ -137,7 +157,7 @@ def _calibration_texts(record: dict) -> list[str]:
     if entry is None or not Path(entry["path"]).is_file() or sha256_file(Path(entry["path"])) != entry["sha256"]:
         return []
     try:
-        rows, _ = read_labelled(entry["path"], role="calibration")
+        rows, _, _ = read_labelled(entry["path"], role="calibration", classes=classes)
     except DataError:
         return []
     return rows.texts
@@ -158,8 +178,9 @@ def check_targets(entry: dict, kind: str, fp32_accuracy: float | None) -> dict:
 
 
 def parity_rows(data_dir: Path, parity_file: str | Path | None, input_format: str, columns: Columns, limit: int | None,
-                ) -> tuple[str, list[str], list[int]]:
-    """(source, texts, labels) that parity scores: --parity-file, else the seed's test.tsv in data_dir."""
+                classes: LabelSet = BINARY) -> tuple[str, list[str], list[int]]:
+    """(source, texts, labels) that parity scores: --parity-file, else the seed's test.tsv in data_dir; its labels
+    must be among the model's classes."""
     from tsinfer.train.data import read_labelled  # scikit-learn: imported only when parity runs
 
     source = Path(parity_file) if parity_file is not None else data_dir / "test.tsv"
@@ -167,7 +188,8 @@ def parity_rows(data_dir: Path, parity_file: str | Path | None, input_format: st
         raise ExportError(f"{source} is missing: give a labelled --parity-file FILE (your test or validation data), "
                           "run `make data` for the seed's, or --skip-parity")
     try:
-        rows, _ = read_labelled(source, role="parity", input_format=input_format, columns=columns)
+        rows, _, _ = read_labelled(source, role="parity", input_format=input_format, columns=columns,
+                                   classes=classes)
     except DataError as e:
         raise ExportError(f"parity data: {e}") from e
     return str(source), rows.texts[:limit], rows.labels[:limit]
@@ -183,11 +205,15 @@ def run_export(artifacts: Path, data_dir: Path, parity: bool = True, which=("svc
         if not inputs[kind].exists():
             raise ExportError(f"{inputs[kind]} is missing: train it first (tsinfer train {kind} --out "
                               f"{artifacts / kind})")
-    source = None
-    if parity:
-        source, texts, labels = parity_rows(Path(data_dir), parity_file, input_format, columns, limit)
+    source, rows = None, {}
+    for kind in which if parity else ():  # read once per label set: both models usually share theirs
+        classes = trained_classes(artifacts / kind)
+        if classes.names not in rows:
+            source, *rows[classes.names] = parity_rows(Path(data_dir), parity_file, input_format, columns, limit,
+                                                       classes)
     report = {"data": source, "models": {}}
     if "svc" in which:
+        texts, labels = rows.get(trained_classes(artifacts / "svc").names, (None, None))
         progress("export: SVC -> ONNX")
         model, meta = export_svc(artifacts / "svc", artifacts / "onnx" / "svc", reports)
         report["models"]["svc"] = {"model_bytes": meta.extra["model_bytes"],
@@ -198,6 +224,7 @@ def run_export(artifacts: Path, data_dir: Path, parity: bool = True, which=("svc
             entry = svc_parity(model, artifacts / "onnx" / "svc", texts, labels)
             report["models"]["svc"]["variants"] = [check_targets(entry, "svc", None)]
     if "bert" in which:
+        texts, labels = rows.get(trained_classes(artifacts / "bert").names, (None, None))
         progress("export: BERT -> ONNX (optimum-onnx, fusions, fp16, int8)")
         meta = export_bert(artifacts / "bert", artifacts / "onnx" / "bert", reports, progress=progress)
         report["models"]["bert"] = {"files": meta.files}

@@ -14,6 +14,11 @@ size beyond the counts:
     K        = exp(-gamma * (|x|^2 + |s|^2 - 2 x.s))                  (sklearn's own RBF expansion)
     d        = K @ dual_coef + intercept; label = d > 0; p = sigmoid(a d + b) (Platt, fitted on validation)
 
+More than two classes (train/svc.py): D = K @ pair_coef + intercepts, one column per one-vs-one pair (i, j); each
+pair's sign is a vote for i or j, summed by two 0/1 matmuls; label = the first class with the most votes (ArgMax
+keeps the first maximum: libsvm's tie rule); p = softmax(D @ W^T + c), the calibration fitted on validation. All in
+float64, outputs label [rows], decision [rows, pairs] and probability [rows, classes] (float64).
+
 Per tweet the work is its terms' postings plus one exp per support vector, the same as libsvm's sparse kernel
 needs at best; the file holds only S's non-zeros, the vocabulary and idf.
 """
@@ -28,6 +33,8 @@ from tsinfer.train.svc import SvcModel
 OPSET = 18
 INPUT = "text"
 OUTPUTS = ("label", "decision", "probability")
+_OUTPUT_TYPES = {"binary": (TensorProto.INT64, TensorProto.DOUBLE, TensorProto.FLOAT),
+                 "multiclass": (TensorProto.INT64, TensorProto.DOUBLE, TensorProto.DOUBLE)}
 
 
 def _tfidf_counts_graph(model: SvcModel) -> onnx.ModelProto:
@@ -79,9 +86,10 @@ def _scatter_add(data: str, idx: str, upd: str, out: str):
 def build_svc_onnx(model: SvcModel) -> onnx.ModelProto:
     onx = _tfidf_counts_graph(model)
     counts = onx.graph.output[0].name
+    head = _multiclass_head() if model.multiclass else _binary_head()
     nodes = (_pair_nodes(counts, sublinear_tf=bool(model.params.get("sublinear_tf"))) + _tfidf_nodes()
-             + _kernel_nodes())
-    return _finish(onx, nodes, _constants(model))
+             + _kernel_nodes() + head)
+    return _finish(onx, nodes, _constants(model), multiclass=model.multiclass)
 
 
 def _constants(model: SvcModel) -> dict:
@@ -91,6 +99,14 @@ def _constants(model: SvcModel) -> dict:
     postings.sort_indices()
     s = model.support_vectors
     platt_a, platt_b = model.platt
+    if model.multiclass:
+        first, second = model.vote_matrices()
+        coef, intercept = model.calibration
+        head = {"pair_coef": model.pair_coefficients(), "pair_intercept": model.intercepts.astype(np.float64),
+                "vote_first": first, "vote_second": second, "calibration_coef_t": coef.T.copy(),
+                "calibration_intercept": intercept.astype(np.float64)}
+    else:
+        head = {"dual_coef": model.dual_coef.astype(np.float64).reshape(-1, 1)}
     return {
         "idf": np.asarray(model.vectorizer.idf_, dtype=np.float64),
         "post_start": postings.indptr[:-1].astype(np.int64),
@@ -98,7 +114,7 @@ def _constants(model: SvcModel) -> dict:
         "post_sv": postings.indices.astype(np.int64),
         "post_value": postings.data.astype(np.float64),
         "sv_sq_norm": np.asarray(s.multiply(s).sum(axis=1), dtype=np.float64).reshape(1, -1),
-        "dual_coef": model.dual_coef.astype(np.float64).reshape(-1, 1),
+        **head,
         "intercept": _f64(model.intercept), "neg_gamma": _f64(-model.gamma), "two": _f64(2.0), "one": _f64(1.0),
         "zero": _f64(0.0), "tiny": _f64(1e-300), "platt_a": _f64(platt_a), "platt_b": _f64(platt_b),
         "n_sv": _i64(n_sv), "i0": _i64(0), "i1": _i64(1), "row_axis": _i64(0), "flat": _i64(-1),
@@ -145,7 +161,7 @@ def _tfidf_nodes() -> list:
 
 
 def _kernel_nodes() -> list:
-    """x.s_i by expanding every pair into its term's postings, then the RBF kernel, decision, label and Platt."""
+    """x.s_i by expanding every pair into its term's postings, then the RBF kernel."""
     return [
         # expand every pair into the postings of its term: position p belongs to pair owner[p]
         _node("Gather", ["post_start", "pair_term"], ["pair_post_start"]),
@@ -188,6 +204,12 @@ def _kernel_nodes() -> list:
         _node("Max", ["sq_dist_raw", "zero"], ["sq_dist"]),
         _node("Mul", ["sq_dist", "neg_gamma"], ["exponent"]),
         _node("Exp", ["exponent"], ["kernel"]),
+    ]
+
+
+def _binary_head() -> list:
+    """Two classes: decision = K @ dual_coef + intercept, its sign, and Platt's P(positive)."""
+    return [
         _node("MatMul", ["kernel", "dual_coef"], ["weighted"]),
         _node("Add", ["weighted", "intercept"], ["decision_col"]),
         _node("Reshape", ["decision_col", "flat"], ["decision"]),
@@ -200,7 +222,25 @@ def _kernel_nodes() -> list:
     ]
 
 
-def _finish(onx: onnx.ModelProto, nodes: list, consts: dict) -> onnx.ModelProto:
+def _multiclass_head() -> list:
+    """More classes: the pairs' decisions, their votes, the first class with the most, the calibrated softmax."""
+    return [
+        _node("MatMul", ["kernel", "pair_coef"], ["pair_weighted"]),
+        _node("Add", ["pair_weighted", "pair_intercept"], ["decision"]),
+        _node("Greater", ["decision", "zero"], ["pair_won"]),
+        _node("Cast", ["pair_won"], ["wins"], to=TensorProto.DOUBLE),
+        _node("Sub", ["one", "wins"], ["losses"]),
+        _node("MatMul", ["wins", "vote_first"], ["votes_first"]),
+        _node("MatMul", ["losses", "vote_second"], ["votes_second"]),
+        _node("Add", ["votes_first", "votes_second"], ["votes"]),
+        _node("ArgMax", ["votes"], ["label"], axis=1, keepdims=0, select_last_index=0),
+        _node("MatMul", ["decision", "calibration_coef_t"], ["calibration_lin0"]),
+        _node("Add", ["calibration_lin0", "calibration_intercept"], ["calibration_lin"]),
+        _node("Softmax", ["calibration_lin"], ["probability"], axis=1),
+    ]
+
+
+def _finish(onx: onnx.ModelProto, nodes: list, consts: dict, *, multiclass: bool = False) -> onnx.ModelProto:
     """The nodes after skl2onnx's front end, the initializers they use, the three outputs; checked."""
     # ONNX wants producers before consumers
     shape_node = next(x for x in nodes if x.output == ["pair_begin_shape"])
@@ -211,11 +251,10 @@ def _finish(onx: onnx.ModelProto, nodes: list, consts: dict) -> onnx.ModelProto:
     onx.graph.initializer.extend(numpy_helper.from_array(v, name=k) for k, v in consts.items()
                                  if k in used and isinstance(v, np.ndarray))
     del onx.graph.output[:]
-    onx.graph.output.extend([
-        helper.make_tensor_value_info("label", TensorProto.INT64, [None]),
-        helper.make_tensor_value_info("decision", TensorProto.DOUBLE, [None]),
-        helper.make_tensor_value_info("probability", TensorProto.FLOAT, [None]),
-    ])
+    types = _OUTPUT_TYPES["multiclass" if multiclass else "binary"]
+    shapes = ([None], [None, None], [None, None]) if multiclass else ([None], [None], [None])
+    onx.graph.output.extend(helper.make_tensor_value_info(name, kind, shape)
+                            for name, kind, shape in zip(OUTPUTS, types, shapes))
     onx.graph.name = "tsinfer_tfidf_rbf_svc"
     for opset in onx.opset_import:  # skl2onnx declares the lowest opset its own nodes need
         if opset.domain in ("", "ai.onnx"):

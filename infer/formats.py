@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 from tsinfer.infer.reader import LAYOUT_SAMPLE, MAX_LINE_CHARS, iter_chunks, records, too_long
+from tsinfer.infer.labels import BINARY, LabelSet
 from tsinfer.infer.rows import BLANK, Chunk, Columns, InputError, Reject, resolve, to_chunks
 from tsinfer.infer.textio import damaged_as_input_error, open_text
 
@@ -33,15 +34,18 @@ def input_format(path: str, requested: str = "auto") -> str:
     return SUFFIXES.get(Path(name).suffix, "tsv")
 
 
-def read_chunks(path: str, chunk_rows: int, fmt: str = "auto", columns: Columns = Columns()) -> Iterator[Chunk]:
-    """Chunks of any supported input: the one entry point of the scorer's reader thread."""
+def read_chunks(path: str, chunk_rows: int, fmt: str = "auto", columns: Columns = Columns(),
+                labels: LabelSet = BINARY) -> Iterator[Chunk]:
+    """Chunks of any supported input: the one entry point of the scorer's reader thread. `labels`: the models'
+    label set, which the label column's values must belong to."""
     fmt = input_format(path, fmt)
     if fmt == "tsv":
         if columns.given():
             raise InputError(f"{path} is read as TSV, whose columns come from its layout or header line: "
                              "--text/--id/--label-column apply to CSV, JSON Lines and Parquet (--input-format)")
-        return iter_chunks(path, chunk_rows)
-    return {"jsonl": jsonl_chunks, "csv": csv_chunks, "parquet": parquet_chunks}[fmt](path, columns, chunk_rows)
+        return iter_chunks(path, chunk_rows, labels)
+    return {"jsonl": jsonl_chunks, "csv": csv_chunks, "parquet": parquet_chunks}[fmt](path, columns, chunk_rows,
+                                                                                      labels)
 
 
 def _bounded_lines(fh):
@@ -82,7 +86,7 @@ def _sample(lines, size: int) -> list[tuple[int, str | None, dict | None]]:
     return out
 
 
-def jsonl_chunks(path: str, columns: Columns, chunk_rows: int) -> Iterator[Chunk]:
+def jsonl_chunks(path: str, columns: Columns, chunk_rows: int, labels: LabelSet = BINARY) -> Iterator[Chunk]:
     """JSON Lines: the columns are the keys of the first chunk's objects (a stream may begin with records that have
     no text, such as Twitter/X delete notices: those are rejects); refused only when none of them has a text key."""
     with open_text(path) as fh, damaged_as_input_error(fh, path):
@@ -90,7 +94,7 @@ def jsonl_chunks(path: str, columns: Columns, chunk_rows: int) -> Iterator[Chunk
         parsed = _sample(lines, max(chunk_rows, LAYOUT_SAMPLE))
         written = [line for _, line, _ in parsed if line is None or line.strip()]
         if not written:  # nothing but blank lines
-            yield from to_chunks((BLANK for _ in parsed), chunk_rows)
+            yield from to_chunks((BLANK for _ in parsed), chunk_rows, labels)
             return
         if (written[0] or "").lstrip().startswith("["):
             raise InputError(f"{path} is a JSON array, not JSON Lines (one object a line): convert it, for example "
@@ -99,7 +103,7 @@ def jsonl_chunks(path: str, columns: Columns, chunk_rows: int) -> Iterator[Chunk
         more = next(lines, None)  # None: the sample is the whole file
         roles = resolve(keys, columns, path if more is None else f"{path} (in its first {len(parsed):,} lines)")
         rest = chain(parsed, [more] if more else [], lines)
-        yield from to_chunks((_json_item(*record, roles) for record in rest), chunk_rows)
+        yield from to_chunks((_json_item(*record, roles) for record in rest), chunk_rows, labels)
 
 
 def _json_item(n: int, line: str | None, obj: dict | None, roles: dict):
@@ -115,7 +119,7 @@ def _json_item(n: int, line: str | None, obj: dict | None, roles: dict):
             obj[roles["text"]], line)
 
 
-def csv_chunks(path: str, columns: Columns, chunk_rows: int) -> Iterator[Chunk]:
+def csv_chunks(path: str, columns: Columns, chunk_rows: int, labels: LabelSet = BINARY) -> Iterator[Chunk]:
     """CSV with a header line (its first line that is not blank), through the TSV path's record reader (bounded
     quotes and lines, line numbers)."""
     with open_text(path) as fh, damaged_as_input_error(fh, path):
@@ -127,7 +131,7 @@ def csv_chunks(path: str, columns: Columns, chunk_rows: int) -> Iterator[Chunk]:
             blanks += 1
         else:
             if blanks:
-                yield from to_chunks((BLANK for _ in range(blanks)), chunk_rows)
+                yield from to_chunks((BLANK for _ in range(blanks)), chunk_rows, labels)
             return
         header = first[1] or []
         roles = resolve(header, columns, path)
@@ -145,10 +149,10 @@ def csv_chunks(path: str, columns: Columns, chunk_rows: int) -> Iterator[Chunk]:
                 else:
                     yield (line, None if where["id"] is None else fields[where["id"]],
                            None if where["label"] is None else fields[where["label"]], fields[where["text"]], raw)
-        yield from to_chunks(items(), chunk_rows)
+        yield from to_chunks(items(), chunk_rows, labels)
 
 
-def parquet_chunks(path: str, columns: Columns, chunk_rows: int) -> Iterator[Chunk]:
+def parquet_chunks(path: str, columns: Columns, chunk_rows: int, labels: LabelSet = BINARY) -> Iterator[Chunk]:
     try:
         import pyarrow.parquet as pq
     except ImportError:
@@ -161,7 +165,7 @@ def parquet_chunks(path: str, columns: Columns, chunk_rows: int) -> Iterator[Chu
         raise InputError(f"cannot read {path} as Parquet: {str(e).splitlines()[0]}") from e
     try:
         yield from to_chunks(_parquet_items(parquet, resolve(parquet.schema_arrow.names, columns, path), chunk_rows),
-                             chunk_rows)
+                             chunk_rows, labels)
     finally:
         parquet.close()
 

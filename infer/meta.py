@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from tsinfer.infer.rows import LABEL_NAMES
+from tsinfer.infer.labels import BINARY, MAX_CLASSES, LabelSet
 
 META_FILE = "meta.json"
 KINDS = ("bert", "svc")
@@ -40,7 +40,7 @@ class ModelMeta:
     openvino_files: dict[str, str] = field(default_factory=dict)  # precision -> OpenVINO .xml (weights: same stem .bin)
     providers: dict[str, list[str]] = field(default_factory=dict)  # precision -> providers that run it
     default_precision: dict[str, str] = field(default_factory=dict)  # provider -> precision
-    labels: list[str] = field(default_factory=lambda: list(LABEL_NAMES))
+    labels: list[str] = field(default_factory=lambda: list(BINARY.names))  # class names, in the model's output order
     max_length: int | None = None  # BERT: tokens per row at most
     temperature: float | None = None  # BERT: the logits are divided by it before the softmax
     text_normalization: str | None = None  # infer/preprocess.py's name; None: texts as they are
@@ -70,8 +70,12 @@ class ModelMeta:
             return f"max_length {self.max_length!r} is not a positive integer"
         if self.temperature is not None and not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
             return f"temperature {self.temperature!r} is not a positive number"
-        if not isinstance(self.labels, list) or len(self.labels) != 2:
-            return f"labels {self.labels!r}: a binary model has two"
+        if (not isinstance(self.labels, list) or not 2 <= len(self.labels) <= MAX_CLASSES
+                or not all(isinstance(n, str) and n for n in self.labels) or len(set(self.labels)) < len(self.labels)):
+            return f"labels {self.labels!r}: a model has 2 to {MAX_CLASSES} distinct class names"
+        mapping = self.extra.get("label_mapping")
+        if mapping is not None and not (isinstance(mapping, dict) and set(mapping.values()) <= set(self.labels)):
+            return f"label_mapping {mapping!r} names classes that are not among labels {self.labels!r}"
         if not isinstance(self.openvino_files, dict) or not isinstance(self.sha256, dict):
             return "'openvino_files' and 'sha256' must be JSON objects"
         bad = [name for name in self.named_files() if not isinstance(name, str) or not name
@@ -79,6 +83,11 @@ class ModelMeta:
         if bad:
             return f"file name {bad[0]!r} leaves the model folder (names must be relative, without '..')"
         return None
+
+    def label_set(self) -> LabelSet:
+        """The classes, in the model's output order, and the label values that name them (label_mapping; a binary
+        folder written before it was recorded reads 0/1, 0/4 and negative/positive, as always)."""
+        return LabelSet.from_mapping(self.labels, self.extra.get("label_mapping"))
 
     def named_files(self) -> list[str]:
         """Every file meta.json names: the model files (an OpenVINO .xml with its .bin) and the hashed ones."""

@@ -53,7 +53,7 @@ def confusion(labels: np.ndarray, preds: np.ndarray) -> np.ndarray:
     return np.bincount(labels * 2 + preds, minlength=4).reshape(2, 2)
 
 
-def metrics_from_confusion(cm: np.ndarray) -> dict:
+def metrics_from_confusion(cm: np.ndarray, names: tuple[str, str] = ("negative", "positive")) -> dict:
     """Accuracy, per-class precision/recall/F1 and MCC from a 2x2 confusion matrix (mergeable across shards)."""
     (tn, fp), (fn, tp) = np.asarray(cm, dtype=np.int64).tolist()
     n = tn + fp + fn + tp
@@ -76,8 +76,8 @@ def metrics_from_confusion(cm: np.ndarray) -> dict:
         "f1": f1,
         "mcc": ratio(tp * tn - fp * fn, denom),
         "per_class": {
-            "negative": {"precision": p0, "recall": r0, "f1": f0, "support": tn + fp},
-            "positive": {"precision": p1, "recall": r1, "f1": f1, "support": fn + tp},
+            names[0]: {"precision": p0, "recall": r0, "f1": f0, "support": tn + fp},
+            names[1]: {"precision": p1, "recall": r1, "f1": f1, "support": fn + tp},
         },
         "confusion_matrix": [[tn, fp], [fn, tp]],
     }
@@ -147,7 +147,8 @@ class StreamingMetrics:
     (the Ray engine adds up per-block counts with add(..., counts)).
     """
 
-    def __init__(self):
+    def __init__(self, names: tuple[str, ...] = ("negative", "positive")):
+        self.names = tuple(names)
         self.cm = np.zeros((2, 2), dtype=np.int64)
         self.hist = np.zeros((2, SCORE_BINS + 1), dtype=np.int64)
 
@@ -157,6 +158,11 @@ class StreamingMetrics:
         counts = 1 if counts is None else np.asarray(counts, dtype=np.int64)
         np.add.at(self.cm, (labels, preds), counts)
         np.add.at(self.hist, (labels, np.asarray(bins, dtype=np.int64)), counts)
+
+    def merge(self, other: "StreamingMetrics") -> None:
+        """Add another shard's counts."""
+        self.cm += other.cm
+        self.hist += other.hist
 
     @property
     def rows(self) -> int:
@@ -179,7 +185,7 @@ class StreamingMetrics:
         return ece_from_bins(*calibration_bins(scores, self.hist[0], self.hist[1], n_bins))
 
     def result(self) -> dict:
-        out = metrics_from_confusion(self.cm)
+        out = metrics_from_confusion(self.cm, self.names)
         out["roc_auc"] = self.roc_auc()
         return out
 
@@ -190,3 +196,149 @@ class StreamingMetrics:
         m = self.result()
         keys = ("accuracy", "precision", "recall", "f1", "mcc", "roc_auc", "confusion_matrix", "per_class")
         return dict({k: m[k] for k in keys}, ece=self.ece(), rows_labelled=self.rows)
+
+
+# More than two classes: macro averages, the N x N confusion matrix, one-vs-rest ROC-AUC, ECE of the top class.
+
+
+def confusion_n(labels: np.ndarray, preds: np.ndarray, n_classes: int) -> np.ndarray:
+    """N x N counts, rows = true label, columns = prediction (sklearn's confusion_matrix)."""
+    labels, preds = np.asarray(labels, dtype=np.int64), np.asarray(preds, dtype=np.int64)
+    return np.bincount(labels * n_classes + preds, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def multiclass_from_confusion(cm: np.ndarray, names: tuple[str, ...]) -> dict:
+    """Accuracy, per-class and macro precision/recall/F1 and MCC (sklearn's multi-class formula) from N x N counts;
+    a ratio with nothing under it is 0, as sklearn's zero_division default."""
+    cm = np.asarray(cm, dtype=np.int64)
+    n, tp = int(cm.sum()), np.diag(cm)
+    true, predicted = cm.sum(axis=1), cm.sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(predicted > 0, tp / np.maximum(predicted, 1), 0.0)
+        recall = np.where(true > 0, tp / np.maximum(true, 1), 0.0)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    cov_tp = float(tp.sum()) * n - float(np.dot(true, predicted))
+    cov_pp, cov_tt = float(n) * n - float(np.dot(predicted, predicted)), float(n) * n - float(np.dot(true, true))
+    denom = math.sqrt(cov_tt * cov_pp)
+    return {
+        "n": n,
+        "accuracy": float(tp.sum()) / n if n else 0.0,
+        "macro_precision": float(precision.mean()), "macro_recall": float(recall.mean()), "macro_f1": float(f1.mean()),
+        "mcc": cov_tp / denom if denom else 0.0,
+        "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                             "support": int(true[i])} for i, name in enumerate(names)},
+        "confusion_matrix": cm.tolist(),
+    }
+
+
+def ovr_auc_from_counts(pos: np.ndarray, neg: np.ndarray) -> list[float | None]:
+    """One-vs-rest ROC-AUC per class from (N, bins) counts of that class's rows and of the others' at each value of
+    its own score."""
+    return [auc_from_counts(neg[c], pos[c]) for c in range(len(pos))]
+
+
+def macro(values: list[float | None]) -> float | None:
+    """The unweighted mean (sklearn's average='macro'); None when a class has none (sklearn refuses then)."""
+    return None if not values or any(v is None for v in values) else float(np.mean(values))
+
+
+def top_class_ece(labels, proba, n_bins: int = ECE_BINS) -> float | None:
+    """ECE of the top class: per equal-width bin of the highest probability, |share of rows whose top class is
+    the label - mean highest probability|, weighted by the bin's rows. For two classes see
+    expected_calibration_error (P(positive), as tsinfer always reported it)."""
+    proba = np.asarray(proba, dtype=np.float64)
+    right = proba.argmax(axis=1) == np.asarray(labels)
+    return ece_from_bins(*calibration_bins(proba.max(axis=1), ~right, right, n_bins))
+
+
+def classification_metrics(labels, preds, proba, names: tuple[str, ...]) -> dict:
+    """What binary_metrics is for two classes, for N: the figures of multiclass_from_confusion, the one-vs-rest
+    ROC-AUC per class and its macro average (from the probabilities; None without them), the top-class ECE."""
+    labels = np.asarray(labels, dtype=np.int64)
+    out = multiclass_from_confusion(confusion_n(labels, preds, len(names)), names)
+    if proba is None:
+        return dict(out, roc_auc=None, roc_auc_per_class=None, ece=None)
+    proba = np.asarray(proba, dtype=np.float64)
+    per_class = [roc_auc(labels == c, proba[:, c]) for c in range(len(names))]
+    return dict(out, roc_auc=macro(per_class), roc_auc_per_class=dict(zip(names, per_class)),
+                ece=top_class_ece(labels, proba) if len(labels) else None)
+
+
+def metrics_for(labels, preds, scores, names: tuple[str, ...]) -> dict:
+    """binary_metrics for two classes (scores: P(class 1) or a decision value), classification_metrics for more
+    (scores: the (rows, N) probabilities)."""
+    if len(names) == 2:
+        return binary_metrics(labels, preds, scores)
+    return classification_metrics(labels, preds, scores, names)
+
+
+class MulticlassMetrics:
+    """StreamingMetrics for N > 2 classes, in fixed memory: the N x N confusion matrix; per class, histograms of
+    its written probability over its own rows and over the others' (1,000,001 bins each: the one-vs-rest ROC-AUC,
+    exact for the probabilities as written); and per ECE bin of the top written probability, its rows, those whose
+    top class is the label and the sum of the top probabilities' bins (integers: exact). All counts add up across
+    shards and machines (merge, or add(..., counts) for partial counts of identical rows)."""
+
+    def __init__(self, names: tuple[str, ...]):
+        self.names = tuple(names)
+        k = len(self.names)
+        self.cm = np.zeros((k, k), dtype=np.int64)
+        self.pos = np.zeros((k, SCORE_BINS + 1), dtype=np.int64)
+        self.neg = np.zeros((k, SCORE_BINS + 1), dtype=np.int64)
+        self.top = np.zeros((3, ECE_BINS), dtype=np.int64)  # rows, top class right, sum of top bins
+
+    def add(self, labels: np.ndarray, preds: np.ndarray, bins: np.ndarray, counts: np.ndarray | None = None) -> None:
+        """Rows (label, pred, (N,) written probability bins), or with counts, how many rows each stands for."""
+        labels, preds = np.asarray(labels, dtype=np.int64), np.asarray(preds, dtype=np.int64)
+        bins = np.asarray(bins, dtype=np.int64).reshape(len(labels), len(self.names))
+        counts = np.ones(len(labels), dtype=np.int64) if counts is None else np.asarray(counts, dtype=np.int64)
+        np.add.at(self.cm, (labels, preds), counts)
+        for c in range(len(self.names)):
+            mine = labels == c
+            self.pos[c] += np.bincount(bins[mine, c], weights=counts[mine], minlength=SCORE_BINS + 1).astype(np.int64)
+            self.neg[c] += np.bincount(bins[~mine, c], weights=counts[~mine],
+                                       minlength=SCORE_BINS + 1).astype(np.int64)
+        top = bins.max(axis=1)
+        right = (bins.argmax(axis=1) == labels).astype(np.int64)
+        # the bin calibration_bins gives the written probability (the same float expression, so the same bin)
+        at = np.minimum((top / SCORE_BINS * ECE_BINS).astype(np.int64), ECE_BINS - 1)
+        for row, weights in enumerate((counts, counts * right, counts * top)):
+            np.add.at(self.top[row], at, weights)
+
+    def merge(self, other: "MulticlassMetrics") -> None:
+        for name in ("cm", "pos", "neg", "top"):
+            getattr(self, name).__iadd__(getattr(other, name))
+
+    @property
+    def rows(self) -> int:
+        return int(self.cm.sum())
+
+    def roc_curve(self, c: int) -> tuple[np.ndarray, np.ndarray]:
+        """Class c against the rest: false and true positive rates at every written value of its probability."""
+        pos, neg = self.pos[c], self.neg[c]
+        seen = np.flatnonzero(pos + neg)[::-1]
+        tpr = np.cumsum(pos[seen]) / max(int(pos.sum()), 1)
+        fpr = np.cumsum(neg[seen]) / max(int(neg.sum()), 1)
+        return np.r_[0.0, fpr], np.r_[0.0, tpr]
+
+    def ece(self) -> float | None:
+        rows, right, top_bins = self.top
+        total = int(rows.sum())
+        return float(np.abs(right - top_bins / SCORE_BINS).sum() / total) if total else None
+
+    def summary(self) -> dict:
+        """The figures a scoring run reports per model; {} without labelled rows."""
+        if not self.rows:
+            return {}
+        out = multiclass_from_confusion(self.cm, self.names)
+        per_class = ovr_auc_from_counts(self.pos, self.neg)
+        keys = ("accuracy", "macro_precision", "macro_recall", "macro_f1", "mcc", "confusion_matrix", "per_class")
+        return dict({k: out[k] for k in keys}, roc_auc=macro(per_class),
+                    roc_auc_per_class=dict(zip(self.names, per_class)), ece=self.ece(), classes=list(self.names),
+                    rows_labelled=self.rows)
+
+
+def streaming_metrics(names: tuple[str, ...]) -> StreamingMetrics | MulticlassMetrics:
+    """The streaming metrics of a model with these classes: StreamingMetrics for two (P(class 1) histograms, as
+    always), MulticlassMetrics for more."""
+    return StreamingMetrics(tuple(names)) if len(names) == 2 else MulticlassMetrics(tuple(names))

@@ -113,14 +113,25 @@ def positive_probability(logits: np.ndarray, temperature: float | None = None) -
     return e[:, 1] / e.sum(axis=1)
 
 
+def class_probabilities(logits: np.ndarray, temperature: float | None = None) -> np.ndarray:
+    """(rows, classes) softmax of N-class logits (divided by the temperature first), stable, in float64: row by row,
+    so a row's probabilities never depend on the rows beside it."""
+    z = np.asarray(logits, dtype=np.float64)
+    if temperature:
+        z = z / temperature
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
 @dataclass
 class Scored:
-    pred: np.ndarray      # 0/1
-    score: np.ndarray     # P(positive)
+    pred: np.ndarray      # class index: 0/1 for two classes
+    score: np.ndarray | None  # two classes: P(class 1), P(positive); None for more (see proba)
     tokens: int = 0       # real tokens seen (BERT)
     padded: int = 0       # tokens after padding (BERT)
     truncated: int = 0    # rows cut at max_length
-    decision: np.ndarray | None = None  # the SVC's decision value (parity checks it)
+    decision: np.ndarray | None = None  # the SVC's decision value (parity checks it); per pair for more classes
+    proba: np.ndarray | None = None     # more than two classes: (rows, classes) probabilities
 
 
 class Scorer(Protocol):
@@ -195,6 +206,7 @@ class BertScorer:
         except ValueError as e:
             raise ModelError(f"{folder / 'meta.json'}: {e}") from e
         self.temperature = meta.temperature
+        self.n_classes = len(meta.labels)
         self._tokenizers = (TokenizerPool(folder, meta.max_length, self.tokenizer_workers)
                             if self.tokenizer_workers else None)
 
@@ -219,15 +231,21 @@ class BertScorer:
         """on_batch(rows) is called after each batch, for progress. Batches run on the lanes in parallel; each
         writes only its own rows, so the result does not depend on which lane ran which batch or when."""
         n = len(enc)
-        pred, prob = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.float64)
+        binary = self.n_classes == 2
+        pred = np.zeros(n, dtype=np.int64)
+        prob = np.zeros(n if binary else (n, self.n_classes), dtype=np.float64)
         plan = plan_batches(enc.lengths, self.batch_tokens, self.max_batch, sort=sort,
                             same_length=self.same_length)
 
         def one(rows: np.ndarray) -> int:
             ids, mask = pad_batch(enc, rows, self.int_dtype)
             logits = self.run_batch(ids, mask)
-            prob[rows] = positive_probability(logits, self.temperature)
-            pred[rows] = (logits[:, 1] > logits[:, 0]).astype(np.int64)
+            if binary:
+                prob[rows] = positive_probability(logits, self.temperature)
+                pred[rows] = (logits[:, 1] > logits[:, 0]).astype(np.int64)
+            else:  # the first largest logit, as the softmax's first largest probability
+                prob[rows] = class_probabilities(logits, self.temperature)
+                pred[rows] = logits.argmax(axis=1)
             if on_batch:
                 on_batch(len(rows))
             return ids.size  # padded tokens
@@ -241,7 +259,8 @@ class BertScorer:
                 for future in futures:
                     future.cancel()
                 raise
-        return Scored(pred, prob, tokens=int(enc.lengths.sum()), padded=padded, truncated=enc.truncated)
+        return Scored(pred, prob if binary else None, tokens=int(enc.lengths.sum()), padded=padded,
+                      truncated=enc.truncated, proba=None if binary else prob)
 
     def warm_up(self) -> None:
         """One run per lane at the largest batch shape, so the first real batches pay for no allocation."""
@@ -276,6 +295,7 @@ class SvcScorer:
         self.file = meta.files["fp64"]
         self.session = _session(folder / self.file, "cpu", threads)
         self.batch_rows = batch_rows
+        self.n_classes = len(meta.labels)
 
     def prepare(self, texts: list[str]) -> list[str]:
         from tsinfer.infer.preprocess import preprocess
@@ -286,7 +306,12 @@ class SvcScorer:
         return done(self.prepare(texts))
 
     def score(self, docs: list[str], sort: bool = True, on_batch=None) -> Scored:
-        preds, decisions, probs = [np.zeros(0, dtype=np.int64)], [np.zeros(0)], [np.zeros(0)]
+        """Labels, decision values and probabilities from the graph (export/svc.py): P(positive) for two classes,
+        (rows, classes) probabilities and (rows, pairs) decisions for more."""
+        k = self.n_classes
+        pairs = k * (k - 1) // 2
+        empty = (np.zeros(0), np.zeros(0)) if k == 2 else (np.zeros((0, pairs)), np.zeros((0, k)))
+        preds, decisions, probs = [np.zeros(0, dtype=np.int64)], [empty[0]], [empty[1]]
         for i in range(0, len(docs), self.batch_rows):
             text = np.array(docs[i:i + self.batch_rows], dtype=object).reshape(-1, 1)
             label, decision, prob = self.session.run(["label", "decision", "probability"], {"text": text})
@@ -295,7 +320,10 @@ class SvcScorer:
             probs.append(prob.astype(np.float64))
             if on_batch:
                 on_batch(len(text))
-        return Scored(np.concatenate(preds), np.concatenate(probs), decision=np.concatenate(decisions))
+        prob = np.concatenate(probs)
+        if k == 2:
+            return Scored(np.concatenate(preds), prob, decision=np.concatenate(decisions))
+        return Scored(np.concatenate(preds), None, decision=np.concatenate(decisions), proba=prob)
 
     def warm_up(self) -> None:
         self.score(["warm up"])

