@@ -9,14 +9,16 @@ import numpy as np
 from tsinfer.infer.meta import ModelError
 from tsinfer.infer.models import Scorer, load_scorer
 from tsinfer.infer.pipeline import default_chunk_rows
-from tsinfer.infer.rows import LABEL_NAMES, InputError
+from tsinfer.infer.rows import InputError
 
 
 class Scores(NamedTuple):
     """What a model says about each text, in input order."""
 
-    pred: np.ndarray   # int64: 0 = negative, 1 = positive (the `pred` column of `tsinfer score`)
-    score: np.ndarray  # float64: P(positive), unrounded (`tsinfer score` writes it rounded to 6 decimals)
+    pred: np.ndarray   # int64 class index: 0 = negative, 1 = positive for a binary model; model.labels[p] names it
+    score: np.ndarray  # float64: P(positive) (P(class 1)), unrounded (`tsinfer score` rounds it to 6 decimals);
+    #                    for more than two classes, the highest probability
+    proba: np.ndarray | None = None  # more than two classes: (n, classes) float64, the p_CLASS columns
 
 
 def load(model_dir: str | Path, *, provider: str = "auto", precision: str = "auto", backend: str = "auto",
@@ -49,52 +51,68 @@ class Model:
     would reject (missing, not a string, empty or whitespace only) raises InputError: drop or fill those first.
     """
 
-    labels: tuple[str, str] = LABEL_NAMES  # labels[pred]: the name of a prediction
-    classes_ = np.array([0, 1])           # sklearn's name for the columns of predict_proba
+    labels: tuple[str, ...]  # labels[pred]: the name of a prediction (meta.json's classes, in output order)
+    classes_: np.ndarray     # sklearn's name for the columns of predict_proba: 0..classes-1
 
     def __init__(self, scorer: Scorer, path: Path):
         self.path = path
         self._scorer: Scorer | None = scorer
+        self.labels = tuple(scorer.meta.labels)
+        self.classes_ = np.arange(len(self.labels))
         self.kind, self.provider = scorer.kind, scorer.provider
         self.precision, self.backend, self.file = scorer.precision, scorer.backend, scorer.file
 
     def score(self, texts: Iterable[str]) -> Scores:
-        """Prediction (0/1) and P(positive) of each text."""
+        """Prediction (0/1) and P(positive) of each text; for more than two classes, the class index, its
+        probability and every class's (proba)."""
         scorer = self._open_scorer()
         items = _texts(texts)
         step = default_chunk_rows(scorer.provider)  # the chunks `tsinfer score` reads, so memory stays bounded
-        preds, scores = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.float64)]
+        k = len(self.labels)
+        preds, scores = [np.zeros(0, dtype=np.int64)], [np.zeros(0 if k == 2 else (0, k), dtype=np.float64)]
         for i in range(0, len(items), step):
             scored = scorer.score(scorer.prepare(items[i:i + step]))
             preds.append(np.asarray(scored.pred, dtype=np.int64))
-            scores.append(np.asarray(scored.score, dtype=np.float64))
-        return Scores(np.concatenate(preds), np.concatenate(scores))
+            scores.append(np.asarray(scored.score if k == 2 else scored.proba, dtype=np.float64))
+        pred, score = np.concatenate(preds), np.concatenate(scores)
+        if k == 2:
+            return Scores(pred, score)
+        return Scores(pred, score.max(axis=1, initial=0.0), score)
 
     def predict(self, texts: Iterable[str]) -> np.ndarray:
-        """0 (negative) or 1 (positive) per text, an int64 array; `model.labels[p]` names it."""
+        """The class index per text, an int64 array (0 = negative, 1 = positive for a binary model);
+        `model.labels[p]` names it."""
         return self.score(texts).pred
 
     def predict_proba(self, texts: Iterable[str]) -> np.ndarray:
-        """(n, 2) float64: [P(negative), P(positive)] per text; P(negative) is 1 - P(positive)."""
-        p = self.score(texts).score
-        return np.column_stack([1.0 - p, p])
+        """(n, classes) float64, columns in `model.labels` order: [P(negative), P(positive)] for a binary model
+        (P(negative) is 1 - P(positive))."""
+        scores = self.score(texts)
+        if scores.proba is not None:
+            return scores.proba
+        return np.column_stack([1.0 - scores.score, scores.score])
 
     def score_frame(self, frame: Any, text_column: str = "text", *, prefix: str = "") -> Any:
         """A new frame: `frame` with the columns `{prefix}pred` (0/1) and `{prefix}score` (P(positive)) added or
-        replaced. A pandas DataFrame gives a DataFrame, a pyarrow Table a Table; neither library is needed
-        otherwise."""
+        replaced; for more than two classes `{prefix}pred` (the class name) and `{prefix}p_CLASS` per class, as
+        `tsinfer score` writes them. A pandas DataFrame gives a DataFrame, a pyarrow Table a Table; neither library
+        is needed otherwise."""
         texts = _frame_column(frame, text_column)
         scores = self.score(texts)
-        pred, score = f"{prefix}pred", f"{prefix}score"
+        if scores.proba is None:
+            columns = {f"{prefix}pred": scores.pred, f"{prefix}score": scores.score}
+        else:
+            columns = {f"{prefix}pred": np.asarray(self.labels, dtype=object)[scores.pred],
+                       **{f"{prefix}p_{name}": scores.proba[:, c] for c, name in enumerate(self.labels)}}
         if _is_arrow(frame):
             import pyarrow as pa
 
-            for name, values in ((pred, scores.pred), (score, scores.score)):
+            for name, values in columns.items():
                 at = frame.column_names.index(name) if name in frame.column_names else -1
                 frame = (frame.set_column(at, name, pa.array(values)) if at >= 0
                          else frame.append_column(name, pa.array(values)))
             return frame
-        return frame.assign(**{pred: scores.pred, score: scores.score})
+        return frame.assign(**columns)
 
     def close(self) -> None:
         """Stop the model's threads and processes; later calls raise ModelError."""

@@ -140,7 +140,8 @@ def _score_ray(inputs, models, *, settings: ScorerSettings, output, fmt, metrics
 @click.option("--model", "model_dir", default=DEFAULT_MODEL, show_default=True, help="Exported model folder.")
 @engine_options
 def predict(texts, model_dir, provider, precision, backend):
-    """Print label and P(positive) for each TEXT (or each line of stdin when no TEXT is given)."""
+    """Print label and P(positive) for each TEXT (or each line of stdin when no TEXT is given); for a model of
+    more than two classes, the label and its probability."""
     if not texts:
         texts = tuple(line.rstrip("\n") for line in sys.stdin if line.strip())
     if not texts:
@@ -158,6 +159,10 @@ def info(model_dir):
     use (TSINFER_CPUS overrides the count)."""
     meta = ModelMeta.read(model_dir, verify=False)
     click.echo(f"model folder: {model_dir}  kind: {meta.kind}")
+    classes = meta.label_set()
+    other = [f"{value}={name}" for value, name in classes.mapping().items() if value != name.lower()]
+    click.echo(f"classes ({len(classes)}, in output order): {', '.join(classes.names)}"
+               + (f"; labels also read: {', '.join(other)}" if other else ""))
     for precision, name in meta.files.items():
         size = (model_dir / name).stat().st_size if (model_dir / name).exists() else 0
         runs_on = ", ".join(meta.providers.get(precision, ["cpu"]))

@@ -16,8 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from tsinfer.infer.batching import CHUNK_ROWS_BY_PROVIDER
+from tsinfer.infer.labels import BINARY, LabelSet
+from tsinfer.infer.meta import ModelError
 from tsinfer.infer.metrics import SCORE_BINS, format_score_bins, score_bins
 from tsinfer.infer.models import Scorer, done, load_scorer
+from tsinfer.infer.rows import NO_LABEL
 from tsinfer.infer.reader import DEFAULT_CHUNK_ROWS
 from tsinfer.infer.textio import input_size
 
@@ -74,17 +77,46 @@ def model_names(models: list[str]) -> list[str]:
     return names
 
 
-def prediction_columns(names: list[str]) -> list[tuple[str, str]]:
-    """(pred column, score column) per model: pred/score for one model, pred_NAME/score_NAME for several."""
-    return [("pred", "score")] if len(names) == 1 else [(f"pred_{n}", f"score_{n}") for n in names]
+def run_classes(scorers: list[Scorer], models: list[str]) -> LabelSet:
+    """The classes every model of a run shares: the input's labels are read with them and each model's metrics
+    count them. Models of other classes are a ModelError (their rows could not be compared)."""
+    sets = [scorer.meta.label_set() for scorer in scorers]
+    for folder, classes in zip(models[1:], sets[1:]):
+        if classes.names != sets[0].names:
+            raise ModelError(f"{models[0]} predicts {', '.join(sets[0].names)} but {folder} predicts "
+                             f"{', '.join(classes.names)}: score models of the same classes together")
+    return sets[0] if sets else BINARY
+
+
+def prediction_columns(names: list[str], classes: LabelSet = BINARY) -> list[tuple[str, ...]]:
+    """The columns of each model: (pred, score) for two classes, pred/score for one model and pred_NAME/score_NAME
+    for several; for more classes, pred and one probability per class, p_CLASS (pred_NAME and p_CLASS_NAME)."""
+    if classes.binary:
+        return [("pred", "score")] if len(names) == 1 else [(f"pred_{n}", f"score_{n}") for n in names]
+    return [(f"pred{suffix}", *(f"p_{c}{suffix}" for c in classes.names))
+            for suffix in ([""] if len(names) == 1 else [f"_{n}" for n in names])]
+
+
+def written_preds(pred: np.ndarray, classes: LabelSet) -> list:
+    """A pred column's values: the class index for two classes (0/1, as always), the class name for more."""
+    if classes.binary:
+        return pred.tolist()
+    return [classes.names[p] for p in pred.tolist()]
+
+
+def written_labels(labels: list[int], classes: LabelSet) -> list:
+    """The label column's values, None where the row has none: the class index for two classes, else its name."""
+    if classes.binary:
+        return [None if lab == NO_LABEL else lab for lab in labels]
+    return [None if lab == NO_LABEL else classes.names[lab] for lab in labels]
 
 
 @dataclass
 class ChunkScores:
     """One model's answers for one chunk, as written: the prediction and the score's bin (see written_scores)."""
 
-    pred: np.ndarray      # int8, 0/1
-    bins: np.ndarray      # int64: the written score is bins / SCORE_BINS
+    pred: np.ndarray      # int8, the class index (0/1 for two classes)
+    bins: np.ndarray      # int64: the written score is bins / SCORE_BINS; (rows, classes) for more than two
     tokens: int = 0
     padded: int = 0
     truncated: int = 0
@@ -102,7 +134,8 @@ def score_chunk(scorers: list[Scorer], texts: list[str], *, prepared: list | Non
         prep = (prepared[k] if prepared is not None else done(scorer.prepare(texts))).result()
         wait = time.perf_counter() - t
         scored = scorer.score(prep, sort=sort, on_batch=on_batch)
-        out.append(ChunkScores(scored.pred.astype(np.int8), score_bins(scored.score), scored.tokens, scored.padded,
+        probabilities = scored.score if scored.proba is None else scored.proba
+        out.append(ChunkScores(scored.pred.astype(np.int8), score_bins(probabilities), scored.tokens, scored.padded,
                                scored.truncated, wait, time.perf_counter() - t - wait))
     return out
 
