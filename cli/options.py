@@ -52,5 +52,5 @@ def column_options(*, id_column: bool):
                                     help="CSV/JSONL/Parquet: the id column [id_str, id, ...; else the row]."))
     options.append(click.option("--label-column", default=None,
                                 help="CSV/JSONL/Parquet: the label column [label, sentiment, ...]; labels 0/1, 0/4 "
-                                     "or negative/positive."))
+                                     "or negative/positive, or the classes of the model (training: of the data)."))
     return stack(*options)

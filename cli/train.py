@@ -57,8 +57,10 @@ def _training_data(*, train_file, validation_file, val_fraction, test_file, data
 def _figures(kind: str, r: dict, out_dir: str) -> str:
     """The trainer's last line: validation and test figures (AUC absent where one class was missing)."""
     def fig(split: str) -> str:
-        named = (("accuracy", "accuracy"), ("MCC", "mcc"), ("AUC", "roc_auc"))
-        return "  ".join(f"{name} {r[f'{split}_{key}']:.4f}" for name, key in named if r[f"{split}_{key}"] is not None)
+        named = (("accuracy", "accuracy"), ("macro-F1", "macro_f1"), ("macro-recall", "macro_recall"), ("MCC", "mcc"),
+                 ("AUC", "roc_auc"))
+        return "  ".join(f"{name} {r[f'{split}_{key}']:.4f}" for name, key in named
+                         if r.get(f"{split}_{key}") is not None)
     test = f"test {fig('test')}" if r["test_accuracy"] is not None else "no test file"
     return f"{kind}: validation {fig('val')}; {test} -> {out_dir}"
 
@@ -67,9 +69,11 @@ def _figures(kind: str, r: dict, out_dir: str) -> str:
 def train_group():
     """Train the SVC baseline or fine-tune BERT on your labelled data (or the seed's, with --data).
 
-    Labels 0/1, 0/4 or negative/positive (any case); binary only. Rows that cannot train stop it with their
-    counts and line numbers; empty texts are dropped and counted; the report records the data files' sizes and
-    sha256, the label mapping, duplicates between training and test rows and rare classes.
+    The classes are the training file's labels: 0/1, 0/4 or negative/positive (any case) as the binary classes,
+    else any set of integers (sorted as numbers) or words (sorted alphabetically, any case). Rows that cannot train
+    stop it with their counts and line numbers; empty texts are dropped and counted; the report records the data
+    files' sizes and sha256, the classes and label mapping, duplicates between training and test rows and rare
+    classes.
     """
 
 

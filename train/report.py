@@ -17,8 +17,10 @@ def split_figures(val_metrics: dict, test_metrics: dict | None) -> dict:
     """The report keys every trainer writes, from binary_metrics on the validation split and on the test file
     (None without a test file)."""
     out = {}
+    # macro-F1 and macro-recall (SemEval's measure) where there are more than two classes
+    keys = ("accuracy", "mcc", "roc_auc") + (("macro_f1", "macro_recall") if "macro_f1" in val_metrics else ())
     for split, m in (("val", val_metrics), ("test", test_metrics or {})):
-        out.update({f"{split}_{key}": m.get(key) for key in ("accuracy", "mcc", "roc_auc")})
+        out.update({f"{split}_{key}": m.get(key) for key in keys})
     return dict(out, val_metrics=val_metrics, test_metrics=test_metrics)
 
 
