@@ -233,3 +233,69 @@ def test_temperature_scaling_for_three_classes():
     assert nll(logits, labels, t) < nll(logits, labels, t / 1.05)
     out = calibrate({"val": (logits, labels)})
     assert out["temperature"] == pytest.approx(t) and out["val"]["ece_scaled"] < out["val"]["ece"]
+
+
+# a three-class CSV with word labels: trained (SVC and a tiny BERT), exported, scored
+
+
+def run_cli(*args):
+    from click.testing import CliRunner
+
+    from tsinfer.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def three_class(tmp_path_factory):
+    """Both models trained through `tsinfer train` on a three-class CSV (a test file beside it), from a tiny BERT
+    saved with a two-class head (replaced by a three-class one), then `tsinfer export` with parity."""
+    d = tmp_path_factory.mktemp("three")
+    rows = made_up_rows(360)
+    train = write_csv(d / "train.csv", rows[:300])
+    test = write_csv(d / "test.csv", rows[300:])
+    art = d / "artifacts"
+    common = ["--train", train, "--val-fraction", 0.2, "--test", test]
+    svc = run_cli("train", "svc", *common, "--out", art / "svc", "--report", art / "reports" / "train_svc.json")
+    assert svc.exit_code == 0, svc.output
+    model, tokenizer = tiny_bert(2)
+    model.save_pretrained(d / "tiny")
+    tokenizer.save_pretrained(d / "tiny")
+    bert = run_cli("train", "bert", *common, "--base-model", d / "tiny", "--max-steps", 12, "--batch-size", 16,
+                   "--lr", 3e-3, "--max-length", 32, "--precision", "fp32", "--out", art / "bert",
+                   "--report", art / "reports" / "train_bert.json")
+    assert bert.exit_code == 0, bert.output
+    export = run_cli("export", "--artifacts", art, "--parity-file", test)
+    assert export.exit_code == 0, export.output
+    return d, train, test, art, svc.stderr + bert.stderr
+
+
+def test_three_classes_in_the_same_order_in_training_meta_and_models(three_class):
+    from transformers import AutoConfig
+
+    d, train, test, art, lines = three_class
+    assert "macro-F1" in lines and "macro-recall" in lines
+    for kind in ("svc", "bert"):
+        report = json.loads((art / "reports" / f"train_{kind}.json").read_text())
+        assert report["data"]["labels"] == list(NAMES)
+        assert report["val_macro_f1"] == pytest.approx(report["val_metrics"]["macro_f1"])
+        assert set(report["test_metrics"]["roc_auc_per_class"]) == set(NAMES)
+        meta = ModelMeta.read(art / "onnx" / kind)
+        assert meta.labels == list(NAMES) and meta.label_set().names == NAMES
+    assert json.loads((art / "svc" / "config.json").read_text())["labels"] == list(NAMES)
+    config = AutoConfig.from_pretrained(art / "bert")
+    assert config.num_labels == 3 and [config.id2label[i] for i in range(3)] == list(NAMES)
+    info = run_cli("info", art / "onnx" / "bert")
+    assert "classes (3, in output order): negative, neutral, positive" in info.stdout
+
+
+def test_three_class_exports_keep_parity(three_class):
+    d, train, test, art, _ = three_class
+    parity = json.loads((art / "reports" / "parity.json").read_text())
+    (svc,) = parity["models"]["svc"]["variants"]
+    assert svc["rows"] == 60 and svc["agreement"] == 1.0 and svc["meets_target"]
+    assert svc["max_abs_delta"] < 1e-9 and svc["max_abs_probability_delta"] < 1e-9
+    measured = {v["variant"]: v for v in parity["models"]["bert"]["variants"] if v["measured"]}
+    assert measured["fp32"]["agreement"] == 1.0 and measured["fp32"]["max_abs_delta"] < 1e-4
+    assert measured["fp32"]["compared_value"] == "probabilities"
+    assert all(v["meets_target"] for v in measured.values())
