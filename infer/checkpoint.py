@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tsinfer.infer.labels import BINARY, LabelSet
 from tsinfer.infer.pipeline import ChunkScores
 from tsinfer.infer.rows import NO_LABEL, Chunk, InputError
 from tsinfer.infer.writers import COMPRESSED_OUTPUT, PredictionWriter, RejectWriter, sidecar
@@ -60,6 +61,8 @@ def run_key(inputs: list[str], models: list[str], runs: list, *, fmt: str, chunk
 
 
 def append_rows(fh, labels: np.ndarray, preds: np.ndarray, bins: np.ndarray) -> None:
+    """n, then n labels, n predictions and the n rows' score bins (one a row for two classes, one per class for
+    more)."""
     fh.write(np.int64(len(labels)).tobytes() + labels.astype(np.int8).tobytes() + preds.astype(np.int8).tobytes()
              + bins.astype(np.int32).tobytes())
 
@@ -71,11 +74,13 @@ def read_rows(path: Path, size: int, runs: list) -> None:
     while pos < len(data):
         for run in runs:
             n = int(np.frombuffer(data, np.int64, 1, pos)[0])
+            width = 1 if len(run.metrics.names) == 2 else len(run.metrics.names)  # score bins a row
             pos += 8
             if n:
+                bins = np.frombuffer(data, np.int32, n * width, pos + 2 * n)
                 run.metrics.add(np.frombuffer(data, np.int8, n, pos), np.frombuffer(data, np.int8, n, pos + n),
-                                np.frombuffer(data, np.int32, n, pos + 2 * n))
-            pos += 6 * n
+                                bins if width == 1 else bins.reshape(n, width))
+            pos += (2 + 4 * width) * n
 
 
 @dataclass
@@ -103,9 +108,9 @@ class RunFiles:
     """What a local run writes: predictions, rejects and, for a plain-text output file, the checkpoint with the
     labelled rows it covers (a compressed stream cannot be cut back to a chunk, nor stdout)."""
 
-    def __init__(self, output: str | None, *, fmt: str, rejects_path: str | None, key):
+    def __init__(self, output: str | None, *, fmt: str, rejects_path: str | None, key, classes: LabelSet = BINARY):
         """key: a function giving the checkpoint's run_key, called only where there is a checkpoint."""
-        self.output, self.fmt, self.rejects_path = output, fmt, rejects_path
+        self.output, self.fmt, self.rejects_path, self.classes = output, fmt, rejects_path, classes
         to_file = output not in (None, "-")
         self.compressed = to_file and str(output).endswith(COMPRESSED_OUTPUT)
         self.checkpoint = Checkpoint(output, key()) if to_file and not self.compressed else None
@@ -123,7 +128,7 @@ class RunFiles:
         if self.checkpoint and state is None:
             self.checkpoint.remove()
         self.writer = PredictionWriter(self.output, [r.name for r in runs], self.fmt,
-                                       resume_bytes=state and state["output_bytes"])
+                                       resume_bytes=state and state["output_bytes"], classes=self.classes)
         state = state or {}
         self.rejects = RejectWriter(self.rejects_path, state.get("rejects_bytes", 0), state.get("rejects_count", 0))
         if self.checkpoint:

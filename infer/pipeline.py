@@ -17,7 +17,7 @@ import numpy as np
 
 from tsinfer.infer.batching import CHUNK_ROWS_BY_PROVIDER
 from tsinfer.infer.labels import BINARY, LabelSet
-from tsinfer.infer.meta import ModelError
+from tsinfer.infer.meta import ModelError, ModelMeta
 from tsinfer.infer.metrics import SCORE_BINS, format_score_bins, score_bins
 from tsinfer.infer.models import Scorer, done, load_scorer
 from tsinfer.infer.rows import NO_LABEL
@@ -77,10 +77,11 @@ def model_names(models: list[str]) -> list[str]:
     return names
 
 
-def run_classes(scorers: list[Scorer], models: list[str]) -> LabelSet:
-    """The classes every model of a run shares: the input's labels are read with them and each model's metrics
-    count them. Models of other classes are a ModelError (their rows could not be compared)."""
-    sets = [scorer.meta.label_set() for scorer in scorers]
+def run_classes(metas: list[ModelMeta], models: list[str]) -> LabelSet:
+    """The classes every model of a run shares (from each folder's meta.json): the input's labels are read with
+    them and each model's metrics count them. Models of other classes are a ModelError (their rows could not be
+    compared)."""
+    sets = [meta.label_set() for meta in metas]
     for folder, classes in zip(models[1:], sets[1:]):
         if classes.names != sets[0].names:
             raise ModelError(f"{models[0]} predicts {', '.join(sets[0].names)} but {folder} predicts "

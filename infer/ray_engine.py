@@ -36,14 +36,16 @@ from typing import Callable
 import numpy as np
 
 from tsinfer.infer.cpus import CpuBudget, cpu_budget
-from tsinfer.infer.metrics import StreamingMetrics, score_bins
+from tsinfer.infer.labels import BINARY, LabelSet
+from tsinfer.infer.metrics import score_bins, streaming_metrics
 from tsinfer.infer.meta import ModelError, ModelMeta
 from tsinfer.infer.models import load_scorer
 from tsinfer.infer.pipeline import (ScorerSettings, close_scorers, default_chunk_rows, estimate_total,
                                     load_scorers, metrics_report, model_names, prediction_columns, progress_bar,
-                                    score_chunk, write_json, written_scores)
+                                    run_classes, score_chunk, write_json, written_labels, written_preds,
+                                    written_scores)
 from tsinfer.infer.reader import DEFAULT_CHUNK_ROWS, parse_chunks
-from tsinfer.infer.rows import NO_LABEL, InputError
+from tsinfer.infer.rows import InputError
 from tsinfer.infer.textio import TEXT_DECODING
 
 FORMATS = ("parquet", "tsv")
@@ -89,8 +91,9 @@ def _chunk_schema():
                       ("bytes", pa.int64())])
 
 
-def parse_shards(batch, chunk_rows: int = DEFAULT_CHUNK_ROWS):
-    """Ray map_batches: whole shards (bytes, path) -> one row per chunk, by the local path's reader.
+def parse_shards(batch, chunk_rows: int = DEFAULT_CHUNK_ROWS, labels: LabelSet = BINARY):
+    """Ray map_batches: whole shards (bytes, path) -> one row per chunk, by the local path's reader (labels read
+    as the models' classes).
 
     A chunk's `bytes` is the share of its shard it covers (for progress): the reader's position after it, less
     the position after the chunk before; the shard's last chunk takes the rest, so they add up to the shard's size.
@@ -104,7 +107,7 @@ def parse_shards(batch, chunk_rows: int = DEFAULT_CHUNK_ROWS):
         raw.seek(0)
         with io.TextIOWrapper(raw, **TEXT_DECODING) as fh:
             done, first = 0, len(rows["bytes"])
-            for k, chunk in enumerate(parse_chunks(fh, chunk_rows)):
+            for k, chunk in enumerate(parse_chunks(fh, chunk_rows, labels)):
                 for name, value in (("shard", path), ("chunk", k), ("lines", chunk.lines), ("ids", chunk.ids),
                                     ("labels", chunk.labels), ("texts", chunk.texts),
                                     ("reject_lines", [r.line for r in chunk.rejects]),
@@ -142,7 +145,8 @@ class ChunkScorer:
 
     def __init__(self, models: list[str], settings: ScorerSettings, fmt: str, progress=None):
         self.scorers = load_scorers(models, settings)
-        self.columns = prediction_columns(model_names(models))
+        self.classes = run_classes([scorer.meta for scorer in self.scorers], models)
+        self.columns = prediction_columns(model_names(models), self.classes)
         self.fmt = fmt
         self.progress = progress  # a ProgressCounter actor, or None
 
@@ -158,18 +162,24 @@ class ChunkScorer:
                 out["shard"] += [shard] * len(texts)
                 out["line"] += lines
                 out["id"] += ids
-                out["label"] += [None if lab == NO_LABEL else lab for lab in labels]
+                out["label"] += written_labels(labels, self.classes)
                 for scores, (preds, bins) in zip(score_chunk(self.scorers, texts), results):
                     preds.append(scores.pred)
                     bins.append(scores.bins)
             if self.progress is not None:  # fire and forget: the counter never holds up scoring
                 self.progress.add.remote(shard, chunk, len(texts) + len(rejects), nbytes)
+        binary = self.classes.binary  # labels and preds 0/1 as always; for more classes their names
         table = {"shard": pa.array(out["shard"], pa.string()), "line": pa.array(out["line"], pa.int64()),
-                 "id": pa.array(out["id"], pa.string()), "label": pa.array(out["label"], pa.int8())}
-        for (pred_col, score_col), (preds, bins) in zip(self.columns, results):
-            table[pred_col] = pa.array(np.concatenate(preds) if preds else np.zeros(0, np.int8))
-            table[score_col] = pa.array(written_scores(np.concatenate(bins) if bins else np.zeros(0, np.int64),
-                                                       self.fmt), pa.float64() if self.fmt == "parquet" else pa.string())
+                 "id": pa.array(out["id"], pa.string()),
+                 "label": pa.array(out["label"], pa.int8() if binary else pa.string())}
+        width = 1 if binary else len(self.classes)
+        for (pred_col, *score_cols), (preds, bins) in zip(self.columns, results):
+            pred = np.concatenate(preds) if preds else np.zeros(0, np.int8)
+            table[pred_col] = pa.array(pred) if binary else pa.array(written_preds(pred, self.classes), pa.string())
+            bins = (np.concatenate(bins) if bins else np.zeros(0, np.int64)).reshape(-1, width)
+            for c, score_col in enumerate(score_cols):
+                table[score_col] = pa.array(written_scores(bins[:, c], self.fmt),
+                                            pa.float64() if self.fmt == "parquet" else pa.string())
         return pa.table(table)
 
     def __del__(self):
@@ -191,34 +201,51 @@ def explode_rejects(batch):
                      "reason": pa.array(reasons, pa.string()), "raw": pa.array(raws, pa.string())})
 
 
-def count_partials(batch, columns: list[tuple[str, str]]):
+def _bin_columns(classes: LabelSet) -> list[str]:
+    """The partial counts' score-bin columns: one for two classes, one per class for more."""
+    return ["bin"] if classes.binary else [f"bin_{c}" for c in range(len(classes))]
+
+
+def _class_indices(column, classes: LabelSet) -> np.ndarray:
+    """A written label or pred column as class indices (-1 where empty): 0/1 as written, or by class name."""
+    if classes.binary:
+        values = column.to_numpy(zero_copy_only=False).astype(np.float64)
+        return np.where(np.isnan(values), -1, values).astype(np.int64)
+    position = {name: i for i, name in enumerate(classes.names)}
+    return np.array([-1 if v is None else position[str(v)] for v in column.to_pylist()], dtype=np.int64)
+
+
+def count_partials(batch, columns: list[tuple[str, ...]], classes: LabelSet = BINARY):
     """Ray map_batches over the written predictions: per model, this block's labelled rows counted per
-    (label, pred, written score). They add up exactly across blocks, shards and machines."""
+    (label, pred, written score(s)). They add up exactly across blocks, shards and machines."""
     import pyarrow as pa
 
-    label = batch["label"].to_numpy(zero_copy_only=False).astype(np.float64)
-    keep = ~np.isnan(label)
-    y = label[keep].astype(np.int64)
-    out = {"model": [], "label": [], "pred": [], "bin": [], "n": []}
-    for k, (pred_col, score_col) in enumerate(columns):
-        pred = batch[pred_col].to_numpy(zero_copy_only=False)[keep].astype(np.int64)
-        bins = score_bins(batch[score_col].to_numpy(zero_copy_only=False)[keep])
-        triples, counts = np.unique(np.stack([y, pred, bins]), axis=1, return_counts=True)
+    label = _class_indices(batch["label"], classes)
+    keep = label >= 0
+    y = label[keep]
+    names = ["label", "pred", *_bin_columns(classes)]
+    out = {name: [] for name in ["model", *names, "n"]}
+    for k, (pred_col, *score_cols) in enumerate(columns):
+        pred = _class_indices(batch[pred_col], classes)[keep]
+        bins = [score_bins(batch[c].to_numpy(zero_copy_only=False)[keep]) for c in score_cols]
+        rows, counts = np.unique(np.stack([y, pred, *bins]), axis=1, return_counts=True)
         out["model"] += [k] * len(counts)
-        for name, values in zip(("label", "pred", "bin"), triples):
+        for name, values in zip(names, rows):
             out[name] += values.tolist()
         out["n"] += counts.tolist()
     return pa.table({name: pa.array(values, pa.int64()) for name, values in out.items()})
 
 
-def merge_metrics(partials, names: list[str]) -> dict:
-    """Metrics per model from the partial counts of every block (a pandas frame), by infer.metrics.StreamingMetrics:
-    the local path's own accumulator, so both engines give the same numbers."""
+def merge_metrics(partials, names: list[str], classes: LabelSet = BINARY) -> dict:
+    """Metrics per model from the partial counts of every block (a pandas frame), by infer.metrics' streaming
+    accumulators: the local path's own, so both engines give the same numbers."""
     summaries = {}
     for k, name in enumerate(names):
         mine = partials[partials["model"] == k]
-        metrics = StreamingMetrics()
-        metrics.add(*(mine[c].to_numpy().astype(np.int64) for c in ("label", "pred", "bin", "n")))
+        metrics = streaming_metrics(classes.names)
+        bins = mine[_bin_columns(classes)].to_numpy().astype(np.int64)
+        metrics.add(mine["label"].to_numpy().astype(np.int64), mine["pred"].to_numpy().astype(np.int64),
+                    bins[:, 0] if classes.binary else bins, mine["n"].to_numpy().astype(np.int64))
         summaries[name] = dict(metrics.summary(), model=name, rows_labelled=metrics.rows)
     return summaries
 
@@ -234,7 +261,8 @@ def _write(ds, path: str, fmt: str) -> None:
             "write_options": pacsv.WriteOptions(delimiter="\t", quoting_style="needed")})
 
 
-def _read(path: str, fmt: str, columns: list[str] | None = None):
+def _read(path: str, fmt: str, columns: list[str] | None = None, text_columns: tuple[str, ...] = ()):
+    """The written shards; text_columns (class names) are read as strings from TSV."""
     import ray.data
 
     if not Path(path).exists() or not any(Path(path).iterdir()):
@@ -245,8 +273,9 @@ def _read(path: str, fmt: str, columns: list[str] | None = None):
     import pyarrow.csv as pacsv
 
     ds = ray.data.read_csv(path, file_extensions=["tsv"], parse_options=pacsv.ParseOptions(delimiter="\t"),
-                           convert_options=pacsv.ConvertOptions(column_types={"id": "string", "label": "int8"},
-                                                                include_columns=columns))
+                           convert_options=pacsv.ConvertOptions(
+                               column_types={"id": "string", "label": "int8", **{c: "string" for c in text_columns}},
+                               include_columns=columns))
     return ds
 
 
@@ -299,7 +328,7 @@ def score_with_ray(inputs: list[str], models: list[str], *, output: str,
     require_ray()
     import ray
 
-    paths, out = _check_job(inputs, models, output=output, fmt=fmt, settings=settings, gpus=gpus_per_actor)
+    paths, out, classes = _check_job(inputs, models, output=output, fmt=fmt, settings=settings, gpus=gpus_per_actor)
     start = time.perf_counter()
     started_here = not ray.is_initialized()
     cpus = connect(address, num_cpus=num_cpus, timeout_s=connect_timeout_s) if started_here else None
@@ -314,9 +343,10 @@ def score_with_ray(inputs: list[str], models: list[str], *, output: str,
         actors = actors or _default_actors(gpus_per_actor, cpus_per_actor)
         with _watch_progress(paths, show=progress, on_progress=on_progress) as counter:
             _run_dataset(paths, models, staging, fmt=fmt, settings=settings, chunk_rows=chunk_rows, actors=actors,
-                         cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor, progress=counter)
+                         cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor, progress=counter,
+                         classes=classes)
         scoring_s = time.perf_counter() - start
-        summaries, rows_scored, rows_rejected = _collect_metrics(staging, fmt, model_names(models))
+        summaries, rows_scored, rows_rejected = _collect_metrics(staging, fmt, model_names(models), classes)
         _publish(staging, out)
     except AttributeError as e:
         if not ray.util.client.ray.is_connected():
@@ -405,20 +435,25 @@ def _watch_progress(paths: list[str], *, show: bool, on_progress: Callable[[int,
 
 
 def _check_job(inputs: list[str], models: list[str], *, output: str, fmt: str, settings: ScorerSettings,
-               gpus: float) -> tuple[list[str], Path]:
-    """Everything that can be checked on the driver, with one line each, before any actor starts."""
+               gpus: float) -> tuple[list[str], Path, LabelSet]:
+    """Everything that can be checked on the driver, with one line each, before any actor starts; returns the
+    shards, the output folder and the models' classes."""
     if fmt not in FORMATS:
         raise InputError(f"--engine ray writes {' or '.join(FORMATS)} shards, not {fmt}")
+    metas = []
     for folder in models:
         if gpus:
-            ModelMeta.read(folder, verify=settings.verify)
+            metas.append(ModelMeta.read(folder, verify=settings.verify))
         else:
-            load_scorer(folder, "cpu", settings.precision, 1, settings.verify, backend=settings.backend).close()
+            scorer = load_scorer(folder, "cpu", settings.precision, 1, settings.verify, backend=settings.backend)
+            metas.append(scorer.meta)
+            scorer.close()
+    classes = run_classes(metas, models)
     paths = expand_inputs(inputs)
     out = Path(output)
     if out.exists() and any(out.iterdir()):
         raise InputError(f"{out} is not empty: --engine ray writes a folder of shards; give a new or empty folder")
-    return paths, out
+    return paths, out, classes
 
 
 def _quiet_ray_data() -> None:
@@ -440,12 +475,13 @@ def _default_actors(gpus_per_actor: float, cpus_per_actor: float) -> int:
 
 
 def _run_dataset(paths: list[str], models: list[str], out: Path, *, fmt: str, settings: ScorerSettings,
-                 chunk_rows: int, actors: int, cpus_per_actor: float, gpus_per_actor: float, progress=None) -> None:
+                 chunk_rows: int, actors: int, cpus_per_actor: float, gpus_per_actor: float, progress=None,
+                 classes: LabelSet = BINARY) -> None:
     """shards -> chunks -> scored rows -> OUTPUT/predictions; the chunks' rejected rows -> OUTPUT/rejects."""
     import ray.data
 
     chunks = ray.data.read_binary_files(paths, include_paths=True).map_batches(
-        parse_shards, fn_kwargs={"chunk_rows": chunk_rows}, batch_size=1, batch_format="pyarrow")
+        parse_shards, fn_kwargs={"chunk_rows": chunk_rows, "labels": classes}, batch_size=1, batch_format="pyarrow")
     scored = chunks.map_batches(
         ChunkScorer, fn_constructor_kwargs={"models": [str(Path(m).resolve()) for m in models],
                                             "settings": settings, "fmt": fmt, "progress": progress},
@@ -456,15 +492,17 @@ def _run_dataset(paths: list[str], models: list[str], out: Path, *, fmt: str, se
     _write(chunks.map_batches(explode_rejects, batch_format="pyarrow"), str(out / "rejects"), fmt)
 
 
-def _collect_metrics(out: Path, fmt: str, names: list[str]) -> tuple[dict, int, int]:
+def _collect_metrics(out: Path, fmt: str, names: list[str], classes: LabelSet = BINARY) -> tuple[dict, int, int]:
     """Per model metrics from the written predictions (so they are the files' own), and the row counts."""
     import pandas as pd
 
-    columns = prediction_columns(names)
-    written = _read(str(out / "predictions"), fmt, ["label"] + [c for pair in columns for c in pair])
+    columns = prediction_columns(names, classes)
+    text = () if classes.binary else ("label", *(model[0] for model in columns))  # class names, as strings
+    written = _read(str(out / "predictions"), fmt, ["label"] + [c for model in columns for c in model], text)
     rejected = _read(str(out / "rejects"), fmt)
     rows_scored = written.count() if written is not None else 0
     rows_rejected = rejected.count() if rejected is not None else 0
-    partials = (written.map_batches(count_partials, fn_kwargs={"columns": columns}, batch_format="pyarrow")
-                .to_pandas() if written is not None else pd.DataFrame(columns=["model", "label", "pred", "bin", "n"]))
-    return merge_metrics(partials, names), rows_scored, rows_rejected
+    partials = (written.map_batches(count_partials, fn_kwargs={"columns": columns, "classes": classes},
+                                    batch_format="pyarrow").to_pandas() if written is not None
+                else pd.DataFrame(columns=["model", "label", "pred", *_bin_columns(classes), "n"]))
+    return merge_metrics(partials, names, classes), rows_scored, rows_rejected

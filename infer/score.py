@@ -17,7 +17,8 @@ from tsinfer.infer import formats
 from tsinfer.infer.checkpoint import RunFiles, run_key
 from tsinfer.infer.formats import Columns
 from tsinfer.infer.pipeline import (ChunkScores, ScorerSettings, close_scorers, default_chunk_rows, estimate_total,
-                                    load_scorers, metrics_report, model_names, progress_bar, score_chunk, write_json)
+                                    load_scorers, metrics_report, model_names, progress_bar, run_classes, score_chunk,
+                                    write_json)
 from tsinfer.infer.pipes import Pipe, Sink
 from tsinfer.infer.report import ModelRun, ScoreResult, plot_roc, run_head
 from tsinfer.infer.rows import Chunk, InputError
@@ -91,11 +92,13 @@ class LocalRun:
                  input_format: str, columns: Columns):
         self.runs, self.inputs, self.chunk_rows, self.sort = runs, inputs, chunk_rows, sort
         self.input_format, self.columns = input_format, columns
+        self.classes = run_classes([run.scorer.meta for run in runs], models)  # how the input's labels read
         self.load_s = 0.0
         self.timings = {"read_prepare_s": 0.0, "prepare_wait_s": 0.0, "inference_s": 0.0, "write_s": 0.0}
         self.files = RunFiles(output, fmt=fmt, rejects_path=rejects_path, key=lambda: run_key(
             inputs, models, runs, fmt=fmt, chunk_rows=chunk_rows, batch_tokens=settings.batch_tokens,
-            max_batch=settings.max_batch, sort=sort, input_format=input_format, columns=columns))
+            max_batch=settings.max_batch, sort=sort, input_format=input_format, columns=columns),
+            classes=self.classes)
 
     def restore(self, resume: bool) -> None:
         """Open the outputs: fresh, or (resume) cut back to the last checkpoint with the figures it recorded."""
@@ -134,7 +137,7 @@ class LocalRun:
         """Reader thread: parse every chunk, skip those a checkpoint has done, start their preparation."""
         seen = 0
         for source in self.inputs:
-            for chunk in formats.read_chunks(source, self.chunk_rows, self.input_format, self.columns):
+            for chunk in formats.read_chunks(source, self.chunk_rows, self.input_format, self.columns, self.classes):
                 seen += 1
                 if seen <= self.counts.chunks_done:  # done before the interruption: parsed again, not prepared
                     continue

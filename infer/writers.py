@@ -9,9 +9,10 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from tsinfer.infer.pipeline import ChunkScores, prediction_columns, written_scores
+from tsinfer.infer.labels import BINARY, LabelSet
+from tsinfer.infer.pipeline import ChunkScores, prediction_columns, written_labels, written_preds, written_scores
 from tsinfer.infer.reader import tsv_field, tsv_line
-from tsinfer.infer.rows import NO_LABEL, Chunk, InputError
+from tsinfer.infer.rows import Chunk, InputError
 
 COMPRESSED_OUTPUT = (".gz", ".zst")  # output names that are written compressed (not resumable: see RunFiles)
 
@@ -41,13 +42,15 @@ class PredictionWriter:
 
     A file is written under a hidden `.NAME.partial` name in the same folder and renamed when complete, so an
     interrupted run never leaves a half-written file under the final name; `resume_bytes` continues a partial file
-    from the end of its last completed chunk.
+    from the end of its last completed chunk. Two classes: label and pred 0/1, one score per model; more: label
+    and pred are class names, one probability column per class (pipeline.prediction_columns).
     """
 
-    def __init__(self, path: str | None, names: list[str], fmt: str = "tsv", resume_bytes: int | None = None):
-        self.path, self.names, self.fmt = path, names, fmt
+    def __init__(self, path: str | None, names: list[str], fmt: str = "tsv", resume_bytes: int | None = None,
+                 classes: LabelSet = BINARY):
+        self.path, self.names, self.fmt, self.classes = path, names, fmt, classes
         self.tsv = fmt == "tsv"
-        self.columns = ["id", "label"] + [c for pair in prediction_columns(names) for c in pair]
+        self.columns = ["id", "label"] + [c for model in prediction_columns(names, classes) for c in model]
         if path in (None, "-"):
             self.tmp, self.fh = None, sys.stdout
         else:
@@ -66,20 +69,26 @@ class PredictionWriter:
         return os.fstat(self.fh.fileno()).st_size
 
     def write(self, chunk: Chunk, results: list[ChunkScores]) -> None:
-        labels = ["" if lab == NO_LABEL else str(lab) for lab in chunk.labels]
-        cols = []
+        labels = written_labels(chunk.labels, self.classes)
+        preds, cols = [], []
         for r in results:
-            cols.append(list(map(str, r.pred.tolist())))
-            cols.append(written_scores(r.bins, self.fmt))
-        if self.tsv:  # only the ids can need quoting: the other fields are written here
+            preds.append(len(cols))
+            cols.append(written_preds(r.pred, self.classes))
+            bins = r.bins.reshape(len(r.pred), -1)  # one column for two classes, one per class for more
+            cols += [written_scores(bins[:, c], self.fmt) for c in range(bins.shape[1])]
+        if self.tsv:  # only the ids and class names can need quoting: the other fields are written here
             ids = list(map(tsv_field, chunk.ids))
+            text = str if self.classes.binary else tsv_field
+            labels = ["" if lab is None else text(lab) for lab in labels]
+            cols = [list(map(text, col)) if k in preds else col for k, col in enumerate(cols)]
             self.fh.write("".join("\t".join(row) + "\n" for row in zip(ids, labels, *cols)))
         else:
             buf = io.StringIO()
+            names = self.columns[2:]
             for row in zip(chunk.ids, labels, *cols):
-                rec = {"id": row[0], "label": int(row[1]) if row[1] else None}
-                for k, name in enumerate(self.columns[2:]):
-                    rec[name] = int(row[2 + k]) if name.startswith("pred") else float(row[2 + k])
+                rec = {"id": row[0], "label": row[1]}
+                for k, name in enumerate(names):
+                    rec[name] = row[2 + k] if k in preds else float(row[2 + k])
                 buf.write(json.dumps(rec, ensure_ascii=False) + "\n")
             self.fh.write(buf.getvalue())
 

@@ -120,7 +120,7 @@ def test_training_data_takes_its_classes_from_the_training_file(tmp_path):
 
 def test_meta_records_the_classes_and_binary_folders_read_as_before():
     meta = ModelMeta.from_dict({"kind": "svc", "files": {"fp64": "model.onnx"}, "labels": list(NAMES),
-                                "label_mapping": {"negative": "negative", "neutral": "neutral", "positive": "positive"}})
+                                "label_mapping": {name: name for name in NAMES}})
     assert meta.label_set().names == NAMES and meta.label_set().index(" Neutral") == 1
     old = ModelMeta.from_dict({"kind": "svc", "files": {"fp64": "model.onnx"}})  # no labels, no mapping
     assert old.label_set() == BINARY and old.label_set().aliases == BINARY.aliases
@@ -299,3 +299,163 @@ def test_three_class_exports_keep_parity(three_class):
     assert measured["fp32"]["agreement"] == 1.0 and measured["fp32"]["max_abs_delta"] < 1e-4
     assert measured["fp32"]["compared_value"] == "probabilities"
     assert all(v["meets_target"] for v in measured.values())
+
+
+def read_written(path):
+    """The predictions file as pandas reads it: labels and preds as class names."""
+    import pandas as pd
+
+    if str(path).endswith(".jsonl"):  # json's own float parsing (pandas' fast one is not exact)
+        return pd.DataFrame([json.loads(line) for line in open(path, encoding="utf-8")])
+    return pd.read_csv(path, sep="\t", dtype={"id": str, "label": str}, keep_default_na=False)
+
+
+def sklearn_figures(frame, suffix: str) -> dict:
+    """Every N-class figure of one model, by sklearn (numpy for the ECE) from the written columns alone."""
+    y = frame["label"].map(NAMES.index).to_numpy()
+    pred = frame[f"pred{suffix}"].map(NAMES.index).to_numpy()
+    proba = frame[[f"p_{n}{suffix}" for n in NAMES]].to_numpy(dtype=np.float64)
+    p, r, f, support = skm.precision_recall_fscore_support(y, pred, labels=[0, 1, 2], zero_division=0)
+    top, right = proba.max(axis=1), proba.argmax(axis=1) == y
+    edges = np.minimum((top * 15).astype(int), 14)
+    ece = sum(abs(right[edges == b].sum() - top[edges == b].sum()) for b in range(15)) / len(y)
+    return {"accuracy": skm.accuracy_score(y, pred), "macro_f1": skm.f1_score(y, pred, average="macro"),
+            "macro_recall": skm.recall_score(y, pred, average="macro"), "mcc": skm.matthews_corrcoef(y, pred),
+            "confusion_matrix": skm.confusion_matrix(y, pred, labels=[0, 1, 2]).tolist(),
+            "per_class": {n: {"precision": p[c], "recall": r[c], "f1": f[c], "support": support[c]}
+                          for c, n in enumerate(NAMES)},
+            "roc_auc_per_class": {n: skm.roc_auc_score(y == c, proba[:, c]) for c, n in enumerate(NAMES)},
+            "roc_auc": skm.roc_auc_score(y, proba, multi_class="ovr", average="macro"), "ece": ece}
+
+
+@pytest.fixture(scope="module")
+def scored(three_class):
+    """The three-class test file scored locally by both models, in TSV and JSON Lines."""
+    import tsinfer
+
+    d, train, test, art, _ = three_class
+    models = [art / "onnx" / "bert", art / "onnx" / "svc"]
+    runs = {fmt: tsinfer.score_file(test, models, d / f"pred.{fmt}", metrics=d / f"m.{fmt}.json", fmt=fmt,
+                                    roc=d / f"roc.{fmt}.png", provider="cpu") for fmt in ("tsv", "jsonl")}
+    return d, test, models, runs
+
+
+def test_three_class_scores_name_the_classes_and_equal_sklearn_on_the_written_file(scored):
+    d, test, models, runs = scored
+    frame = read_written(d / "pred.tsv")
+    assert list(frame.columns) == ["id", "label", "pred_bert", "p_negative_bert", "p_neutral_bert",
+                                   "p_positive_bert", "pred_svc", "p_negative_svc", "p_neutral_svc", "p_positive_svc"]
+    assert set(frame["label"]) == set(NAMES) and set(frame["pred_svc"]) <= set(NAMES)
+    assert len(frame) == 60
+    for name in ("bert", "svc"):
+        np.testing.assert_allclose(frame[[f"p_{n}_{name}" for n in NAMES]].sum(axis=1), 1.0, atol=2e-6)
+        got, want = runs["tsv"].summaries[name], sklearn_figures(frame, f"_{name}")
+        assert got["classes"] == list(NAMES) and got["rows_labelled"] == 60
+        assert got["confusion_matrix"] == want["confusion_matrix"]
+        for key in ("accuracy", "macro_f1", "macro_recall", "mcc", "roc_auc", "ece"):
+            assert got[key] == pytest.approx(want[key], abs=1e-12), (name, key)
+        assert got["roc_auc_per_class"] == pytest.approx(want["roc_auc_per_class"], abs=1e-12)
+        for n in NAMES:
+            assert got["per_class"][n] == pytest.approx(want["per_class"][n], abs=1e-12)
+    assert runs["tsv"].summaries["svc"]["accuracy"] > 0.9  # the made-up classes are learnable
+    assert (d / "roc.tsv.png").stat().st_size > 0
+    saved = json.loads((d / "m.tsv.json").read_text())
+    assert saved["models"]["svc"]["macro_f1"] == runs["tsv"].summaries["svc"]["macro_f1"]
+
+
+def test_json_lines_holds_the_same_answers(scored):
+    d, test, models, runs = scored
+    tsv, jsonl = read_written(d / "pred.tsv"), read_written(d / "pred.jsonl")
+    assert list(jsonl.columns) == list(tsv.columns)
+    first = json.loads((d / "pred.jsonl").read_text().splitlines()[0])
+    assert isinstance(first["pred_bert"], str) and isinstance(first["p_neutral_svc"], float)
+    for column in tsv.columns:
+        assert jsonl[column].tolist() == tsv[column].tolist(), column
+    for name in ("bert", "svc"):
+        for key in ("confusion_matrix", "macro_f1", "macro_recall", "roc_auc_per_class", "ece"):
+            assert runs["jsonl"].summaries[name][key] == runs["tsv"].summaries[name][key], (name, key)
+
+
+def test_one_row_one_answer_for_three_classes(scored, tmp_path):
+    """The BERT's probabilities are the same bits in any chunk: a file scored in chunks of 7 rows is the same file."""
+    import tsinfer
+
+    d, test, models, runs = scored
+    tsinfer.score_file(test, models, tmp_path / "small.tsv", chunk_rows=7, provider="cpu")
+    assert (tmp_path / "small.tsv").read_bytes() == (d / "pred.tsv").read_bytes()
+
+
+def test_the_python_api_names_the_classes(three_class):
+    import pandas as pd
+
+    import tsinfer
+
+    d, train, test, art, _ = three_class
+    texts = ["love this great day", "meeting on tuesday", "awful broken train"]
+    with tsinfer.load(art / "onnx" / "svc", provider="cpu") as model:
+        assert model.labels == NAMES and model.classes_.tolist() == [0, 1, 2]
+        proba = model.predict_proba(texts)
+        pred = model.predict(texts)
+        frame = model.score_frame(pd.DataFrame({"text": texts}))
+    assert proba.shape == (3, 3) and np.allclose(proba.sum(axis=1), 1.0)
+    assert [NAMES[p] for p in pred] == ["positive", "neutral", "negative"]
+    assert frame["pred"].tolist() == ["positive", "neutral", "negative"]
+    assert frame[[f"p_{n}" for n in NAMES]].to_numpy() == pytest.approx(proba)
+
+
+def test_models_of_other_classes_are_not_scored_together(three_class, svc_artifacts, tmp_path):
+    d, train, test, art, _ = three_class
+    r = run_cli("score", test, "--model", art / "onnx" / "svc", "--model", svc_artifacts / "onnx" / "svc",
+                "-o", tmp_path / "p.tsv")
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert r.stderr.splitlines()[-1].endswith("score models of the same classes together")
+    assert not (tmp_path / "p.tsv").exists()
+
+
+def test_resume_reloads_three_class_rows(tmp_path):
+    """The checkpoint's labelled-rows file holds every class's score bin: reloaded, the figures are the same."""
+    from types import SimpleNamespace
+
+    from tsinfer.infer.checkpoint import append_rows, read_rows
+
+    y, pred, bins, _ = random_scores(500)
+    runs = [SimpleNamespace(metrics=MulticlassMetrics(NAMES)), SimpleNamespace(metrics=StreamingMetrics())]
+    with open(tmp_path / "rows.bin", "wb") as fh:
+        for part in np.array_split(np.arange(500), 4):  # per chunk, per model
+            append_rows(fh, y[part], pred[part], bins[part])
+            append_rows(fh, (y[part] > 0).astype(int), (pred[part] > 0).astype(int), bins[part, 1])
+    read_rows(tmp_path / "rows.bin", (tmp_path / "rows.bin").stat().st_size, runs)
+    want = MulticlassMetrics(NAMES)
+    want.add(y, pred, bins)
+    assert runs[0].metrics.summary() == want.summary() and runs[1].metrics.rows == 500
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "tsv"])
+def test_ray_equals_local_for_three_classes(scored, tmp_path, fmt):
+    pytest.importorskip("ray.data")
+    import pandas as pd
+
+    from tsinfer.infer.pipeline import ScorerSettings
+    from tsinfer.infer.ray_engine import score_with_ray
+
+    d, test, models, runs = scored
+    shard = tmp_path / "shard.tsv"  # the Ray engine reads TSV shards: the test file with its labels as words
+    with open(test, newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))[1:]
+    shard.write_text("id\tlabel\ttext\n" + "".join(f"{i}\t{lab}\t{text}\n" for i, text, lab in rows))
+    local = read_written(d / "pred.tsv")
+    m = score_with_ray([str(shard)], [str(p) for p in models], output=str(tmp_path / "ray"), fmt=fmt, num_cpus=2,
+                       actors=1, settings=ScorerSettings(provider="cpu"), chunk_rows=17)
+    if fmt == "parquet":
+        got = pd.read_parquet(tmp_path / "ray" / "predictions")
+    else:
+        got = pd.concat(pd.read_csv(p, sep="\t", dtype={"id": str, "label": str})
+                        for p in (tmp_path / "ray" / "predictions").iterdir())
+    got = got.sort_values("line").reset_index(drop=True)
+    assert len(got) == 60
+    for column in local.columns:
+        assert got[column].tolist() == local[column].tolist(), column
+    for name in ("bert", "svc"):
+        for key in ("accuracy", "macro_f1", "macro_recall", "mcc", "roc_auc", "roc_auc_per_class", "ece",
+                    "confusion_matrix", "per_class"):
+            assert m["models"][name][key] == runs["tsv"].summaries[name][key], (name, key)
