@@ -86,7 +86,9 @@ def export_svc(svc_dir: Path, out: Path, reports: Path) -> tuple:
 
 def _svc_outputs_multiclass(model) -> dict:
     """meta.json's description of a multi-class SVC graph's outputs (export/svc.py)."""
-    pairs = ", ".join(f"{model.labels[i]}/{model.labels[j]}" for i, j in model.pairs())
+    from tsinfer.train.svc import ovo_pairs
+
+    pairs = ", ".join(f"{model.labels[i]}/{model.labels[j]}" for i, j in ovo_pairs(len(model.labels)))
     return {"outputs": {"label": "class index into labels: the one-vs-one vote (sklearn's SVC.predict)",
                         "decision": f"one-vs-one decision values (float64), one per pair: {pairs}",
                         "probability": "(rows, classes) probabilities: multinomial logistic regression on the "

@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from tsinfer.train.svc import SvcModel
+from tsinfer.train.svc import SvcModel, pair_coefficients, vote_matrices
 
 OPSET = 18
 INPUT = "text"
@@ -100,9 +100,10 @@ def _constants(model: SvcModel) -> dict:
     s = model.support_vectors
     platt_a, platt_b = model.platt
     if model.multiclass:
-        first, second = model.vote_matrices()
+        first, second = vote_matrices(len(model.labels))
         coef, intercept = model.calibration
-        head = {"pair_coef": model.pair_coefficients(), "pair_intercept": model.intercepts.astype(np.float64),
+        head = {"pair_coef": pair_coefficients(model.dual_coef, model.n_support),
+                "pair_intercept": model.intercepts.astype(np.float64),
                 "vote_first": first, "vote_second": second, "calibration_coef_t": coef.T.copy(),
                 "calibration_intercept": intercept.astype(np.float64)}
     else:

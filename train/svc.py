@@ -97,29 +97,6 @@ class SvcModel:
         self._sklearn = svc  # kept for the equality check in the tests, never saved
         return self
 
-    def pairs(self) -> list[tuple[int, int]]:
-        """The one-vs-one pairs (i, j), i < j, in libsvm's order: the columns of the multi-class decision."""
-        k = len(self.labels)
-        return [(i, j) for i in range(k) for j in range(i + 1, k)]
-
-    def pair_coefficients(self) -> np.ndarray:
-        """(support vectors, pairs): the decision of pair (i, j) is kernel @ this + intercepts, where the column
-        holds dual_coef[j - 1] on class i's support vectors and dual_coef[i] on class j's (libsvm's layout)."""
-        start = np.r_[0, np.cumsum(self.n_support)]
-        coef = np.zeros((self.support_vectors.shape[0], len(self.pairs())))
-        for p, (i, j) in enumerate(self.pairs()):
-            coef[start[i]:start[i + 1], p] = self.dual_coef[j - 1, start[i]:start[i + 1]]
-            coef[start[j]:start[j + 1], p] = self.dual_coef[i, start[j]:start[j + 1]]
-        return coef
-
-    def vote_matrices(self) -> tuple[np.ndarray, np.ndarray]:
-        """(pairs, classes) 0/1 matrices: a pair's win votes for its first class, a loss for its second."""
-        pairs, k = self.pairs(), len(self.labels)
-        first, second = np.zeros((len(pairs), k)), np.zeros((len(pairs), k))
-        for p, (i, j) in enumerate(pairs):
-            first[p, i] = second[p, j] = 1.0
-        return first, second
-
     def transform(self, docs: list[str]) -> sp.csr_matrix:
         return self.vectorizer.transform(docs)
 
@@ -128,30 +105,26 @@ class SvcModel:
         than two classes, (rows, pairs): one per one-vs-one pair (sklearn's decision_function_shape='ovo')."""
         s = self.support_vectors
         s_sq = np.asarray(s.multiply(s).sum(axis=1)).ravel()
-        coef, intercept = ((self.pair_coefficients(), self.intercepts) if self.multiclass
+        coef, intercept = ((pair_coefficients(self.dual_coef, self.n_support), self.intercepts) if self.multiclass
                            else (self.dual_coef, self.intercept))
         out = []
         for i in range(0, len(docs), batch):  # the kernel matrix is dense: bound its memory
             x = self.transform(docs[i:i + batch]).astype(np.float64)
             sq = np.asarray(x.multiply(x).sum(axis=1)).ravel()[:, None] + s_sq[None, :] - 2.0 * (x @ s.T).toarray()
             out.append(np.exp(-self.gamma * np.maximum(sq, 0.0)) @ coef + intercept)
-        return np.concatenate(out) if out else np.zeros((0, len(self.pairs())) if self.multiclass else 0)
+        return np.concatenate(out) if out else np.zeros((0, len(intercept)) if self.multiclass else 0)
 
     def predict(self, decision: np.ndarray) -> np.ndarray:
         """Class indices from decision values: the sign for two classes, the one-vs-one vote for more."""
         if not self.multiclass:
             return (decision > 0).astype(np.int64)
-        first, second = self.vote_matrices()
-        wins = (decision > 0).astype(np.float64)
-        return ((wins @ first + (1.0 - wins) @ second).argmax(axis=1)).astype(np.int64)
+        return ovo_vote(decision, len(self.labels))
 
     def probability(self, decision: np.ndarray) -> np.ndarray:
         """P(positive) for two classes; (rows, classes) probabilities for more."""
         if self.multiclass:
             coef, intercept = self.calibration
-            z = decision @ coef.T + intercept
-            e = np.exp(z - z.max(axis=1, keepdims=True))
-            return e / e.sum(axis=1, keepdims=True)
+            return softmax_rows(decision @ coef.T + intercept)
         a, b = self.platt
         return 1.0 / (1.0 + np.exp(-(a * decision + b)))
 
@@ -159,12 +132,7 @@ class SvcModel:
         """Platt scaling on held-out decision values, so that `score` is a probability (multinomial logistic
         regression on the pairs' decision values for more than two classes)."""
         if self.multiclass:
-            lr = LogisticRegression(C=1e6, max_iter=1000).fit(decision, labels)
-            if len(lr.classes_) != len(self.labels):
-                raise ValueError(f"the validation rows hold {len(lr.classes_)} of the {len(self.labels)} classes: "
-                                 "the probabilities need every class there (a larger --val-fraction, or a "
-                                 "--validation file with each class)")
-            self.calibration = (np.asarray(lr.coef_, dtype=np.float64), np.asarray(lr.intercept_, dtype=np.float64))
+            self.calibration = softmax_calibration(decision, labels, len(self.labels))
             return
         lr = LogisticRegression(C=1e6).fit(decision.reshape(-1, 1), labels)
         self.platt = (float(lr.coef_[0, 0]), float(lr.intercept_[0]))
@@ -208,6 +176,55 @@ class SvcModel:
             model.n_support, model.intercepts = arrays["n_support"], arrays["intercepts"]
             model.calibration = (arrays["calibration_coef"], arrays["calibration_intercept"])
         return model
+
+
+def ovo_pairs(k: int) -> list[tuple[int, int]]:
+    """The one-vs-one pairs (i, j), i < j, in libsvm's order: the columns of the multi-class decision."""
+    return [(i, j) for i in range(k) for j in range(i + 1, k)]
+
+
+def pair_coefficients(dual_coef: np.ndarray, n_support: np.ndarray) -> np.ndarray:
+    """(support vectors, pairs): the decision of pair (i, j) is kernel @ this + intercepts, where the column holds
+    dual_coef[j - 1] on class i's support vectors and dual_coef[i] on class j's (libsvm's layout)."""
+    start = np.r_[0, np.cumsum(n_support)]
+    pairs = ovo_pairs(len(n_support))
+    coef = np.zeros((dual_coef.shape[1], len(pairs)))
+    for p, (i, j) in enumerate(pairs):
+        coef[start[i]:start[i + 1], p] = dual_coef[j - 1, start[i]:start[i + 1]]
+        coef[start[j]:start[j + 1], p] = dual_coef[i, start[j]:start[j + 1]]
+    return coef
+
+
+def vote_matrices(k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(pairs, classes) 0/1 matrices: a pair's win votes for its first class, a loss for its second."""
+    pairs = ovo_pairs(k)
+    first, second = np.zeros((len(pairs), k)), np.zeros((len(pairs), k))
+    for p, (i, j) in enumerate(pairs):
+        first[p, i] = second[p, j] = 1.0
+    return first, second
+
+
+def ovo_vote(decision: np.ndarray, k: int) -> np.ndarray:
+    """The class with the most one-vs-one wins (a positive decision wins for the pair's first class), the lower
+    index on a tie: libsvm's rule, so sklearn's SVC.predict."""
+    first, second = vote_matrices(k)
+    wins = (decision > 0).astype(np.float64)
+    return (wins @ first + (1.0 - wins) @ second).argmax(axis=1).astype(np.int64)
+
+
+def softmax_calibration(decision: np.ndarray, labels: list[int], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(coefficients (classes, pairs), intercepts): a multinomial logistic regression on held-out one-vs-one
+    decision values, nearly unregularised as the binary Platt fit. ValueError when a class has no row there."""
+    lr = LogisticRegression(C=1e6, max_iter=1000).fit(decision, labels)
+    if len(lr.classes_) != k:
+        raise ValueError(f"the validation rows hold {len(lr.classes_)} of the {k} classes: the probabilities need "
+                         "every class there (a larger --val-fraction, or a --validation file with each class)")
+    return np.asarray(lr.coef_, dtype=np.float64), np.asarray(lr.intercept_, dtype=np.float64)
+
+
+def softmax_rows(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
 
 
 def tune(docs: list[str], labels: list[int], grid: dict = TUNE_GRID, folds: int = 3) -> tuple[dict, list[dict]]:
