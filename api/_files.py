@@ -41,7 +41,8 @@ def score_file(inputs: PathLike | Sequence[PathLike], models: PathLike | Sequenc
                progress: bool = False) -> ScoreResult:
     """Score input files (TSV, CSV, JSON Lines or Parquet, compressed or not; "-" for stdin) with one or more model
     folders, as `tsinfer score` does with the same options: predictions to `output` (fmt "tsv" or "jsonl"; "-" for
-    stdout) in input order, columns id, label, pred, score (pred_NAME, score_NAME with several models); rows that
+    stdout) in input order, columns id, label, pred, score (pred_NAME, score_NAME with several models; for models
+    of more than two classes, label and pred as class names and p_CLASS per class in place of score); rows that
     cannot be read to `rejects` (default OUTPUT.rejects.tsv, or rejects.tsv for stdout); the metrics JSON to
     `metrics` and the ROC PNG to `roc` for labelled input. The output is written under a temporary name and
     renamed when complete; `resume` continues an interrupted run on the same output.

@@ -72,6 +72,7 @@ def score(inputs, models, provider, precision, backend, batch_tokens, max_batch,
 
     Input layouts: the seed's dev.tsv/test.tsv, `id<TAB>label<TAB>text`, `id<TAB>text`, or one text a line.
     Output columns: id, label, pred, score (score = P(positive)); with several models, pred_NAME and score_NAME.
+    Models of more than two classes: label and pred as class names, p_CLASS per class in place of score.
     With --engine ray, INPUTS may be files, folders, globs or URIs Ray reads (s3://...), and --output is a folder
     of prediction shards (columns shard and line first), rejects shards and metrics.json.
     """
