@@ -129,8 +129,9 @@ def _score_ray(inputs, models, *, settings: ScorerSettings, output, fmt, metrics
                        connect_timeout_s=connect_timeout)
     for name, s in (m["models"].items() if "models" in m else [(m.get("model", "model"), m)]):
         if s.get("accuracy") is not None:
-            click.echo(f"{name}: accuracy {s['accuracy']:.4f}  MCC {s['mcc']:.4f}  ROC-AUC {s['roc_auc'] or 0:.4f}  "
-                       f"({s['rows_labelled']:,} labelled rows)", err=True)
+            macro = f"macro-F1 {s['macro_f1']:.4f}  macro-recall {s['macro_recall']:.4f}  " if "macro_f1" in s else ""
+            click.echo(f"{name}: accuracy {s['accuracy']:.4f}  {macro}MCC {s['mcc']:.4f}  ROC-AUC "
+                       f"{s['roc_auc'] or 0:.4f}  ({s['rows_labelled']:,} labelled rows)", err=True)
     click.echo(f"rows read {m['rows_read']:,}, scored {m['rows_scored']:,}, rejected {m['rows_rejected']:,}; "
                f"{m['engine']['actors']} actors, {m['tweets_per_s'] or 0:,.0f} tweets/s; wrote {output}/predictions, "
                f"{output}/rejects and {output}/metrics.json", err=True)
