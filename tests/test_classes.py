@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 from sklearn import metrics as skm
 
-from conftest import tiny_bert
+from conftest import CPU_ENGINES, tiny_bert
 from tsinfer.infer.formats import Columns, read_chunks
 from tsinfer.infer.labels import BINARY, CollectedLabels, LabelSet
 from tsinfer.infer.meta import ModelError, ModelMeta
@@ -376,13 +376,17 @@ def test_json_lines_holds_the_same_answers(scored):
             assert runs["jsonl"].summaries[name][key] == runs["tsv"].summaries[name][key], (name, key)
 
 
-def test_one_row_one_answer_for_three_classes(scored, tmp_path):
-    """The BERT's probabilities are the same bits in any chunk: a file scored in chunks of 7 rows is the same file."""
+@pytest.mark.parametrize("precision, backend", CPU_ENGINES)
+def test_one_row_one_answer_for_three_classes(scored, tmp_path, precision, backend):
+    """The BERT's probabilities are the same bits in any chunk, on every CPU engine: scored in chunks of 7 rows
+    and in one chunk, the files are the same."""
     import tsinfer
 
     d, test, models, runs = scored
-    tsinfer.score_file(test, models, tmp_path / "small.tsv", chunk_rows=7, provider="cpu")
-    assert (tmp_path / "small.tsv").read_bytes() == (d / "pred.tsv").read_bytes()
+    for name, rows in (("small", 7), ("whole", None)):
+        tsinfer.score_file(test, models[0], tmp_path / f"{name}.tsv", chunk_rows=rows, provider="cpu",
+                           precision=precision, backend=backend)
+    assert (tmp_path / "small.tsv").read_bytes() == (tmp_path / "whole.tsv").read_bytes()
 
 
 def test_the_python_api_names_the_classes(three_class):
