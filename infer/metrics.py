@@ -83,9 +83,9 @@ def metrics_from_confusion(cm: np.ndarray, names: tuple[str, str] = ("negative",
     }
 
 
-def binary_metrics(labels, preds, scores=None) -> dict:
+def binary_metrics(labels, preds, scores=None, names: tuple[str, str] = ("negative", "positive")) -> dict:
     """Every figure the reports and the scorer print; ROC-AUC only from real scores (never from 0/1 labels)."""
-    out = metrics_from_confusion(confusion(labels, preds))
+    out = metrics_from_confusion(confusion(labels, preds), names)
     out["roc_auc"] = roc_auc(labels, scores) if scores is not None else None
     return out
 
@@ -268,7 +268,7 @@ def metrics_for(labels, preds, scores, names: tuple[str, ...]) -> dict:
     """binary_metrics for two classes (scores: P(class 1) or a decision value), classification_metrics for more
     (scores: the (rows, N) probabilities)."""
     if len(names) == 2:
-        return binary_metrics(labels, preds, scores)
+        return binary_metrics(labels, preds, scores, tuple(names))
     return classification_metrics(labels, preds, scores, names)
 
 

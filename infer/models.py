@@ -138,6 +138,7 @@ class Scorer(Protocol):
     """What both engines ask of a model: prepare a chunk's texts (tokenize, or the spaCy step), score them."""
 
     kind: str         # "bert" or "svc"
+    meta: ModelMeta   # the folder's meta.json (its classes: meta.labels)
     provider: str     # the onnxruntime provider it runs on
     backend: str      # the engine that runs it: onnxruntime or openvino (infer/engines.py)
     precision: str    # the model file's precision

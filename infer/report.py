@@ -137,14 +137,14 @@ def comparison_table(result: ScoreResult) -> str:
     if any("macro_f1" in s for s in labelled):
         return "\n".join(multiclass_table(summaries) + _run_lines(result, summaries))
     header = f"{'model':<12}{'precision':>10}{'tweets/s':>10}"
-    if labelled:
-        header += (f"{'acc':>8}{'MCC':>8}{'AUC':>8}{'P(neg)':>8}{'R(neg)':>8}{'F1(neg)':>8}"
-                   f"{'P(pos)':>8}{'R(pos)':>8}{'F1(pos)':>8}")
+    if labelled:  # the two classes by the first letters of their names: neg and pos
+        header += f"{'acc':>8}{'MCC':>8}{'AUC':>8}" + "".join(
+            f"{f'{m}({name[:3]})':>8}" for name in labelled[0]["per_class"] for m in ("P", "R", "F1"))
     lines.append(header)
     for s in summaries:
         row = f"{s['model']:<12}{s['precision_mode']:>10}{s['tweets_per_s'] or 0:>10.0f}"
         if "accuracy" in s:
-            neg, pos = s["per_class"]["negative"], s["per_class"]["positive"]
+            neg, pos = s["per_class"].values()
             auc = s["roc_auc"] if s["roc_auc"] is not None else float("nan")
             row += (f"{s['accuracy']:>8.4f}{s['mcc']:>8.4f}{auc:>8.4f}{neg['precision']:>8.4f}{neg['recall']:>8.4f}"
                     f"{neg['f1']:>8.4f}{pos['precision']:>8.4f}{pos['recall']:>8.4f}{pos['f1']:>8.4f}")

@@ -463,3 +463,26 @@ def test_ray_equals_local_for_three_classes(scored, tmp_path, fmt):
         for key in ("accuracy", "macro_f1", "macro_recall", "mcc", "roc_auc", "roc_auc_per_class", "ece",
                     "confusion_matrix", "per_class"):
             assert m["models"][name][key] == runs["tsv"].summaries[name][key], (name, key)
+
+
+def test_two_classes_of_other_names_keep_the_binary_format(tmp_path):
+    """Two word classes other than negative/positive: sorted (ham, spam), written as tsinfer always wrote two
+    classes (pred 0/1, score = P(class 1)), with the metrics naming them."""
+    import tsinfer
+    from tsinfer.export.run import run_export
+    from tsinfer.train.svc import train_svc
+
+    rows = [(i, t, {"negative": "Spam", "neutral": "ham", "positive": "HAM"}[lab.strip().lower()])
+            for i, t, lab in made_up_rows(160)]
+    data = load_training_data(train=write_csv(tmp_path / "t.csv", rows[:120]), val_fraction=0.25)
+    assert data.labels.names == ("ham", "spam")
+    train_svc(data, tmp_path / "art" / "svc", tmp_path / "art" / "reports" / "train_svc.json")
+    run_export(tmp_path / "art", tmp_path, parity=False, which=("svc",))
+    test = write_csv(tmp_path / "test.csv", rows[120:])
+    result = tsinfer.score_file(test, tmp_path / "art" / "onnx" / "svc", tmp_path / "p.tsv", provider="cpu")
+    frame = read_written(tmp_path / "p.tsv")
+    assert list(frame.columns) == ["id", "label", "pred", "score"]
+    y = frame["label"].astype(int).to_numpy()
+    assert set(y) == {0, 1} and (y == 1).sum() == sum(lab == "Spam" for _, _, lab in rows[120:])
+    assert set(result.summaries["svc"]["per_class"]) == {"ham", "spam"}
+    assert result.summaries["svc"]["roc_auc"] == pytest.approx(skm.roc_auc_score(y, frame["score"]), abs=1e-12)
