@@ -486,3 +486,33 @@ def test_two_classes_of_other_names_keep_the_binary_format(tmp_path):
     assert set(y) == {0, 1} and (y == 1).sum() == sum(lab == "Spam" for _, _, lab in rows[120:])
     assert set(result.summaries["svc"]["per_class"]) == {"ham", "spam"}
     assert result.summaries["svc"]["roc_auc"] == pytest.approx(skm.roc_auc_score(y, frame["score"]), abs=1e-12)
+
+
+def test_a_three_class_run_cut_short_resumes_to_the_same_file_and_figures(three_class, tmp_path, monkeypatch):
+    import errno
+
+    from tsinfer.infer import writers
+
+    d, train, test, art, _ = three_class
+    common = [test, "--model", art / "onnx" / "bert", "--model", art / "onnx" / "svc", "--chunk-rows", 8,
+              "--provider", "cpu"]
+    assert run_cli("score", *common, "-o", tmp_path / "whole.tsv", "--metrics", tmp_path / "whole.json").exit_code == 0
+    real_write, calls = writers.PredictionWriter.write, []
+
+    def write_until_full(self, chunk, results):
+        calls.append(1)
+        if len(calls) == 4:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.tmp))
+        real_write(self, chunk, results)
+
+    monkeypatch.setattr(writers.PredictionWriter, "write", write_until_full)
+    out = tmp_path / "p.tsv"
+    assert run_cli("score", *common, "-o", out).exit_code == 1
+    monkeypatch.setattr(writers.PredictionWriter, "write", real_write)
+    r = run_cli("score", *common, "-o", out, "--resume", "--metrics", tmp_path / "resumed.json")
+    assert r.exit_code == 0, r.output
+    assert out.read_bytes() == (tmp_path / "whole.tsv").read_bytes()
+    whole, resumed = (json.loads((tmp_path / f"{n}.json").read_text())["models"] for n in ("whole", "resumed"))
+    for name in ("bert", "svc"):
+        for key in ("confusion_matrix", "macro_f1", "roc_auc_per_class", "ece", "rows_labelled"):
+            assert resumed[name][key] == whole[name][key], (name, key)
