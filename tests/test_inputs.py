@@ -76,7 +76,7 @@ def test_an_output_path_that_is_the_input_is_refused_and_the_input_kept(svc_arti
 def test_a_second_run_on_the_same_output_stops_at_once(svc_artifacts, small_data, tmp_path):
     import fcntl
 
-    from tsinfer.infer.score import sidecar
+    from tsinfer.infer.writers import sidecar
 
     out = tmp_path / "p.tsv"
     with open(sidecar(str(out), "lock"), "a") as held:  # a first run, holding the output
@@ -206,11 +206,11 @@ def test_a_full_disk_mid_run_keeps_a_partial_that_resume_completes(svc_artifacts
                                                                     monkeypatch):
     import errno
 
-    from tsinfer.infer import score
+    from tsinfer.infer import writers
 
     model = ["--model", str(svc_artifacts / "onnx" / "svc"), "--chunk-rows", "64"]
     assert _score([str(small_data / "test.tsv"), *model, "-o", str(tmp_path / "whole.tsv")]).exit_code == 0
-    real_write, calls = score.PredictionWriter.write, []
+    real_write, calls = writers.PredictionWriter.write, []
 
     def write_until_full(self, chunk, results):
         calls.append(1)
@@ -218,12 +218,12 @@ def test_a_full_disk_mid_run_keeps_a_partial_that_resume_completes(svc_artifacts
             raise OSError(errno.ENOSPC, "No space left on device", str(self.tmp))
         real_write(self, chunk, results)
 
-    monkeypatch.setattr(score.PredictionWriter, "write", write_until_full)
+    monkeypatch.setattr(writers.PredictionWriter, "write", write_until_full)
     out = tmp_path / "p.tsv"
     result = _score([str(small_data / "test.tsv"), *model, "-o", str(out)])
     assert result.exit_code == 1 and "No space left on device" in result.stderr and "Traceback" not in result.output
-    assert not out.exists() and score.sidecar(str(out), "partial").exists()
-    monkeypatch.setattr(score.PredictionWriter, "write", real_write)
+    assert not out.exists() and writers.sidecar(str(out), "partial").exists()
+    monkeypatch.setattr(writers.PredictionWriter, "write", real_write)
     result = _score([str(small_data / "test.tsv"), *model, "-o", str(out), "--resume"])
     assert result.exit_code == 0, result.output
     assert out.read_bytes() == (tmp_path / "whole.tsv").read_bytes()

@@ -208,22 +208,15 @@ def train_bert(data: TrainingData | str | Path, out_dir: str | Path = "artifacts
     model.save_pretrained(out_dir)  # safetensors: the default of transformers 4.x and the only format of 5.x
     tokenizer.save_pretrained(out_dir)
     calibration = _calibration(outputs, Path(report_path))
-    record_training_data(out_dir, dict(data.report(), text_normalization=hp.text_normalization,
-                                       temperature=calibration["temperature"],
-                                       training_run={"device": "cuda" if cuda else "cpu", "precision": chosen.name,
-                                                     "precision_source": chosen.source}))
-    # With group_by_length the Trainer also length-sorts evaluation rows: pair predictions with its label_ids.
-    val_m, test_m = (_metrics(outputs[name]) if name in outputs else None for name in ("val", "test"))
+    record_training_data(out_dir, _data_record(data, hp, calibration["temperature"], cuda=cuda, precision=chosen))
+    quality, target = _quality(outputs, calibration)
     curve = Path(report_path).with_name("train_bert_curve.png")
     plot_curves(trainer.state.log_history, curve)
     report = {
         "model": "bert",
         "base_model": base_model or DEFAULT_BASE_MODEL,
         "base_model_path": base_path,
-        **split_figures(val_m, test_m),
-        **{f"{name}_ece{suffix}": calibration[name][key] for name in outputs
-           for suffix, key in (("", "ece"), ("_scaled", "ece_scaled"))},
-        "calibration": calibration,
+        **quality,
         "train_seconds": round(train_seconds, 2),
         "n_train": len(data.train.texts), "n_val": len(data.val.texts),
         "n_test": len(data.test.texts) if data.test else 0,
@@ -233,13 +226,33 @@ def train_bert(data: TrainingData | str | Path, out_dir: str | Path = "artifacts
                        n_train=len(data.train.texts), averaged=averaged),
         "curve_png": str(curve),
         "reliability_png": str(Path(report_path).with_name("train_bert_reliability.png")),
-        # the seed's BERT-base test figure: the report says plainly whether this run reached it
-        "target": ({"test_accuracy": SEED_TEST_ACCURACY, "met": test_m["accuracy"] >= SEED_TEST_ACCURACY}
-                   if test_m else None),
+        "target": target,
         "data": data.report(),
     }
     write_report(report_path, report)
     return report
+
+
+def _data_record(data: TrainingData, hp: BertRecipe, temperature: float, *, cuda: bool, precision: Precision) -> dict:
+    """What the model folder records of its training: the data, the text normalisation and temperature the runtime
+    applies, and where and in what precision it was trained."""
+    return dict(data.report(), text_normalization=hp.text_normalization, temperature=temperature,
+                training_run={"device": "cuda" if cuda else "cpu", "precision": precision.name,
+                              "precision_source": precision.source})
+
+
+def _quality(outputs: dict, calibration: dict) -> tuple[dict, dict | None]:
+    """The validation and test figures with their calibration errors, and whether the test run met the seed's."""
+    # With group_by_length the Trainer also length-sorts evaluation rows: pair predictions with its label_ids.
+    val_m, test_m = (_metrics(outputs[name]) if name in outputs else None for name in ("val", "test"))
+    figures = {**split_figures(val_m, test_m),
+               **{f"{name}_ece{suffix}": calibration[name][key] for name in outputs
+                  for suffix, key in (("", "ece"), ("_scaled", "ece_scaled"))},
+               "calibration": calibration}
+    # the seed's BERT-base test figure: the report says plainly whether this run reached it
+    target = ({"test_accuracy": SEED_TEST_ACCURACY, "met": test_m["accuracy"] >= SEED_TEST_ACCURACY}
+              if test_m else None)
+    return figures, target
 
 
 def _recipe(preset: str, overrides: dict | None) -> BertRecipe:

@@ -53,6 +53,7 @@ class SvcModel:
         self.intercept = 0.0
         self.gamma = 0.0
         self.platt = (1.0, 0.0)  # P(positive) = sigmoid(a * decision + b), fitted on validation
+        self.sklearn_model: SVC | None = None  # sklearn's own SVC after fit, to compare with; never saved
 
     def fit(self, docs: list[str], labels: list[int]) -> "SvcModel":
         p = self.params
@@ -67,7 +68,7 @@ class SvcModel:
         self.dual_coef = np.asarray(dual, dtype=np.float64).ravel()
         self.intercept = float(svc.intercept_[0])
         self.gamma = float(svc._gamma)
-        self._sklearn = svc  # kept for the equality check in the tests, never saved
+        self.sklearn_model = svc
         return self
 
     def transform(self, docs: list[str]) -> sp.csr_matrix:
@@ -158,7 +159,7 @@ def train_svc(data: TrainingData | str | Path, out_dir: str | Path, report_path:
     model = SvcModel(params).fit(train_docs, train.labels)
     val_dec = model.decision_function(val_docs)
     # the saved float64 formula is what export checks the ONNX graph against: record how far it is from sklearn
-    formula_gap = float(np.max(np.abs(val_dec - model._sklearn.decision_function(model.transform(val_docs)))))
+    formula_gap = float(np.max(np.abs(val_dec - model.sklearn_model.decision_function(model.transform(val_docs)))))
     model.calibrate(val_dec, val.labels)
     train_seconds = time.perf_counter() - start
     model.save(out_dir)

@@ -1,0 +1,92 @@
+"""The local engine's threads: a producer feeding the main thread (Pipe), and a consumer fed by it (Sink), each
+handing its error to the main thread."""
+from __future__ import annotations
+
+import queue
+import threading
+
+
+class Pipe:
+    """Items made by a producer function in its own thread, iterated here in order (at most `depth` ahead).
+
+    The producer gets emit(item) -> bool, False once the consumer has stopped; its error is raised here.
+    """
+
+    _END = object()
+
+    def __init__(self, produce, *, name: str, depth: int = 2):
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._main, args=(produce,), name=name, daemon=True)
+        self._thread.start()
+
+    def _main(self, produce) -> None:
+        try:
+            produce(self._emit)
+            self._emit(self._END)
+        except BaseException as e:  # handed to the consumer
+            self._emit(e)
+
+    def _emit(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self):
+        while True:
+            item = self._queue.get()
+            if item is self._END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def stop(self) -> None:
+        """Stop the producer and wait for it: a daemon thread killed inside native tokenizer code at exit aborts
+        the process, so it is let finish its chunk."""
+        self._stop.set()
+        while self._thread.is_alive():
+            try:
+                self._queue.get(timeout=0.1)
+            except queue.Empty:
+                pass
+
+
+class Sink:
+    """Items consumed in order by a function in its own thread; put() raises the consumer's error, if any."""
+
+    _END = object()
+
+    def __init__(self, consume, *, name: str, depth: int = 2):
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, args=(consume,), name=name, daemon=True)
+        self._thread.start()
+
+    def _main(self, consume) -> None:
+        while (item := self._queue.get()) is not self._END:
+            if self.error is None:
+                try:
+                    consume(item)
+                except BaseException as e:  # kept for the producer; later items are drained, not consumed
+                    self.error = e
+
+    def put(self, item) -> None:
+        self._raise()
+        self._queue.put(item)
+
+    def close(self) -> None:
+        """Consume what was put, stop the thread, raise its error (once)."""
+        if self._thread.is_alive():
+            self._queue.put(self._END)
+            self._thread.join()
+        self._raise()
+
+    def _raise(self) -> None:
+        error, self.error = self.error, None
+        if error is not None:
+            raise error
