@@ -5,9 +5,9 @@ import os
 from dataclasses import dataclass
 from typing import Sequence, Union
 
-from tsinfer.infer.formats import Columns
 from tsinfer.infer.pipeline import ScorerSettings
-from tsinfer.infer.rows import InputError
+from tsinfer.infer.request import OutputSpec, RunOptions, ScoreRequest, rejects_beside
+from tsinfer.infer.rows import Columns
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -25,10 +25,6 @@ class ScoreResult:
     metrics: dict             # the metrics report: counts, throughput, and per model accuracy, MCC, ROC-AUC...
     summaries: dict           # model name -> its part of `metrics`
     timings: dict             # seconds spent reading, waiting for tokens, in inference, writing
-
-
-def _paths(value: PathLike | Sequence[PathLike]) -> list[str]:
-    return [os.fspath(value)] if isinstance(value, (str, os.PathLike)) else [os.fspath(v) for v in value]
 
 
 def score_file(inputs: PathLike | Sequence[PathLike], models: PathLike | Sequence[PathLike], output: PathLike = "-",
@@ -53,18 +49,20 @@ def score_file(inputs: PathLike | Sequence[PathLike], models: PathLike | Sequenc
     """
     from tsinfer.infer.score import score_files
 
-    if fmt not in ("tsv", "jsonl"):
-        raise InputError(f"fmt {fmt!r}: score_file writes 'tsv' or 'jsonl'")
     output = os.fspath(output)
-    if rejects is None:
-        rejects = "rejects.tsv" if output == "-" else f"{output}.rejects.tsv"
-    settings = ScorerSettings(provider=provider, precision=precision, backend=backend, threads=threads,
-                              verify=verify, batch_tokens=batch_tokens, max_batch=max_batch,
-                              tokenizer_workers=tokenizer_workers)
-    optional = {name: None if value is None else os.fspath(value)
-                for name, value in (("metrics_path", metrics), ("roc_path", roc), ("rejects_path", rejects))}
-    done = score_files(_paths(inputs), _paths(models), settings=settings, output=output, fmt=fmt,
-                       progress=progress, chunk_rows=chunk_rows, strict=strict, resume=resume,
-                       input_format=input_format, columns=Columns(text_column, id_column, label_column), **optional)
+    request = ScoreRequest(
+        inputs, models,
+        OutputSpec(output, fmt, rejects=rejects_beside(output) if rejects is None else rejects, metrics=metrics,
+                   roc=roc),
+        ScorerSettings(provider=provider, precision=precision, backend=backend, threads=threads, verify=verify,
+                       batch_tokens=batch_tokens, max_batch=max_batch, tokenizer_workers=tokenizer_workers),
+        RunOptions(chunk_rows=chunk_rows, input_format=input_format,
+                   columns=Columns(text_column, id_column, label_column), strict=strict, resume=resume,
+                   progress=progress))
+    return result_of(score_files(request), request)
+
+
+def result_of(done, request: ScoreRequest) -> ScoreResult:
+    """The public result of a local run (infer.report.ScoreResult, less its live model objects)."""
     return ScoreResult(done.rows_read, done.rows_scored, done.rows_rejected, done.blank_lines_skipped, done.wall_s,
-                       optional["rejects_path"], done.metrics, done.summaries, done.timings)
+                       request.output.rejects, done.metrics, done.summaries, done.timings)

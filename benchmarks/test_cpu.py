@@ -90,14 +90,15 @@ def test_optimum_ort_pipeline(benchmark, artifacts, test_rows, tmp_path_factory)
 def test_tsinfer_streaming(benchmark, artifacts, bench_tsv, tmp_path, precision, backend):
     """The real path: read the TSV, tokenize in the reader thread, bucketed batches, write predictions. auto/auto
     is the default CPU path (the engine chosen at load: OpenVINO's int8 where installed)."""
+    from tsinfer.infer.request import OutputSpec, ScoreRequest
     from tsinfer.infer.score import score_files
 
     out = {}
 
     def run():
-        out["r"] = score_files([str(bench_tsv)], [str(artifacts / "onnx" / "bert")],
-                               settings=ScorerSettings(provider="cpu", precision=precision, backend=backend),
-                               output=str(tmp_path / "p.tsv"))
+        out["r"] = score_files(ScoreRequest([str(bench_tsv)], [str(artifacts / "onnx" / "bert")],
+                                            OutputSpec(str(tmp_path / "p.tsv")),
+                                            ScorerSettings(provider="cpu", precision=precision, backend=backend)))
 
     timed(benchmark, run, rounds=BERT_ROUNDS)
     # Like every contender here, model loading is left out: wall time minus session creation and warm-up.
@@ -287,12 +288,12 @@ def sklearn_svc(artifacts):
 def test_sklearn_svc_predict(benchmark, sklearn_svc, svc_rows):
     x = sklearn_svc.transform(svc_rows)
     record(benchmark, "svc", "sklearn SVC.predict (TF-IDF done, sparse input)", len(svc_rows),
-           timed(benchmark, lambda: sklearn_svc._sklearn.predict(x), rounds=2))
+           timed(benchmark, lambda: sklearn_svc.sklearn_model.predict(x), rounds=2))
 
 
 def test_sklearn_tfidf_and_svc_predict(benchmark, sklearn_svc, svc_rows):
     record(benchmark, "svc", "sklearn TfidfVectorizer.transform + SVC.predict", len(svc_rows),
-           timed(benchmark, lambda: sklearn_svc._sklearn.predict(sklearn_svc.transform(svc_rows)), rounds=2))
+           timed(benchmark, lambda: sklearn_svc.sklearn_model.predict(sklearn_svc.transform(svc_rows)), rounds=2))
 
 
 def test_onnx_svc(benchmark, artifacts, svc_rows):
@@ -361,6 +362,7 @@ def test_compressed_input(benchmark, artifacts, bench_tsv, tmp_path, compression
     """The SVC model (the cheapest, so reading weighs most) on the same rows, plain and gzip-compressed."""
     import gzip
 
+    from tsinfer.infer.request import OutputSpec, ScoreRequest
     from tsinfer.infer.score import score_files
 
     src = bench_tsv
@@ -370,8 +372,8 @@ def test_compressed_input(benchmark, artifacts, bench_tsv, tmp_path, compression
     out = {}
 
     def run():
-        out["r"] = score_files([str(src)], [str(artifacts / "onnx" / "svc")], settings=CPU,
-                               output=str(tmp_path / "p.tsv"))
+        out["r"] = score_files(ScoreRequest([str(src)], [str(artifacts / "onnx" / "svc")],
+                                            OutputSpec(str(tmp_path / "p.tsv")), CPU))
 
     timed(benchmark, run, rounds=2)
     r = out["r"]

@@ -1,5 +1,6 @@
-"""`tsinfer score`, `tsinfer predict` and `tsinfer info`: thin commands over the Python API (`tsinfer.score_file`,
-`tsinfer.load`; the Ray engine's infer.ray_engine) and infer.meta."""
+"""`tsinfer score`, `tsinfer predict` and `tsinfer info`: thin commands over the library. `score` builds one
+ScoreRequest (infer/request.py, which checks it) for the local engine (infer.score) or Ray's (infer.ray_engine);
+`predict` uses the Python API's `tsinfer.load`; `info` reads infer.meta."""
 from __future__ import annotations
 
 import json
@@ -14,10 +15,11 @@ from tsinfer.cli.errors import CleanCommand, on_sigterm
 from tsinfer.cli.options import DEFAULT_MODEL, column_options, engine_options
 from tsinfer.infer.cpus import cpu_budget
 from tsinfer.infer.engines import default_cpu_backend, openvino_version
-from tsinfer.infer.formats import Columns
 from tsinfer.infer.meta import ModelMeta
 from tsinfer.infer.models import available_providers
 from tsinfer.infer.pipeline import ScorerSettings
+from tsinfer.infer.request import OutputSpec, RayOptions, RunOptions, ScoreRequest, rejects_beside
+from tsinfer.infer.rows import Columns
 
 
 @click.command(cls=CleanCommand)
@@ -77,56 +79,34 @@ def score(inputs, models, provider, precision, backend, batch_tokens, max_batch,
     of prediction shards (columns shard and line first), rejects shards and metrics.json.
     """
     from tsinfer.infer.report import comparison_table
+    from tsinfer.infer.score import score_files
 
-    if progress is None:
-        progress = sys.stderr.isatty()
-    columns = Columns(text_column, id_column, label_column)
-    settings = ScorerSettings(provider=provider, precision=precision, backend=backend, threads=threads, verify=verify,
-                              batch_tokens=batch_tokens, max_batch=max_batch, tokenizer_workers=tokenizer_workers)
+    fmt = fmt or ("parquet" if engine == "ray" else "tsv")
+    if rejects_path is None and engine == "local":
+        rejects_path = rejects_beside(output)
+    request = ScoreRequest(
+        inputs, models, OutputSpec(output, fmt, rejects=rejects_path, metrics=metrics_path, roc=roc_path),
+        ScorerSettings(provider=provider, precision=precision, backend=backend, threads=threads, verify=verify,
+                       batch_tokens=batch_tokens, max_batch=max_batch, tokenizer_workers=tokenizer_workers),
+        RunOptions(chunk_rows=chunk_rows, input_format=input_format,
+                   columns=Columns(text_column, id_column, label_column), strict=strict, resume=resume,
+                   progress=sys.stderr.isatty() if progress is None else progress),
+        engine=engine, ray=RayOptions(address=address, actors=actors, gpus_per_actor=gpus_per_actor,
+                                      cpus_per_actor=cpus_per_actor, connect_timeout_s=connect_timeout))
     if engine == "ray":
-        if input_format not in ("auto", "tsv") or columns.given():
-            raise click.UsageError("--engine ray reads TSV shards: --input-format and the column options are for "
-                                   "--engine local")
-        return _score_ray(inputs, models, settings=settings, output=output, fmt=fmt or "parquet",
-                          metrics_path=metrics_path, roc_path=roc_path, chunk_rows=chunk_rows, progress=progress,
-                          strict=strict, resume=resume, address=address, actors=actors,
-                          gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor,
-                          connect_timeout=connect_timeout)
-    fmt = fmt or "tsv"
-    if fmt == "parquet":
-        raise click.UsageError("--format parquet is for --engine ray; the local engine writes tsv or jsonl")
+        return _score_ray(request)
     signal.signal(signal.SIGTERM, on_sigterm)
-    result = tsinfer.score_file(list(inputs), list(models), output, metrics=metrics_path, rejects=rejects_path,
-                                roc=roc_path, fmt=fmt, input_format=input_format, text_column=text_column,
-                                id_column=id_column, label_column=label_column, provider=provider,
-                                precision=precision, backend=backend, threads=threads, verify=verify,
-                                batch_tokens=batch_tokens, max_batch=max_batch, tokenizer_workers=tokenizer_workers,
-                                chunk_rows=chunk_rows, strict=strict, resume=resume, progress=progress)
+    result = score_files(request)
     click.echo(comparison_table(result), err=True)
     if result.rows_rejected:
-        click.echo(f"{result.rows_rejected:,} rows rejected: see {result.rejects}", err=True)
+        click.echo(f"{result.rows_rejected:,} rows rejected: see {request.output.rejects}", err=True)
 
 
-def _score_ray(inputs, models, *, settings: ScorerSettings, output, fmt, metrics_path, roc_path, chunk_rows,
-               progress, strict, resume, address, actors, gpus_per_actor, cpus_per_actor, connect_timeout):
+def _score_ray(request: ScoreRequest) -> None:
     from tsinfer.infer.ray_engine import score_with_ray
 
-    unsupported = [name for name, used in (("--resume", resume), ("--strict", strict), ("--roc", roc_path),
-                                           ("--threads (use --cpus-per-actor)", settings.threads),
-                                           ("--tokenizer-workers", settings.tokenizer_workers is not None))
-                   if used]
-    if unsupported:
-        raise click.UsageError(f"{', '.join(unsupported)}: not available with --engine ray")
-    if output in (None, "-"):
-        raise click.UsageError("--engine ray needs --output FOLDER (it writes prediction and rejects shards there)")
-    if fmt == "jsonl":
-        raise click.UsageError("--engine ray writes --format parquet or tsv")
-    if settings.provider in ("cuda", "tensorrt") and not gpus_per_actor:
-        gpus_per_actor = 1.0
-    m = score_with_ray(list(inputs), list(models), output=output, settings=settings, fmt=fmt, address=address,
-                       actors=actors, gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor,
-                       chunk_rows=chunk_rows, metrics_path=metrics_path, progress=progress,
-                       connect_timeout_s=connect_timeout)
+    m = score_with_ray(request)
+    output = request.output.path
     for name, s in (m["models"].items() if "models" in m else [(m.get("model", "model"), m)]):
         if s.get("accuracy") is not None:
             macro = f"macro-F1 {s['macro_f1']:.4f}  macro-recall {s['macro_recall']:.4f}  " if "macro_f1" in s else ""

@@ -16,6 +16,7 @@ import numpy as np
 
 from tsinfer.infer.labels import BINARY, LabelSet
 from tsinfer.infer.pipeline import ChunkScores
+from tsinfer.infer.request import OutputSpec, ScoreRequest
 from tsinfer.infer.rows import NO_LABEL, Chunk, InputError
 from tsinfer.infer.writers import COMPRESSED_OUTPUT, PredictionWriter, RejectWriter, sidecar
 
@@ -46,18 +47,18 @@ class Checkpoint:
         self.rows_path.unlink(missing_ok=True)
 
 
-def run_key(inputs: list[str], models: list[str], runs: list, *, fmt: str, chunk_rows: int, batch_tokens,
-            max_batch, sort: bool, input_format: str, columns) -> dict:
+def run_key(request: ScoreRequest, runs: list, chunk_rows: int) -> dict:
     """What a checkpoint may only be continued with: the same inputs, unchanged, models and options."""
+    settings, options = request.settings, request.options
     return {
         # an input edited since the checkpoint must not be continued: its size and mtime are part of the key
         "inputs": [[str(Path(i).resolve()), Path(i).stat().st_size, Path(i).stat().st_mtime_ns]
-                   if i != "-" else ["-"] for i in inputs],
-        "models": [str(Path(m).resolve()) for m in models],
+                   if i != "-" else ["-"] for i in request.inputs],
+        "models": [str(Path(m).resolve()) for m in request.models],
         "provider": runs[0].scorer.provider, "precisions": [r.scorer.precision for r in runs],
-        "format": fmt, "chunk_rows": chunk_rows, "batch_tokens": batch_tokens,
-        "max_batch": max_batch, "sort": sort, "input_format": input_format,
-        "columns": [columns.text, columns.id, columns.label]}
+        "format": request.output.fmt, "chunk_rows": chunk_rows, "batch_tokens": settings.batch_tokens,
+        "max_batch": settings.max_batch, "sort": options.sort, "input_format": options.input_format,
+        "columns": [options.columns.text, options.columns.id, options.columns.label]}
 
 
 def append_rows(fh, labels: np.ndarray, preds: np.ndarray, bins: np.ndarray) -> None:
@@ -108,9 +109,11 @@ class RunFiles:
     """What a local run writes: predictions, rejects and, for a plain-text output file, the checkpoint with the
     labelled rows it covers (a compressed stream cannot be cut back to a chunk, nor stdout)."""
 
-    def __init__(self, output: str | None, *, fmt: str, rejects_path: str | None, key, classes: LabelSet = BINARY):
-        """key: a function giving the checkpoint's run_key, called only where there is a checkpoint."""
-        self.output, self.fmt, self.rejects_path, self.classes = output, fmt, rejects_path, classes
+    def __init__(self, spec: OutputSpec, *, key, classes: LabelSet = BINARY):
+        """key: a function giving the checkpoint's run_key, called only where there is a checkpoint; classes: the
+        models' (the labels and predictions written as their names where there are more than two)."""
+        output = spec.path
+        self.output, self.fmt, self.rejects_path, self.classes = output, spec.fmt, spec.rejects, classes
         to_file = output not in (None, "-")
         self.compressed = to_file and str(output).endswith(COMPRESSED_OUTPUT)
         self.checkpoint = Checkpoint(output, key()) if to_file and not self.compressed else None

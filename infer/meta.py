@@ -31,6 +31,16 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def _labels_problem(labels, mapping) -> str | None:
+    """What is wrong with meta.json's classes (2 to MAX_CLASSES distinct names) and label_mapping, if anything."""
+    if (not isinstance(labels, list) or not 2 <= len(labels) <= MAX_CLASSES
+            or not all(isinstance(n, str) and n for n in labels) or len(set(labels)) < len(labels)):
+        return f"labels {labels!r}: a model has 2 to {MAX_CLASSES} distinct class names"
+    if mapping is not None and not (isinstance(mapping, dict) and set(mapping.values()) <= set(labels)):
+        return f"label_mapping {mapping!r} names classes that are not among labels {labels!r}"
+    return None
+
+
 @dataclass(frozen=True)
 class ModelMeta:
     """One model folder's meta.json."""
@@ -54,39 +64,15 @@ class ModelMeta:
         known = {f.name for f in fields(cls)} - {"extra"}
         given = {"kind": None, "files": None} | {k: v for k, v in data.items() if k in known}
         meta = cls(**given, extra={k: v for k, v in data.items() if k not in known})
-        problem = meta._problem()
+        problem = _problem(meta)
         if problem:
             raise ModelError(f"{where}: {problem}: re-run `make export`")
         if meta.kind == "bert" and meta.max_length is None:
             meta = replace(meta, max_length=DEFAULT_MAX_LENGTH)
         return meta
 
-    def _problem(self) -> str | None:
-        if self.kind not in KINDS:
-            return f"unknown model kind {self.kind!r} (expected 'bert' or 'svc')"
-        if not isinstance(self.files, dict) or not self.files:
-            return "no model files listed under 'files'"
-        if self.max_length is not None and (not isinstance(self.max_length, int) or self.max_length < 1):
-            return f"max_length {self.max_length!r} is not a positive integer"
-        if self.temperature is not None and not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
-            return f"temperature {self.temperature!r} is not a positive number"
-        if (not isinstance(self.labels, list) or not 2 <= len(self.labels) <= MAX_CLASSES
-                or not all(isinstance(n, str) and n for n in self.labels) or len(set(self.labels)) < len(self.labels)):
-            return f"labels {self.labels!r}: a model has 2 to {MAX_CLASSES} distinct class names"
-        mapping = self.extra.get("label_mapping")
-        if mapping is not None and not (isinstance(mapping, dict) and set(mapping.values()) <= set(self.labels)):
-            return f"label_mapping {mapping!r} names classes that are not among labels {self.labels!r}"
-        if not isinstance(self.openvino_files, dict) or not isinstance(self.sha256, dict):
-            return "'openvino_files' and 'sha256' must be JSON objects"
-        bad = [name for name in self.named_files() if not isinstance(name, str) or not name
-               or Path(name).is_absolute() or ".." in Path(name).parts]
-        if bad:
-            return f"file name {bad[0]!r} leaves the model folder (names must be relative, without '..')"
-        return None
-
     def label_set(self) -> LabelSet:
-        """The classes, in the model's output order, and the label values that name them (label_mapping; a binary
-        folder written before it was recorded reads 0/1, 0/4 and negative/positive, as always)."""
+        """The classes in output order and the label values naming them (LabelSet.from_mapping)."""
         return LabelSet.from_mapping(self.labels, self.extra.get("label_mapping"))
 
     def named_files(self) -> list[str]:
@@ -162,3 +148,23 @@ class ModelMeta:
         (folder / META_FILE).write_text(json.dumps(written.to_dict(), indent=2) + "\n")
         return written
 
+
+def _problem(meta: ModelMeta) -> str | None:
+    """What is wrong with a meta.json's fields, if anything (ModelMeta.from_dict raises it as a ModelError)."""
+    if meta.kind not in KINDS:
+        return f"unknown model kind {meta.kind!r} (expected 'bert' or 'svc')"
+    if not isinstance(meta.files, dict) or not meta.files:
+        return "no model files listed under 'files'"
+    if meta.max_length is not None and (not isinstance(meta.max_length, int) or meta.max_length < 1):
+        return f"max_length {meta.max_length!r} is not a positive integer"
+    if meta.temperature is not None and not (isinstance(meta.temperature, (int, float)) and meta.temperature > 0):
+        return f"temperature {meta.temperature!r} is not a positive number"
+    if _labels_problem(meta.labels, meta.extra.get("label_mapping")):
+        return _labels_problem(meta.labels, meta.extra.get("label_mapping"))
+    if not isinstance(meta.openvino_files, dict) or not isinstance(meta.sha256, dict):
+        return "'openvino_files' and 'sha256' must be JSON objects"
+    bad = [name for name in meta.named_files() if not isinstance(name, str) or not name
+           or Path(name).is_absolute() or ".." in Path(name).parts]
+    if bad:
+        return f"file name {bad[0]!r} leaves the model folder (names must be relative, without '..')"
+    return None

@@ -270,10 +270,11 @@ class BertScorer:
         ones = np.ones((rows, width), dtype=self.int_dtype)
         if self._tokenizers is not None:
             self._tokenizers.warm_up()
-        if self._pool is None:
-            self.run_batch(ones, ones)
-        else:  # all lanes at once, so each stream (OpenVINO runs a request on any free one) allocates its own
-            list(self._pool.map(lambda _: self.run_batch(ones, ones), range(self.engine.lanes)))
+        # one run alone first: two lane threads making OpenVINO's first call at once deadlocked (its bindings
+        # initialise a static that needs the GIL, which the other thread held while waiting for that static)
+        self.run_batch(ones, ones)
+        if self._pool is not None:  # then all lanes at once: OpenVINO runs a request on any free stream, so this
+            list(self._pool.map(lambda _: self.run_batch(ones, ones), range(self.engine.lanes)))  # warms each
 
     def close(self) -> None:
         """Stop the tokenizer processes and the lane threads (the sessions go with the object)."""

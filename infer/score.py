@@ -15,12 +15,12 @@ from pathlib import Path
 
 from tsinfer.infer import formats
 from tsinfer.infer.checkpoint import RunFiles, run_key
-from tsinfer.infer.formats import Columns
-from tsinfer.infer.pipeline import (ChunkScores, ScorerSettings, close_scorers, default_chunk_rows, estimate_total,
+from tsinfer.infer.pipeline import (ChunkScores, close_scorers, default_chunk_rows, estimate_total,
                                     load_scorers, metrics_report, model_names, progress_bar, run_classes, score_chunk,
                                     write_json)
 from tsinfer.infer.pipes import Pipe, Sink
 from tsinfer.infer.report import ModelRun, ScoreResult, plot_roc, run_head
+from tsinfer.infer.request import ScoreRequest
 from tsinfer.infer.rows import Chunk, InputError
 from tsinfer.infer.textio import open_text, refuse_input_as_output
 from tsinfer.infer.writers import output_lock
@@ -39,40 +39,35 @@ class Interrupted(Exception):
         self.rows_read, self.rows_scored = rows_read, rows_scored
 
 
-def check_inputs(inputs: list[str], input_format: str, outputs: dict[str, str | None]) -> None:
+def check_inputs(request: ScoreRequest) -> None:
     """Fail on a missing or unreadable input, or an output that would overwrite one, before any model loads."""
-    for source in inputs:
-        if source != "-" and formats.input_format(source, input_format) != "parquet":
+    for source in request.inputs:
+        if source != "-" and formats.input_format(source, request.options.input_format) != "parquet":
             open_text(source).close()
         elif source != "-" and not Path(source).is_file():
             raise InputError(f"input file not found: {source}")
-    refuse_input_as_output(inputs, outputs)
+    out = request.output
+    refuse_input_as_output(list(request.inputs), {"output": out.path, "rejects": out.rejects,
+                                                  "metrics": out.metrics, "ROC": out.roc})
 
 
-def score_files(inputs: list[str], models: list[str], *, settings: ScorerSettings = ScorerSettings(),
-                output: str | None = "-", fmt: str = "tsv", metrics_path: str | None = None,
-                roc_path: str | None = None, rejects_path: str | None = None, progress: bool = False,
-                chunk_rows: int | None = None, sort: bool = True, strict: bool = False, resume: bool = False,
-                input_format: str = "auto", columns: Columns | None = None) -> ScoreResult:
-    """Score the input files with every model: predictions to `output` (TSV or JSONL; - for stdout), unreadable
-    rows to `rejects_path`, metrics JSON and ROC PNG for labelled input. With `resume`, continue an interrupted
-    run on the same output from its last checkpoint."""
-    check_inputs(inputs, input_format, {"output": output, "rejects": rejects_path, "metrics": metrics_path,
-                                        "ROC": roc_path})
-    with output_lock(output):
+def score_files(request: ScoreRequest) -> ScoreResult:
+    """Score the input files with every model: predictions to the output (TSV or JSONL; - for stdout), unreadable
+    rows to its rejects file, metrics JSON and ROC PNG for labelled input. With options.resume, continue an
+    interrupted run on the same output from its last checkpoint."""
+    check_inputs(request)
+    with output_lock(request.output.path):
         start = time.perf_counter()
-        scorers = load_scorers(models, settings)
+        scorers = load_scorers(list(request.models), request.settings)
         try:
-            runs = [ModelRun(name, scorer) for name, scorer in zip(model_names(models), scorers)]
-            job = LocalRun(runs, inputs=inputs, models=models, output=output, fmt=fmt, rejects_path=rejects_path,
-                           chunk_rows=chunk_rows or default_chunk_rows(scorers[0].provider), sort=sort,
-                           settings=settings, input_format=input_format, columns=columns or Columns())
+            runs = [ModelRun(name, scorer) for name, scorer in zip(model_names(list(request.models)), scorers)]
+            job = LocalRun(runs, request, request.options.chunk_rows or default_chunk_rows(scorers[0].provider))
             job.load_s = time.perf_counter() - start
-            job.restore(resume)
-            job.run(strict=strict, progress=progress)
+            job.restore()
+            job.run()
         finally:
             close_scorers(scorers)
-        return job.report(time.perf_counter() - start, metrics_path=metrics_path, roc_path=roc_path)
+        return job.report(time.perf_counter() - start)
 
 
 @dataclass
@@ -87,26 +82,20 @@ class Prepared:
 class LocalRun:
     """One local scoring run and its steps: restore a checkpoint, read, score, write, report."""
 
-    def __init__(self, runs: list[ModelRun], *, inputs: list[str], models: list[str], output: str | None, fmt: str,
-                 rejects_path: str | None, chunk_rows: int, sort: bool, settings: ScorerSettings,
-                 input_format: str, columns: Columns):
-        self.runs, self.inputs, self.chunk_rows, self.sort = runs, inputs, chunk_rows, sort
-        self.input_format, self.columns = input_format, columns
-        self.classes = run_classes([run.scorer.meta for run in runs], models)  # how the input's labels read
+    def __init__(self, runs: list[ModelRun], request: ScoreRequest, chunk_rows: int):
+        self.runs, self.request, self.chunk_rows = runs, request, chunk_rows
+        self.classes = run_classes([run.scorer.meta for run in runs], list(request.models))  # how labels read
         self.load_s = 0.0
         self.timings = {"read_prepare_s": 0.0, "prepare_wait_s": 0.0, "inference_s": 0.0, "write_s": 0.0}
-        self.files = RunFiles(output, fmt=fmt, rejects_path=rejects_path, key=lambda: run_key(
-            inputs, models, runs, fmt=fmt, chunk_rows=chunk_rows, batch_tokens=settings.batch_tokens,
-            max_batch=settings.max_batch, sort=sort, input_format=input_format, columns=columns),
-            classes=self.classes)
+        self.files = RunFiles(request.output, key=lambda: run_key(request, runs, chunk_rows), classes=self.classes)
 
-    def restore(self, resume: bool) -> None:
+    def restore(self) -> None:
         """Open the outputs: fresh, or (resume) cut back to the last checkpoint with the figures it recorded."""
-        self.counts = self.files.open(resume, self.runs)
+        self.counts = self.files.open(self.request.options.resume, self.runs)
 
-    def run(self, *, strict: bool, progress: bool) -> None:
+    def run(self) -> None:
         """Chunks from the reader thread, scored here, handed to the writer thread in order."""
-        self.bar = progress_bar(progress, self.inputs)
+        self.bar = progress_bar(self.request.options.progress, list(self.request.inputs))
         self.started = time.perf_counter()
         reader = Pipe(self._read, name="tsinfer-reader", depth=3)
         sink = Sink(self._write, name="tsinfer-writer")
@@ -115,7 +104,7 @@ class LocalRun:
             try:
                 for item in reader:
                     self._estimate_total(item.chunk)
-                    if strict and item.chunk.rejects:
+                    if self.request.options.strict and item.chunk.rejects:
                         bad = item.chunk.rejects[0]
                         raise StrictError(f"{item.source}, line {bad.line}: {bad.reason} (--strict stops at the "
                                           "first bad row; without it bad rows go to the rejects file)")
@@ -135,9 +124,10 @@ class LocalRun:
 
     def _read(self, emit) -> None:
         """Reader thread: parse every chunk, skip those a checkpoint has done, start their preparation."""
-        seen = 0
-        for source in self.inputs:
-            for chunk in formats.read_chunks(source, self.chunk_rows, self.input_format, self.columns, self.classes):
+        seen, options = 0, self.request.options
+        for source in self.request.inputs:
+            for chunk in formats.read_chunks(source, self.chunk_rows, options.input_format, options.columns,
+                                             self.classes):
                 seen += 1
                 if seen <= self.counts.chunks_done:  # done before the interruption: parsed again, not prepared
                     continue
@@ -152,7 +142,8 @@ class LocalRun:
             return []
         received = time.perf_counter()
         results = score_chunk([r.scorer for r in self.runs], item.chunk.texts, prepared=item.prepared,
-                              sort=self.sort, on_batch=lambda rows: self.bar.update(rows / len(self.runs)))
+                              sort=self.request.options.sort,
+                              on_batch=lambda rows: self.bar.update(rows / len(self.runs)))
         if "first_chunk_ready_s" not in self.timings:  # the models' first wait: how soon a run gets going
             self.timings["first_chunk_ready_s"] = received - self.started + results[0].wait_s
         for r in results:
@@ -178,16 +169,17 @@ class LocalRun:
         """The progress bar's total, from the bytes read so far (for its ETA)."""
         estimate_total(self.bar, self.counts.rows_read + len(chunk) + len(chunk.rejects), chunk.bytes_read)
 
-    def report(self, wall: float, *, metrics_path: str | None, roc_path: str | None) -> ScoreResult:
+    def report(self, wall: float) -> ScoreResult:
         timings = {k: round(v, 3) for k, v in self.timings.items()}
         summaries = {r.name: r.summary(wall) for r in self.runs}
         rejected = self.files.rejects.count
         metrics = metrics_report(summaries, run_head(self.counts, rows_rejected=rejected, wall=wall,
                                                      load_s=self.load_s, timings=timings,
                                                      chunk_rows=self.chunk_rows))
-        if metrics_path:
-            write_json(metrics_path, metrics)
-        if roc_path and any(r.metrics.rows for r in self.runs):
-            plot_roc(self.runs, summaries, roc_path)
+        out = self.request.output
+        if out.metrics:
+            write_json(out.metrics, metrics)
+        if out.roc and any(r.metrics.rows for r in self.runs):
+            plot_roc(self.runs, summaries, out.roc)
         return ScoreResult(self.counts.rows_read, self.counts.rows_scored, rejected, wall, timings, self.load_s,
                            self.runs, summaries, metrics, self.counts.blank_lines)

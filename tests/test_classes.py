@@ -203,11 +203,11 @@ def test_multiclass_svc_graph_votes_as_sklearn_and_matches_its_formula(three_cla
     model, docs = three_class_svc
     x = model.transform(docs)
     ours = model.decision_function(docs)
-    np.testing.assert_allclose(ours, model._sklearn.decision_function(x), atol=1e-10)  # sklearn's 'ovo' values
-    np.testing.assert_array_equal(model.predict(ours), model._sklearn.predict(x))
+    np.testing.assert_allclose(ours, model.sklearn_model.decision_function(x), atol=1e-10)  # sklearn's 'ovo' values
+    np.testing.assert_array_equal(model.predict(ours), model.sklearn_model.predict(x))
     session = ort.InferenceSession(build_svc_onnx(model).SerializeToString(), providers=["CPUExecutionProvider"])
     label, decision, proba = session.run(None, {"text": np.array(docs, dtype=object).reshape(-1, 1)})
-    np.testing.assert_array_equal(label, model._sklearn.predict(x))
+    np.testing.assert_array_equal(label, model.sklearn_model.predict(x))
     assert decision.shape == (len(docs), 3) and np.abs(decision - ours).max() <= 1e-9
     assert proba.dtype == np.float64 and np.abs(proba - model.probability(ours)).max() <= 1e-9
     np.testing.assert_allclose(proba.sum(axis=1), 1.0)
@@ -441,6 +441,7 @@ def test_ray_equals_local_for_three_classes(scored, tmp_path, fmt):
 
     from tsinfer.infer.pipeline import ScorerSettings
     from tsinfer.infer.ray_engine import score_with_ray
+    from tsinfer.infer.request import OutputSpec, RayOptions, RunOptions, ScoreRequest
 
     d, test, models, runs = scored
     shard = tmp_path / "shard.tsv"  # the Ray engine reads TSV shards: the test file with its labels as words
@@ -448,8 +449,8 @@ def test_ray_equals_local_for_three_classes(scored, tmp_path, fmt):
         rows = list(csv.reader(fh))[1:]
     shard.write_text("id\tlabel\ttext\n" + "".join(f"{i}\t{lab}\t{text}\n" for i, text, lab in rows))
     local = read_written(d / "pred.tsv")
-    m = score_with_ray([str(shard)], [str(p) for p in models], output=str(tmp_path / "ray"), fmt=fmt, num_cpus=2,
-                       actors=1, settings=ScorerSettings(provider="cpu"), chunk_rows=17)
+    m = score_with_ray(ScoreRequest([shard], models, OutputSpec(tmp_path / "ray", fmt), ScorerSettings(provider="cpu"),
+                                    RunOptions(chunk_rows=17), engine="ray", ray=RayOptions(num_cpus=2, actors=1)))
     if fmt == "parquet":
         got = pd.read_parquet(tmp_path / "ray" / "predictions")
     else:

@@ -121,12 +121,13 @@ def test_info_shows_the_budget_and_a_bad_override_is_one_line(tmp_path, monkeypa
 def test_the_session_threads_and_metrics_follow_the_budget(svc_artifacts, small_data, tmp_path, monkeypatch):
     from tsinfer.infer.models import load_scorer
     from tsinfer.infer.pipeline import ScorerSettings
+    from tsinfer.infer.request import OutputSpec, ScoreRequest
     from tsinfer.infer.score import score_files
 
     monkeypatch.setenv("TSINFER_CPUS", "3")
     scorer = load_scorer(svc_artifacts / "onnx" / "svc", "cpu")
     assert scorer.session.get_session_options().intra_op_num_threads == 3  # not onnxruntime's host count
-    score_files([str(small_data / "test.tsv")], [str(svc_artifacts / "onnx" / "svc")],
-                settings=ScorerSettings(provider="cpu"), output=str(tmp_path / "p.tsv"),
-                metrics_path=str(tmp_path / "m.json"))
+    score_files(ScoreRequest([small_data / "test.tsv"], [svc_artifacts / "onnx" / "svc"],
+                             OutputSpec(tmp_path / "p.tsv", metrics=tmp_path / "m.json"),
+                             ScorerSettings(provider="cpu")))
     assert json.loads((tmp_path / "m.json").read_text())["cpus"] == {"count": 3, "source": "TSINFER_CPUS"}

@@ -121,3 +121,39 @@ def test_import_tsinfer_is_light():
             f"print(','.join(m for m in {TRAINING_STACK!r} if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.splitlines() == ["", ""], out.stdout
+
+
+SIZE_LIMITS = {"module": 400, "class": 120, "function": 60}  # lines, in infer/, train/ and export/
+
+
+def oversized(source: str, name: str) -> list[str]:
+    """What in one file is longer than SIZE_LIMITS: the module, and every class, function and method (nested ones
+    too), each counted from its `def`/`class` line to its last line, docstring and comments included."""
+    over = []
+    lines = len(source.splitlines())
+    if lines > SIZE_LIMITS["module"]:
+        over.append(f"{name}: module, {lines} lines")
+    for node in ast.walk(ast.parse(source)):
+        kind = ("class" if isinstance(node, ast.ClassDef) else
+                "function" if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) else None)
+        if kind and node.end_lineno - node.lineno + 1 > SIZE_LIMITS[kind]:
+            over.append(f"{name}: {kind} {node.name}, {node.end_lineno - node.lineno + 1} lines")
+    return over
+
+
+def test_the_size_check_sees_long_functions_methods_classes_and_modules():
+    body = "".join(f"    x{k} = {k}\n" for k in range(59))
+    fits = f"def f():\n{body}"  # 60 lines
+    assert oversized(fits, "m") == []
+    assert oversized(fits + "    return 1\n", "m") == ["m: function f, 61 lines"]
+    method = "class C:\n    def g(self):\n" + "".join(f"        y{k} = {k}\n" for k in range(60))
+    assert oversized(method, "m") == ["m: function g, 61 lines"]
+    big_class = "class D:\n" + "".join(f"    def h{k}(self):\n        return {k}\n" for k in range(60))
+    assert oversized(big_class, "m") == ["m: class D, 121 lines"]
+    assert oversized("x = 1\n" * 401, "m") == ["m: module, 401 lines"]
+
+
+def test_no_module_class_or_function_of_the_libraries_is_over_its_size_limit():
+    over = [problem for layer, path in sources() if layer in ("infer", "train", "export")
+            for problem in oversized(path.read_text(), str(path.relative_to(ROOT)))]
+    assert not over, over

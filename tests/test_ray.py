@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from tsinfer.infer.pipeline import ScorerSettings, default_chunk_rows
+from tsinfer.infer.request import OutputSpec, RayOptions, RunOptions, ScoreRequest
 
 pytest.importorskip("ray.data")
 FP32 = ScorerSettings(provider="cpu", precision="fp32")
@@ -47,14 +48,15 @@ def test_ray_equals_local(shards, all_artifacts, tmp_path, precision):
 
     settings = ScorerSettings(provider="cpu", precision=precision)
     models = [str(all_artifacts / "onnx" / "svc"), str(all_artifacts / "onnx" / "bert")]
-    local = score_files([str(p) for p in shards], models, settings=settings, output=str(tmp_path / "local.tsv"),
-                        rejects_path=str(tmp_path / "local_rejects.tsv"))
+    local = score_files(ScoreRequest(shards, models, OutputSpec(tmp_path / "local.tsv",
+                                                                rejects=tmp_path / "local_rejects.tsv"), settings))
     assert default_chunk_rows("cpu") != RAY_CHUNK_ROWS
     out = tmp_path / "ray"
     progress = []
-    m = score_with_ray([str(shards[0].parent / "part*.tsv")], models, output=str(out), fmt="parquet", num_cpus=2,
-                       actors=2, cpus_per_actor=0.5, settings=settings, chunk_rows=RAY_CHUNK_ROWS,
-                       on_progress=lambda rows, nbytes: progress.append((rows, nbytes)))
+    request = ScoreRequest([str(shards[0].parent / "part*.tsv")], models, OutputSpec(out, "parquet"), settings,
+                           RunOptions(chunk_rows=RAY_CHUNK_ROWS), engine="ray",
+                           ray=RayOptions(num_cpus=2, actors=2, cpus_per_actor=0.5))
+    m = score_with_ray(request, on_progress=lambda rows, nbytes: progress.append((rows, nbytes)))
 
     assert (m["rows_read"], m["rows_scored"], m["rows_rejected"]) == \
         (local.rows_read, local.rows_scored, local.rows_rejected)
@@ -113,8 +115,8 @@ def test_a_node_lost_mid_run_loses_no_row_and_writes_none_twice(shards, svc_arti
 
     cluster, worker = two_nodes
     models = [str(svc_artifacts / "onnx" / "svc")]
-    local = score_files([str(p) for p in shards], models, settings=FP32, output=str(tmp_path / "local.tsv"),
-                        rejects_path=str(tmp_path / "local_rejects.tsv"))
+    local = score_files(ScoreRequest(shards, models, OutputSpec(tmp_path / "local.tsv",
+                                                                rejects=tmp_path / "local_rejects.tsv"), FP32))
     removed = {}
 
     def remove_worker_once_scoring(rows: int, nbytes: int) -> None:
@@ -125,8 +127,9 @@ def test_a_node_lost_mid_run_loses_no_row_and_writes_none_twice(shards, svc_arti
             cluster.remove_node(worker)
 
     out = tmp_path / "ray"
-    m = score_with_ray([str(p) for p in shards], models, output=str(out), actors=2, cpus_per_actor=1, chunk_rows=100,
-                       settings=FP32, on_progress=remove_worker_once_scoring)
+    request = ScoreRequest(shards, models, OutputSpec(out, "parquet"), FP32, RunOptions(chunk_rows=100), engine="ray",
+                           ray=RayOptions(actors=2, cpus_per_actor=1))
+    m = score_with_ray(request, on_progress=remove_worker_once_scoring)
 
     assert removed and removed["worker_cpus_free"] < 2 and removed["rows_done"] < local.rows_read, removed
     assert len([n for n in ray.nodes() if n["Alive"]]) == 1

@@ -10,9 +10,16 @@ from conftest import CPU_ENGINES
 from tsinfer.cli import main
 from tsinfer.infer.pipeline import ScorerSettings
 from tsinfer.infer.reader import read_all
+from tsinfer.infer.request import OutputSpec, RunOptions, ScoreRequest
 from tsinfer.infer.score import score_files
 
 CPU = ScorerSettings(provider="cpu")
+
+
+def score(src, model, out, settings=CPU, *, fmt="tsv", metrics=None, **options):
+    """One input, one model: score_files on a request built as the CLI builds it."""
+    return score_files(ScoreRequest([str(src)], [str(model)], OutputSpec(str(out), fmt, metrics=metrics), settings,
+                                    RunOptions(**options)))
 
 
 def read_predictions(path):
@@ -70,8 +77,8 @@ def test_metrics_equal_sklearn_on_the_written_predictions(two_model_run):
 def test_length_bucketing_gives_the_same_predictions_as_unbucketed(all_artifacts, small_data, tmp_path):
     runs = {}
     for sort in (True, False):
-        r = score_files([str(small_data / "test.tsv")], [str(all_artifacts / "onnx" / "bert")],
-                        settings=ScorerSettings(provider="cpu", precision="fp32", batch_tokens=600), output=str(tmp_path / f"{sort}.tsv"), sort=sort)
+        r = score(small_data / "test.tsv", all_artifacts / "onnx" / "bert", tmp_path / f"{sort}.tsv",
+                  ScorerSettings(provider="cpu", precision="fp32", batch_tokens=600), sort=sort)
         _, rows = read_predictions(tmp_path / f"{sort}.tsv")
         runs[sort] = (r, np.array([float(x[3]) for x in rows]), [x[2] for x in rows])
     assert runs[True][2] == runs[False][2]
@@ -104,9 +111,8 @@ def test_tokenizer_processes_write_the_same_file_as_one_thread(all_artifacts, sm
     files = {}
     for workers in (0, 3):
         out = tmp_path / f"{workers}.tsv"
-        r = score_files([str(small_data / "test.tsv")], [str(all_artifacts / "onnx" / "bert")],
-                        settings=ScorerSettings(provider="cpu", precision="fp32", tokenizer_workers=workers),
-                        output=str(out), chunk_rows=37)
+        r = score(small_data / "test.tsv", all_artifacts / "onnx" / "bert", out,
+                  ScorerSettings(provider="cpu", precision="fp32", tokenizer_workers=workers), chunk_rows=37)
         assert r.summaries["bert"]["settings"]["tokenizer_workers"] == workers
         files[workers] = out.read_bytes()
     assert files[0] == files[3] and files[0].count(b"\n") > 37
@@ -124,8 +130,7 @@ def test_one_row_one_answer_whatever_the_chunk_and_batch_sizes(all_artifacts, fu
         out = tmp_path / f"{chunk_rows}.tsv"
         settings = ScorerSettings(provider="cpu", precision=precision, batch_tokens=batch_tokens, max_batch=max_batch,
                                   backend=backend)
-        score_files([str(full_data / "test.tsv")], [str(all_artifacts / "onnx" / "bert")], settings=settings,
-                    output=str(out), chunk_rows=chunk_rows)
+        score(full_data / "test.tsv", all_artifacts / "onnx" / "bert", out, settings, chunk_rows=chunk_rows)
         files.append(out.read_bytes())
     assert files[0].count(b"\n") == 15683
     assert files[0] == files[1] == files[2]
@@ -147,8 +152,8 @@ def test_a_rows_probability_is_the_same_bits_in_any_batch(all_artifacts, small_d
 
 
 def test_jsonl_output_and_single_model_flat_metrics(all_artifacts, small_data, tmp_path):
-    r = score_files([str(small_data / "test.tsv")], [str(all_artifacts / "onnx" / "svc")], settings=CPU,
-                    output=str(tmp_path / "p.jsonl"), fmt="jsonl", metrics_path=str(tmp_path / "m.json"))
+    r = score(small_data / "test.tsv", all_artifacts / "onnx" / "svc", tmp_path / "p.jsonl", fmt="jsonl",
+              metrics=tmp_path / "m.json")
     assert r.metrics == json.loads((tmp_path / "m.json").read_text())
     recs = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert len(recs) == 300 and set(recs[0]) == {"id", "label", "pred", "score"}
@@ -163,10 +168,26 @@ def test_jsonl_output_and_single_model_flat_metrics(all_artifacts, small_data, t
 def test_unlabelled_input_has_empty_labels_and_no_metrics(all_artifacts, tmp_path):
     src = tmp_path / "texts.txt"
     src.write_text("what a lovely morning\nthis is the worst\n")
-    r = score_files([str(src)], [str(all_artifacts / "onnx" / "svc")], settings=CPU, output=str(tmp_path / "p.tsv"))
+    r = score(src, all_artifacts / "onnx" / "svc", tmp_path / "p.tsv")
     _, rows = read_predictions(tmp_path / "p.tsv")
     assert [(x[0], x[1]) for x in rows] == [("1", ""), ("2", "")]
     assert "accuracy" not in r.metrics
+
+
+@pytest.mark.parametrize("engine, output, options, message", [
+    ("local", OutputSpec("p.parquet", "parquet"), RunOptions(), "the local engine writes tsv or jsonl"),
+    ("ray", OutputSpec("-", "parquet"), RunOptions(), "--engine ray needs --output FOLDER"),
+    ("ray", OutputSpec("out", "jsonl"), RunOptions(), "--engine ray writes parquet or tsv shards, not jsonl"),
+    ("ray", OutputSpec("out", "parquet"), RunOptions(resume=True, strict=True), "--resume, --strict: not available"),
+    ("ray", OutputSpec("out", "parquet"), RunOptions(input_format="csv"), "--engine ray reads TSV shards"),
+    ("spark", OutputSpec("out"), RunOptions(), "engine 'spark'"),
+])
+def test_a_request_whose_options_do_not_go_together_is_refused_on_construction(engine, output, options, message):
+    from tsinfer.infer.request import RequestError
+
+    with pytest.raises(RequestError, match=message):
+        ScoreRequest(["in.tsv"], ["model"], output, CPU, options, engine=engine)
+    ScoreRequest(["in.tsv"], ["model"], OutputSpec("p.tsv"), CPU, RunOptions(), engine="local")  # one that does
 
 
 @pytest.mark.parametrize("args, message", [

@@ -23,7 +23,7 @@ def fitted(small_data):
 def test_float64_formula_equals_sklearn_decision_function(fitted):
     model, docs = fitted
     ours = model.decision_function(docs)
-    theirs = model._sklearn.decision_function(model.transform(docs))
+    theirs = model.sklearn_model.decision_function(model.transform(docs))
     np.testing.assert_allclose(ours, theirs, atol=1e-10)
 
 
@@ -43,8 +43,8 @@ def test_onnx_graph_parity_and_compactness(fitted):
     assert len(data) < dense_svc_bytes(model) / 5
     sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     label, decision, prob = sess.run(None, {"text": np.array(docs, dtype=object).reshape(-1, 1)})
-    ref = model._sklearn.decision_function(model.transform(docs))
-    np.testing.assert_array_equal(label, model._sklearn.predict(model.transform(docs)))
+    ref = model.sklearn_model.decision_function(model.transform(docs))
+    np.testing.assert_array_equal(label, model.sklearn_model.predict(model.transform(docs)))
     assert np.abs(decision - ref).max() <= 1e-4
     np.testing.assert_allclose(prob, model.probability(ref), atol=1e-6)
 
@@ -56,7 +56,7 @@ def test_sublinear_bigram_variant_stays_exact(small_data):
     docs = preprocess(val.texts)
     sess = ort.InferenceSession(build_svc_onnx(model).SerializeToString(), providers=["CPUExecutionProvider"])
     _, decision, _ = sess.run(None, {"text": np.array(docs, dtype=object).reshape(-1, 1)})
-    ref = model._sklearn.decision_function(model.transform(docs))
+    ref = model.sklearn_model.decision_function(model.transform(docs))
     assert np.abs(decision - ref).max() <= 1e-4
 
 
@@ -79,4 +79,4 @@ def test_batches_of_only_empty_or_unknown_texts(fitted):
     sess = ort.InferenceSession(build_svc_onnx(model).SerializeToString(), providers=["CPUExecutionProvider"])
     for docs in ([""], ["", "zzz-unknown"], ["zzz-unknown"]):
         label, decision, _ = sess.run(None, {"text": np.array(docs, dtype=object).reshape(-1, 1)})
-        np.testing.assert_allclose(decision, model._sklearn.decision_function(model.transform(docs)), atol=1e-10)
+        np.testing.assert_allclose(decision, model.sklearn_model.decision_function(model.transform(docs)), atol=1e-10)

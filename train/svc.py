@@ -64,11 +64,9 @@ class SvcModel:
         self.gamma = 0.0
         self.platt = (1.0, 0.0)  # P(positive) = sigmoid(a * decision + b), fitted on validation
         self.labels: tuple[str, ...] = BINARY.names
-        # more than two classes: support vectors per class (in class order), intercept per pair, and the
-        # calibration's coefficients (classes x pairs) and intercepts
-        self.n_support: np.ndarray | None = None
-        self.intercepts: np.ndarray | None = None
-        self.calibration: tuple[np.ndarray, np.ndarray] | None = None
+        # more classes: support vectors per class, an intercept per pair, calibration (coef (classes x pairs), b)
+        self.n_support = self.intercepts = self.calibration = None
+        self.sklearn_model: SVC | None = None
 
     @property
     def multiclass(self) -> bool:
@@ -85,8 +83,8 @@ class SvcModel:
             raise ValueError(f"training labels must hold every class 0..{len(names) - 1}, got {list(svc.classes_)}")
         self.support_vectors = sp.csr_matrix(svc.support_vectors_, dtype=np.float64)
         self.support_vectors.sort_indices()
-        dual = svc.dual_coef_.toarray() if sp.issparse(svc.dual_coef_) else svc.dual_coef_  # sparse after a sparse fit
-        dual = np.asarray(dual, dtype=np.float64)
+        dual = np.asarray(svc.dual_coef_.toarray() if sp.issparse(svc.dual_coef_) else svc.dual_coef_,
+                          dtype=np.float64)  # sparse after a sparse fit
         if self.multiclass:
             self.dual_coef, self.intercepts = dual, np.asarray(svc.intercept_, dtype=np.float64)
             self.n_support = np.asarray(svc.n_support_, dtype=np.int64)
@@ -94,7 +92,7 @@ class SvcModel:
             self.dual_coef, self.intercept = dual.ravel(), float(svc.intercept_[0])
         self.gamma = float(svc._gamma)
         svc.decision_function_shape = "ovo"  # the per-pair values this model computes (predict is unaffected)
-        self._sklearn = svc  # kept for the equality check in the tests, never saved
+        self.sklearn_model = svc  # sklearn's own SVC, to compare with (never saved)
         return self
 
     def transform(self, docs: list[str]) -> sp.csr_matrix:
@@ -116,9 +114,7 @@ class SvcModel:
 
     def predict(self, decision: np.ndarray) -> np.ndarray:
         """Class indices from decision values: the sign for two classes, the one-vs-one vote for more."""
-        if not self.multiclass:
-            return (decision > 0).astype(np.int64)
-        return ovo_vote(decision, len(self.labels))
+        return ovo_vote(decision, len(self.labels)) if self.multiclass else (decision > 0).astype(np.int64)
 
     def probability(self, decision: np.ndarray) -> np.ndarray:
         """P(positive) for two classes; (rows, classes) probabilities for more."""
@@ -257,7 +253,7 @@ def train_svc(data: TrainingData | str | Path, out_dir: str | Path, report_path:
     model = SvcModel(params).fit(train_docs, train.labels, data.labels.names)
     val_dec = model.decision_function(val_docs)
     # the saved float64 formula is what export checks the ONNX graph against: record how far it is from sklearn
-    formula_gap = float(np.max(np.abs(val_dec - model._sklearn.decision_function(model.transform(val_docs)))))
+    formula_gap = float(np.max(np.abs(val_dec - model.sklearn_model.decision_function(model.transform(val_docs)))))
     try:
         model.calibrate(val_dec, val.labels)
     except ValueError as e:

@@ -208,6 +208,7 @@ def minilm_parity(minilm: Path, work: Path, data: Path, layouts: list[str]) -> d
 
     from tsinfer.export.bert import GPU_LAYOUTS, optimize_variants
     from tsinfer.infer.pipeline import ScorerSettings
+    from tsinfer.infer.request import OutputSpec, ScoreRequest
     from tsinfer.infer.score import score_files
 
     from benchmarks.gpu.train import fp32_checkpoint
@@ -222,16 +223,16 @@ def minilm_parity(minilm: Path, work: Path, data: Path, layouts: list[str]) -> d
     files = optimize_variants(raw, folder, num_heads=model.config.num_attention_heads,
                               hidden_size=model.config.hidden_size, variants=("fp32",))
     model_folder(folder, files, minilm / "tokenizer.json", {})
-    score_files([str(data)], [str(folder)], settings=ScorerSettings(provider="cpu", precision="fp32"),
-                output=str(work / "minilm_fp32.tsv"))
+    score_files(ScoreRequest([str(data)], [str(folder)], OutputSpec(str(work / "minilm_fp32.tsv")),
+                             ScorerSettings(provider="cpu", precision="fp32")))
     for layout in layouts:
         folder = work / f"minilm_{layout}"
         folder.mkdir(parents=True, exist_ok=True)
         files = optimize_variants(raw, folder, num_heads=model.config.num_attention_heads,
                                   hidden_size=model.config.hidden_size, variants=("fp16",), gpu_layout=layout)
         model_folder(folder, files, minilm / "tokenizer.json", GPU_LAYOUTS[layout]["cuda_options"])
-        score_files([str(data)], [str(folder)], settings=ScorerSettings(provider="cuda", precision="fp16"),
-                    output=str(work / f"minilm_{layout}.tsv"))
+        score_files(ScoreRequest([str(data)], [str(folder)], OutputSpec(str(work / f"minilm_{layout}.tsv")),
+                                 ScorerSettings(provider="cuda", precision="fp16")))
         out[layout] = fp16_parity(work / f"minilm_{layout}.tsv", work / "minilm_fp32.tsv")
         log(f"MiniLM fp16 {layout} (CUDA) vs fp32 (CPU provider), test.tsv: {out[layout]}")
     return out
@@ -372,6 +373,7 @@ def tsinfer_sweep(res: Results, folders: dict, data: Path, big: Path, work: Path
     from tsinfer.infer.batching import (CHUNK_ROWS_BY_PROVIDER, DEFAULT_BATCH_TOKENS, DEFAULT_LANES, DEFAULT_MAX_BATCH,
                                         default_tokenizer_workers)
     from tsinfer.infer.pipeline import ScorerSettings
+    from tsinfer.infer.request import OutputSpec, RunOptions, ScoreRequest
     from tsinfer.infer.score import score_files
 
     warm = work / "warm.tsv"
@@ -380,9 +382,10 @@ def tsinfer_sweep(res: Results, folders: dict, data: Path, big: Path, work: Path
     def run(layout, budget, max_batch, chunk_rows, lanes, workers):
         settings = ScorerSettings(provider=provider, precision=precision, batch_tokens=budget, max_batch=max_batch,
                                   lanes=lanes, tokenizer_workers=workers)
-        score_files([str(warm)], [str(folders[layout])], settings=settings, output=str(work / "warm_pred.tsv"))
-        r = score_files([str(big)], [str(folders[layout])], settings=settings, output=str(work / "pred.tsv"),
-                        chunk_rows=chunk_rows)
+        score_files(ScoreRequest([str(warm)], [str(folders[layout])], OutputSpec(str(work / "warm_pred.tsv")),
+                                 settings))
+        r = score_files(ScoreRequest([str(big)], [str(folders[layout])], OutputSpec(str(work / "pred.tsv")), settings,
+                                     RunOptions(chunk_rows=chunk_rows)))
         s = next(iter(r.summaries.values()))
         return res.add(f"tsinfer score, {precision} {layout}, {provider} (file in, file out), budget {budget}, "
                        f"max batch {max_batch}, chunk {chunk_rows}, {lanes} lane(s), {workers} tokenizer "
