@@ -517,3 +517,12 @@ def test_a_three_class_run_cut_short_resumes_to_the_same_file_and_figures(three_
     for name in ("bert", "svc"):
         for key in ("confusion_matrix", "macro_f1", "roc_auc_per_class", "ece", "rows_labelled"):
             assert resumed[name][key] == whole[name][key], (name, key)
+
+
+def test_an_accuracy_drop_of_exactly_the_target_meets_it():
+    """Two rows of 400 are 0.5 points: the float difference (0.5000000000000004) must not miss a 0.5-point target."""
+    from tsinfer.export.run import check_targets
+
+    entry = {"variant": "int8", "onnx_accuracy": 277 / 400, "agreement": 0.995}
+    assert check_targets(entry, "bert", 279 / 400)["meets_target"]
+    assert not check_targets(dict(entry, onnx_accuracy=276 / 400), "bert", 279 / 400)["meets_target"]
