@@ -57,22 +57,28 @@ class Pipe:
 
 
 class Sink:
-    """Items consumed in order by a function in its own thread; put() raises the consumer's error, if any."""
+    """Items consumed in order by a function in its own thread; put() raises the consumer's error, if any.
+
+    After an error nothing more is consumed, even once the error has been raised: the items put after the failed
+    one are drained unread (a chunk written after a failed one would break the checkpoint's count of chunks done).
+    """
 
     _END = object()
 
     def __init__(self, consume, *, name: str, depth: int = 2):
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
-        self.error: BaseException | None = None
+        self.error: BaseException | None = None  # not yet raised to the producer
+        self.failed = False
         self._thread = threading.Thread(target=self._main, args=(consume,), name=name, daemon=True)
         self._thread.start()
 
     def _main(self, consume) -> None:
         while (item := self._queue.get()) is not self._END:
-            if self.error is None:
+            if not self.failed:
                 try:
                     consume(item)
                 except BaseException as e:  # kept for the producer; later items are drained, not consumed
+                    self.failed = True  # before the error is visible: the producer may clear it at once
                     self.error = e
 
     def put(self, item) -> None:

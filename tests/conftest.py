@@ -96,6 +96,25 @@ def bert_artifacts(tmp_path_factory, small_data) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_bf16_run(tmp_path_factory, small_data):
+    """One tiny BERT fine-tuned in bf16 on the CPU with a last-epoch weight average (8 steps, 4 snapshots), shared
+    by the tests of both: (report, folder, the classifier's (training?, output dtype, autocast on?) as seen)."""
+    import torch
+
+    from tsinfer.train.bert import train_bert
+
+    d = tmp_path_factory.mktemp("tiny_bf16")
+    model, tokenizer = tiny_bert()
+    seen = set()
+    model.classifier.register_forward_hook(
+        lambda module, inputs, output: seen.add((module.training, output.dtype, torch.is_autocast_enabled("cpu"))))
+    report = train_bert(small_data, d / "bert", d / "r.json", model=model, tokenizer=tokenizer,
+                        overrides={"epochs": 1, "average_last": 4, "batch_size": 16}, limit=128, max_steps=8,
+                        precision="bf16")
+    return report, d, seen
+
+
+@pytest.fixture(scope="session")
 def all_artifacts(tmp_path_factory, svc_artifacts, bert_artifacts) -> Path:
     art = tmp_path_factory.mktemp("artifacts")
     shutil.copytree(svc_artifacts / "onnx" / "svc", art / "onnx" / "svc")

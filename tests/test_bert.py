@@ -24,11 +24,11 @@ def test_tiny_bert_training_writes_model_tokenizer_report_and_curve(bert_artifac
 
 
 def test_a_few_steps_on_the_real_minilm_save_a_labelled_model_and_time_each_epoch(small_data, tmp_path):
-    r = train_bert(small_data, tmp_path / "bert", tmp_path / "r.json", overrides={"learning_rate": 1e-4},
-                   limit=128, max_steps=6)
+    r = train_bert(small_data, tmp_path / "bert", tmp_path / "r.json",
+                   overrides={"learning_rate": 1e-4, "batch_size": 16}, limit=32, max_steps=3)
     assert r["base_model"] == "all-minilm-l6-v2" and r["preset"] == "minilm"
-    assert r["n_train"] == 128
-    # 128 rows at batch 32: 4 steps an epoch, so 6 steps end the first epoch and stop inside the second
+    assert r["n_train"] == 32
+    # 32 rows at batch 16: 2 steps an epoch, so 3 steps end the first epoch and stop inside the second
     assert len(r["epoch_seconds"]) == 2 and all(t > 0 for t in r["epoch_seconds"])
     assert r["device"] == "cpu" and r["train_tweets_per_s"] > 0
     # auto: bf16 autocast where this CPU has bf16 units, fp32 otherwise
@@ -87,12 +87,8 @@ def test_bert_export_variants_meta_and_parity(bert_artifacts):
     assert variants["fp16"]["measured"] is False and "GPU" in variants["fp16"]["reason"]
 
 
-def test_last_epoch_weight_average_is_evaluated_and_kept_only_when_validation_prefers_it(small_data, tmp_path):
-    from conftest import tiny_bert
-
-    model, tokenizer = tiny_bert()
-    r = train_bert(small_data, tmp_path / "bert", tmp_path / "r.json", model=model, tokenizer=tokenizer,
-                   overrides={"epochs": 1, "average_last": 4}, limit=256, max_steps=8)
+def test_last_epoch_weight_average_is_evaluated_and_kept_only_when_validation_prefers_it(tiny_bf16_run):
+    r, folder, _ = tiny_bf16_run
     average = r["checkpoint_average"]
     assert average["snapshots"] == 4 and isinstance(average["kept"], bool)
     best_epoch_mcc = max(h["val_mcc"] for h in r["history"])
@@ -101,4 +97,4 @@ def test_last_epoch_weight_average_is_evaluated_and_kept_only_when_validation_pr
     assert (r["best_epoch"] == "average of the last epoch") == average["kept"]
     assert r["val_mcc"] == pytest.approx(max(best_epoch_mcc, average["val_mcc"]))
     assert r["calibration"]["ece_bins"] == 15 and r["val_ece"] is not None
-    assert (tmp_path / "train_bert_reliability.png").stat().st_size > 1000
+    assert (folder / "train_bert_reliability.png").stat().st_size > 1000

@@ -9,7 +9,7 @@ import torch
 from safetensors import safe_open
 
 from tsinfer.train import precision as precision_module
-from tsinfer.train.bert import PRESETS, train_bert, training_arguments
+from tsinfer.train.bert import PRESETS, training_arguments
 from tsinfer.train.errors import TrainError
 from tsinfer.train.precision import Precision, cpu_bf16, read_cpu_flags, training_precision
 
@@ -75,20 +75,13 @@ def test_cpu_bf16_leaves_the_trainers_own_mixed_precision_off(tmp_path):
         assert os.environ["ACCELERATE_MIXED_PRECISION"] == "no"
 
 
-def test_a_tiny_bert_trains_in_bf16_on_the_cpu_evaluates_in_fp32_and_saves_fp32(small_data, tmp_path):
-    from conftest import tiny_bert
-
-    model, tokenizer = tiny_bert()
-    seen = set()  # (training?, dtype of the classifier's output, autocast on?)
-    model.classifier.register_forward_hook(
-        lambda module, inputs, output: seen.add((module.training, output.dtype, torch.is_autocast_enabled("cpu"))))
-    r = train_bert(small_data, tmp_path / "bert", tmp_path / "r.json", model=model, tokenizer=tokenizer,
-                   overrides={"epochs": 1, "average_last": 2}, limit=128, max_steps=4, precision="bf16")
+def test_a_tiny_bert_trains_in_bf16_on_the_cpu_evaluates_in_fp32_and_saves_fp32(tiny_bf16_run):
+    r, folder, seen = tiny_bf16_run  # seen: (training?, dtype of the classifier's output, autocast on?)
     assert (r["device"], r["precision"], r["precision_source"]) == ("cpu", "bf16", "--precision")
     assert seen == {(True, torch.bfloat16, True), (False, torch.float32, False)}
-    with safe_open(tmp_path / "bert" / "model.safetensors", "pt") as f:
+    with safe_open(folder / "bert" / "model.safetensors", "pt") as f:
         dtypes = {f.get_slice(name).get_dtype() for name in f.keys()}
     assert dtypes == {"F32"}
-    record = json.loads((tmp_path / "bert" / "training_data.json").read_text())
+    record = json.loads((folder / "bert" / "training_data.json").read_text())
     assert record["training_run"] == {"device": "cpu", "precision": "bf16", "precision_source": "--precision"}
     assert r["history"] and 0.0 <= r["val_accuracy"] <= 1.0 and r["train_tweets_per_s"] > 0

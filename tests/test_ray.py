@@ -39,14 +39,15 @@ def read_tsv(path: Path) -> list[list[str]]:
         return list(csv.reader(fh, delimiter="\t"))[1:]
 
 
-@pytest.mark.parametrize("precision", ["fp32", "int8"])
-def test_ray_equals_local(shards, all_artifacts, tmp_path, precision):
+def test_ray_equals_local(shards, all_artifacts, tmp_path):
+    """The default CPU model files (int8, on the default engine) through both engines, once: precision and engine are
+    passed through the same request and ScorerSettings to the same load_scorers, which the local tests cover."""
     import pandas as pd
 
     from tsinfer.infer.ray_engine import score_with_ray
     from tsinfer.infer.score import score_files
 
-    settings = ScorerSettings(provider="cpu", precision=precision)
+    settings = ScorerSettings(provider="cpu", precision="int8")
     models = [str(all_artifacts / "onnx" / "svc"), str(all_artifacts / "onnx" / "bert")]
     local = score_files(ScoreRequest(shards, models, OutputSpec(tmp_path / "local.tsv",
                                                                 rejects=tmp_path / "local_rejects.tsv"), settings))

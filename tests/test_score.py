@@ -216,3 +216,30 @@ def test_predict_and_info(all_artifacts):
     assert all(line.split("\t")[0] in ("negative", "positive") for line in r.stdout.splitlines())
     r = runner.invoke(main, ["info", str(all_artifacts / "onnx" / "bert")])
     assert r.exit_code == 0 and "model_int8.onnx" in r.stdout and "providers on this machine: cpu" in r.stdout
+
+
+def test_after_the_writer_fails_no_later_chunk_is_written():
+    """The writer thread's error reaches the main thread once; the chunks queued behind the failed one, or put after,
+    are never written: one written after the failure would sit in the partial file under a checkpoint that counts
+    the failed chunk as done, and --resume would skip that one and write the other twice."""
+    import time
+
+    from tsinfer.infer.pipes import Sink
+
+    written = []
+
+    def write(item):
+        if item == "full disk":
+            raise OSError("No space left on device")
+        written.append(item)
+
+    sink = Sink(write, name="test-writer", depth=8)
+    sink.put("full disk")
+    deadline = time.monotonic() + 30
+    with pytest.raises(OSError, match="No space"):
+        while time.monotonic() < deadline:  # raises once the writer thread has failed
+            sink.put("queued behind it")
+            time.sleep(0.01)
+    sink.put("put after the error was reported")
+    sink.close()
+    assert written == []
