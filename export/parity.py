@@ -10,7 +10,7 @@ from tqdm import tqdm
 from tsinfer.infer.batching import encode, load_tokenizer, pad_batch, plan_batches
 from tsinfer.infer.meta import ModelMeta
 from tsinfer.infer.metrics import binary_metrics
-from tsinfer.infer.models import BertScorer, SvcScorer, positive_probability
+from tsinfer.infer.models import BertScorer, ScorerSettings, SvcScorer, positive_probability
 from tsinfer.infer.preprocess import normalization_for
 
 
@@ -78,7 +78,7 @@ def bert_parity(model_dir: Path, onnx_folder: Path, texts: list[str], labels, pr
             continue
         if backend == "openvino":
             provider = "cpu"
-        scorer = BertScorer(onnx_folder, meta, provider, precision, None, backend=backend)
+        scorer = BertScorer(onnx_folder, meta, ScorerSettings(provider=provider, precision=precision, backend=backend))
         start = time.perf_counter()
         out = scorer.score(enc)
         scorer.close()

@@ -35,7 +35,7 @@ from typing import Callable
 
 from tsinfer.infer.cpus import CpuBudget, cpu_budget
 from tsinfer.infer.meta import ModelError, ModelMeta
-from tsinfer.infer.models import load_scorer
+from tsinfer.infer.models import ScorerSettings, load_scorer
 from tsinfer.infer.pipeline import (default_chunk_rows, estimate_total, metrics_report, model_names,
                                     prediction_columns, progress_bar, write_json)
 from tsinfer.infer.ray_steps import (ChunkScorer, ProgressCounter, count_partials, explode_rejects, merge_metrics,
@@ -266,7 +266,8 @@ def _check_job(request: ScoreRequest) -> tuple[list[str], Path]:
         if request.ray.gpus_per_actor:
             ModelMeta.read(folder, verify=settings.verify)
         else:
-            load_scorer(folder, "cpu", settings.precision, 1, settings.verify, backend=settings.backend).close()
+            load_scorer(folder, ScorerSettings(provider="cpu", precision=settings.precision, threads=1,
+                                               verify=settings.verify, backend=settings.backend)).close()
     paths = expand_inputs(list(request.inputs))
     out = Path(request.output.path)
     if out.exists() and any(out.iterdir()):

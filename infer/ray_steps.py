@@ -9,8 +9,9 @@ import io
 import numpy as np
 
 from tsinfer.infer.metrics import StreamingMetrics, score_bins
-from tsinfer.infer.pipeline import (ScorerSettings, close_scorers, load_scorers, model_names, prediction_columns,
-                                    score_chunk, written_scores)
+from tsinfer.infer.models import ScorerSettings
+from tsinfer.infer.pipeline import (close_scorers, load_scorers, model_names, prediction_columns, score_chunk,
+                                    written_scores)
 from tsinfer.infer.reader import DEFAULT_CHUNK_ROWS, parse_chunks
 from tsinfer.infer.rows import NO_LABEL
 from tsinfer.infer.textio import TEXT_DECODING
