@@ -14,7 +14,9 @@ from tsinfer.infer.models import BertScorer, ScorerSettings, SvcScorer, positive
 from tsinfer.infer.preprocess import normalization_for
 
 
-def compare(name: str, labels, ref_pred, ref_value, onnx_pred, onnx_value, value_name: str, seconds: float) -> dict:
+def compare(name: str, labels, *, ref_pred, ref_value, onnx_pred, onnx_value, value_name: str,
+            seconds: float) -> dict:
+    """One variant's parity entry: the ONNX graph's predictions and values (value_name) against the reference's."""
     labels = np.asarray(labels)
     return {
         "variant": name,
@@ -38,7 +40,8 @@ def svc_parity(svc_model, onnx_folder: Path, texts: list[str], labels) -> dict:
     start = time.perf_counter()
     out = scorer.score(docs)
     seconds = time.perf_counter() - start
-    return compare("fp64", labels, (ref > 0).astype(int), ref, out.pred, out.decision, "decision", seconds)
+    return compare("fp64", labels, ref_pred=(ref > 0).astype(int), ref_value=ref, onnx_pred=out.pred,
+                   onnx_value=out.decision, value_name="decision", seconds=seconds)
 
 
 def torch_positive_probability(model_dir: Path, enc, batch_tokens: int = 8192,
@@ -82,6 +85,7 @@ def bert_parity(model_dir: Path, onnx_folder: Path, texts: list[str], labels, pr
         start = time.perf_counter()
         out = scorer.score(enc)
         scorer.close()
-        entry = compare(name, labels, ref_pred, ref, out.pred, out.score, "p_positive", time.perf_counter() - start)
+        entry = compare(name, labels, ref_pred=ref_pred, ref_value=ref, onnx_pred=out.pred, onnx_value=out.score,
+                        value_name="p_positive", seconds=time.perf_counter() - start)
         entries.append(dict(entry, provider=provider, backend=backend, measured=True))
     return entries
