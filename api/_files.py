@@ -5,7 +5,7 @@ import os
 from dataclasses import dataclass
 from typing import Sequence, Union
 
-from tsinfer.infer.pipeline import ScorerSettings
+from tsinfer.infer.models import ScorerSettings
 from tsinfer.infer.request import OutputSpec, RunOptions, ScoreRequest, rejects_beside
 from tsinfer.infer.rows import Columns
 

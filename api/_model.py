@@ -7,7 +7,7 @@ from typing import Any, Iterable, NamedTuple
 import numpy as np
 
 from tsinfer.infer.meta import ModelError
-from tsinfer.infer.models import Scorer, load_scorer
+from tsinfer.infer.models import Scorer, ScorerSettings, load_scorer
 from tsinfer.infer.pipeline import default_chunk_rows
 from tsinfer.infer.rows import InputError
 
@@ -38,7 +38,8 @@ def load(model_dir: str | Path, *, provider: str = "auto", precision: str = "aut
             pred = model.predict(["what a lovely day", "worst service ever"])  # e.g. array([1, 0])
     """
     folder = Path(model_dir)
-    scorer = load_scorer(folder, provider, precision, threads, verify, backend=backend)
+    scorer = load_scorer(folder, ScorerSettings(provider=provider, precision=precision, backend=backend,
+                                                threads=threads, verify=verify))
     return Model(scorer, folder)
 
 

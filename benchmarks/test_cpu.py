@@ -11,7 +11,7 @@ import pytest
 
 from benchmarks.conftest import DEFAULT_PATH, PIPELINE_NAME, ROWS, SEED_NAME, cpu_has, record
 from tsinfer.infer.batching import usable_cores
-from tsinfer.infer.pipeline import ScorerSettings
+from tsinfer.infer.models import ScorerSettings
 
 CPU = ScorerSettings(provider="cpu")
 
@@ -207,7 +207,7 @@ def test_padding_strategies(benchmark, artifacts, test_rows, strategy):
     from tsinfer.infer.batching import pad_batch
     from tsinfer.infer.models import load_scorer
 
-    scorer = load_scorer(artifacts / "onnx" / "bert", "cpu", "int8")
+    scorer = load_scorer(artifacts / "onnx" / "bert", ScorerSettings(provider="cpu", precision="int8"))
     # fixed 284: every row costs the same, so the seed method's row count gives its rate in a quarter of the time
     enc = scorer.prepare(test_rows.texts[:SEED_ROWS if strategy.startswith("fixed") else ROWS])
     n = len(enc)
@@ -237,7 +237,8 @@ def test_padding_strategies(benchmark, artifacts, test_rows, strategy):
 def test_token_budget(benchmark, artifacts, test_rows, batch_tokens):
     from tsinfer.infer.models import load_scorer
 
-    scorer = load_scorer(artifacts / "onnx" / "bert", "cpu", "int8", batch_tokens=batch_tokens, max_batch=1024)
+    scorer = load_scorer(artifacts / "onnx" / "bert", ScorerSettings(provider="cpu", precision="int8",
+                                                                      batch_tokens=batch_tokens, max_batch=1024))
     enc = scorer.prepare(test_rows.texts[:ROWS])
     scorer.score(enc)
     record(benchmark, "scaling", f"int8 {scorer.backend}, token budget {batch_tokens}", len(enc),
@@ -248,7 +249,7 @@ def test_token_budget(benchmark, artifacts, test_rows, batch_tokens):
 def test_threads(benchmark, artifacts, test_rows, threads):
     from tsinfer.infer.models import load_scorer
 
-    scorer = load_scorer(artifacts / "onnx" / "bert", "cpu", "int8", threads=threads)
+    scorer = load_scorer(artifacts / "onnx" / "bert", ScorerSettings(provider="cpu", precision="int8", threads=threads))
     enc = scorer.prepare(test_rows.texts[:ROWS])
     scorer.score(enc)
     record(benchmark, "scaling", f"int8 {scorer.backend}, {threads} lane(s) (single-threaded each)", len(enc),
@@ -299,7 +300,7 @@ def test_sklearn_tfidf_and_svc_predict(benchmark, sklearn_svc, svc_rows):
 def test_onnx_svc(benchmark, artifacts, svc_rows):
     from tsinfer.infer.models import load_scorer
 
-    scorer = load_scorer(artifacts / "onnx" / "svc", "cpu")
+    scorer = load_scorer(artifacts / "onnx" / "svc", CPU)
     scorer.score(svc_rows[:10])
     record(benchmark, "svc", "tsinfer ONNX SVC (TF-IDF + kernel in the graph)", len(svc_rows),
            timed(benchmark, lambda: scorer.score(svc_rows), rounds=2))

@@ -17,7 +17,7 @@ from tsinfer.infer.cpus import cpu_budget
 from tsinfer.infer.engines import default_cpu_backend, openvino_version
 from tsinfer.infer.meta import ModelMeta
 from tsinfer.infer.models import available_providers
-from tsinfer.infer.pipeline import ScorerSettings
+from tsinfer.infer.models import ScorerSettings
 from tsinfer.infer.request import OutputSpec, RayOptions, RunOptions, ScoreRequest, rejects_beside
 from tsinfer.infer.rows import Columns
 

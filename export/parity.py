@@ -9,11 +9,13 @@ from tqdm import tqdm
 
 from tsinfer.infer.batching import encode, load_tokenizer, pad_batch, plan_batches
 from tsinfer.infer.meta import ModelMeta
-from tsinfer.infer.models import BertScorer, SvcScorer, class_probabilities, positive_probability
+from tsinfer.infer.models import BertScorer, ScorerSettings, SvcScorer, class_probabilities, positive_probability
 from tsinfer.infer.preprocess import normalization_for
 
 
-def compare(name: str, labels, ref_pred, ref_value, onnx_pred, onnx_value, value_name: str, seconds: float) -> dict:
+def compare(name: str, labels, *, ref_pred, ref_value, onnx_pred, onnx_value, value_name: str,
+            seconds: float) -> dict:
+    """One variant's parity entry: the ONNX graph's predictions and values (value_name) against the reference's."""
     labels = np.asarray(labels)
     return {
         "variant": name,
@@ -43,7 +45,8 @@ def svc_parity(svc_model, onnx_folder: Path, texts: list[str], labels) -> dict:
     start = time.perf_counter()
     out = scorer.score(docs)
     seconds = time.perf_counter() - start
-    entry = compare("fp64", labels, svc_model.predict(ref), ref, out.pred, out.decision, "decision", seconds)
+    entry = compare("fp64", labels, ref_pred=svc_model.predict(ref), ref_value=ref, onnx_pred=out.pred,
+                    onnx_value=out.decision, value_name="decision", seconds=seconds)
     if svc_model.multiclass:
         proba = svc_model.probability(ref)
         entry["max_abs_probability_delta"] = float(np.max(np.abs(proba - out.proba))) if len(ref) else 0.0
@@ -91,11 +94,12 @@ def bert_parity(model_dir: Path, onnx_folder: Path, texts: list[str], labels, pr
             continue
         if backend == "openvino":
             provider = "cpu"
-        scorer = BertScorer(onnx_folder, meta, provider, precision, None, backend=backend)
+        scorer = BertScorer(onnx_folder, meta, ScorerSettings(provider=provider, precision=precision, backend=backend))
         start = time.perf_counter()
         out = scorer.score(enc)
         scorer.close()
-        entry = compare(name, labels, ref_pred, ref, out.pred, out.score if binary else out.proba,
-                        "p_positive" if binary else "probabilities", time.perf_counter() - start)
+        entry = compare(name, labels, ref_pred=ref_pred, ref_value=ref, onnx_pred=out.pred,
+                        onnx_value=out.score if binary else out.proba,
+                        value_name="p_positive" if binary else "probabilities", seconds=time.perf_counter() - start)
         entries.append(dict(entry, provider=provider, backend=backend, measured=True))
     return entries

@@ -6,7 +6,7 @@ provider and precision, and holds the sha256 of every file, checked before anyth
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -56,6 +56,54 @@ def cpu_lanes(threads: int | None = None, lanes: int | None = None) -> tuple[int
     cores = threads or usable_cores()
     lanes = lanes or min(cores, MAX_CPU_LANES)
     return lanes, max(1, cores // lanes)
+
+
+@dataclass(frozen=True)
+class ScorerSettings:
+    """How the models run: provider, precision and batching (None = the provider's default, see BertPolicy)."""
+
+    provider: str = "auto"
+    precision: str = "auto"
+    threads: int | None = None
+    verify: bool = True
+    batch_tokens: int | None = None
+    max_batch: int | None = None
+    lanes: int | None = None
+    tokenizer_workers: int | None = None
+    backend: str = "auto"   # the CPU engine: auto, onnxruntime or openvino (infer/engines.py)
+
+
+@dataclass(frozen=True)
+class BertPolicy:
+    """How a BERT model runs on one provider, decided from the settings before any session is built."""
+
+    provider: str
+    lanes: int
+    threads: int | None       # per lane (None: the CPUs this process may use)
+    batch_tokens: int | None  # None: the engine's own budget, else the provider's default
+    max_batch: int
+    tokenizer_workers: int
+    same_length: bool         # batches of one row length only
+    io_binding: bool
+
+    @classmethod
+    def decide(cls, provider: str, settings: ScorerSettings) -> BertPolicy:
+        """provider: a resolved one (resolve_provider), never "auto"."""
+        threads, lanes = settings.threads, settings.lanes
+        # On the CPU: one single-threaded session per core ("lane"), each running whole batches, instead of one
+        # session splitting every operator over the cores: a small BERT's operators on short rows are too small to
+        # share out (benchmarks/results/cpu.md). On a GPU each lane is a session with its own CUDA stream, so one
+        # lane's host work can overlap another's kernels. Each lane holds its own copy of the weights.
+        if provider == "cpu":
+            lanes, threads = cpu_lanes(threads, lanes)
+        workers = settings.tokenizer_workers
+        # On the CPU batches of one length (never padded) and per-token int8 (export/int8.py) make a row's answer
+        # the same bits in any batch. On a GPU padding costs the packed graph nothing and fp16 kernels pick their
+        # algorithm by shape anyway, so rows of all lengths share batches there.
+        return cls(provider=provider, lanes=lanes or DEFAULT_LANES.get(provider, 1), threads=threads,
+                   batch_tokens=settings.batch_tokens, max_batch=settings.max_batch or DEFAULT_MAX_BATCH[provider],
+                   tokenizer_workers=default_tokenizer_workers(provider) if workers is None else workers,
+                   same_length=provider == "cpu", io_binding=provider in ("cuda", "tensorrt"))
 
 
 def _session(path: Path, provider: str, threads: int | None, cuda_options: dict | None = None):
@@ -155,53 +203,43 @@ class Scorer(Protocol):
     def close(self) -> None: ...
 
 
-def _engine(folder: Path, meta: ModelMeta, *, provider: str, precision: str, backend: str, lanes: int,
-            threads: int | None) -> Engine:
-    """The engine for a BERT folder: OpenVINO or onnxruntime (choose_backend), with `lanes` lanes."""
+def _engine(folder: Path, meta: ModelMeta, policy: BertPolicy, *, precision: str, backend: str) -> Engine:
+    """The engine for a BERT folder: OpenVINO or onnxruntime (choose_backend), with the policy's lanes."""
     try:
-        chosen = choose_backend(backend, provider=provider, precision=precision,
+        chosen = choose_backend(backend, provider=policy.provider, precision=precision,
                                 openvino_files=meta.openvino_files)
         if chosen == "openvino":
             file = meta.openvino_files[precision]
-            return OpenVinoEngine(folder / file, file, lanes=lanes, threads=threads or 1,
+            return OpenVinoEngine(folder / file, file, lanes=policy.lanes, threads=policy.threads or 1,
                                   inference_precision=cpu_inference_precision())
     except EngineError as e:
         raise ModelError(f"{folder}: {e}") from e
     file = meta.files[precision]
-    sessions = [_session(folder / file, provider, threads, meta.cuda_options) for _ in range(lanes)]
-    return OrtEngine(sessions, file, io_binding=provider in ("cuda", "tensorrt"))
+    sessions = [_session(folder / file, policy.provider, policy.threads, meta.cuda_options)
+                for _ in range(policy.lanes)]
+    return OrtEngine(sessions, file, io_binding=policy.io_binding)
 
 
 class BertScorer:
     kind = "bert"
 
-    def __init__(self, folder: Path, meta: ModelMeta, provider: str, precision: str, threads: int | None,
-                 batch_tokens: int | None = None, max_batch: int | None = None, lanes: int | None = None,
-                 tokenizer_workers: int | None = None, backend: str = "auto"):
+    def __init__(self, folder: Path, meta: ModelMeta, settings: ScorerSettings = ScorerSettings()):
+        """The per-provider policy (BertPolicy) decides lanes, threads and batching; the engine runs the batches."""
+        provider = resolve_provider(settings.provider)
         self.folder, self.meta, self.provider = folder, meta, provider
-        self.precision = choose_precision(meta, provider, precision, folder)
-        # On the CPU: one single-threaded session per core ("lane"), each running whole batches, instead of one
-        # session splitting every operator over the cores: a small BERT's operators on short rows are too small to
-        # share out (benchmarks/results/cpu.md). On a GPU each lane is a session with its own CUDA stream, so one
-        # lane's host work can overlap another's kernels. Each lane holds its own copy of the weights.
-        if provider == "cpu":
-            lanes, threads = cpu_lanes(threads, lanes)
-        lanes = lanes or DEFAULT_LANES.get(provider, 1)
-        self.engine = _engine(folder, meta, provider=provider, precision=self.precision, backend=backend,
-                              lanes=lanes, threads=threads)
+        self.precision = choose_precision(meta, provider, settings.precision, folder)
+        self.policy = policy = BertPolicy.decide(provider, settings)
+        self.engine = _engine(folder, meta, policy, precision=self.precision, backend=settings.backend)
         self.file, self.int_dtype, self.backend = self.engine.file, self.engine.int_dtype, self.engine.backend
-        self._pool = ThreadPoolExecutor(lanes, thread_name_prefix="tsinfer-lane") if lanes > 1 else None
+        self._pool = (ThreadPoolExecutor(policy.lanes, thread_name_prefix="tsinfer-lane")
+                      if policy.lanes > 1 else None)
         try:
             self.tokenizer = load_tokenizer(folder, meta.max_length)
         except Exception as e:
             raise ModelError(f"cannot load {folder / 'tokenizer.json'}: {e} (re-run `make export`)") from e
-        self.batch_tokens = batch_tokens or self.engine.batch_tokens or DEFAULT_BATCH_TOKENS[provider]
-        self.max_batch = max_batch or DEFAULT_MAX_BATCH[provider]
-        # On the CPU batches of one length (never padded) and per-token int8 (export/int8.py) make a row's answer
-        # the same bits in any batch. On a GPU padding costs the packed graph nothing and fp16 kernels pick their
-        # algorithm by shape anyway, so rows of all lengths share batches there.
-        self.same_length = provider == "cpu"
-        self.tokenizer_workers = default_tokenizer_workers(provider) if tokenizer_workers is None else tokenizer_workers
+        self.batch_tokens = policy.batch_tokens or self.engine.batch_tokens or DEFAULT_BATCH_TOKENS[provider]
+        self.max_batch, self.same_length = policy.max_batch, policy.same_length
+        self.tokenizer_workers = policy.tokenizer_workers
         try:  # the text normalisation the model was trained with, and its temperature (None for older folders)
             self.normalize = normalization_for({"text_normalization": meta.text_normalization})
         except ValueError as e:
@@ -354,15 +392,12 @@ def choose_precision(meta: ModelMeta, provider: str, precision: str, folder: Pat
     return precision
 
 
-def load_scorer(folder: str | Path, provider: str = "auto", precision: str = "auto", threads: int | None = None,
-                verify: bool = True, *, batch_tokens: int | None = None, max_batch: int | None = None,
-                lanes: int | None = None, tokenizer_workers: int | None = None, backend: str = "auto") -> Scorer:
+def load_scorer(folder: str | Path, settings: ScorerSettings = ScorerSettings()) -> Scorer:
     """The scorer for a model folder. The SVC runs its string ops on the CPU provider in fixed batches, so the
     provider and batching settings are BERT's alone."""
     folder = Path(folder)
-    meta = ModelMeta.read(folder, verify=verify)
-    provider = resolve_provider(provider)
+    meta = ModelMeta.read(folder, verify=settings.verify)
+    settings = replace(settings, provider=resolve_provider(settings.provider))
     if meta.kind != "bert":
-        return SvcScorer(folder, meta, threads)
-    return BertScorer(folder, meta, provider, precision, threads, batch_tokens=batch_tokens, max_batch=max_batch,
-                      lanes=lanes, tokenizer_workers=tokenizer_workers, backend=backend)
+        return SvcScorer(folder, meta, settings.threads)
+    return BertScorer(folder, meta, settings)

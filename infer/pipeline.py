@@ -19,25 +19,10 @@ from tsinfer.infer.batching import CHUNK_ROWS_BY_PROVIDER
 from tsinfer.infer.labels import BINARY, LabelSet
 from tsinfer.infer.meta import ModelError, ModelMeta
 from tsinfer.infer.metrics import SCORE_BINS, format_score_bins, score_bins
-from tsinfer.infer.models import Scorer, done, load_scorer
+from tsinfer.infer.models import Scorer, ScorerSettings, done, load_scorer
 from tsinfer.infer.rows import NO_LABEL
 from tsinfer.infer.reader import DEFAULT_CHUNK_ROWS
 from tsinfer.infer.textio import input_size
-
-
-@dataclass(frozen=True)
-class ScorerSettings:
-    """How the models run: provider, precision and batching (None = the provider's default, see infer/models.py)."""
-
-    provider: str = "auto"
-    precision: str = "auto"
-    threads: int | None = None
-    verify: bool = True
-    batch_tokens: int | None = None
-    max_batch: int | None = None
-    lanes: int | None = None
-    tokenizer_workers: int | None = None
-    backend: str = "auto"   # the CPU engine: auto, onnxruntime or openvino (infer/engines.py)
 
 
 def load_scorers(models: list[str], settings: ScorerSettings) -> list[Scorer]:
@@ -45,10 +30,7 @@ def load_scorers(models: list[str], settings: ScorerSettings) -> list[Scorer]:
     scorers: list[Scorer] = []
     try:
         for folder in models:
-            scorers.append(load_scorer(folder, settings.provider, settings.precision, settings.threads,
-                                       settings.verify, batch_tokens=settings.batch_tokens,
-                                       max_batch=settings.max_batch, lanes=settings.lanes,
-                                       tokenizer_workers=settings.tokenizer_workers, backend=settings.backend))
+            scorers.append(load_scorer(folder, settings))
         for scorer in scorers:
             scorer.warm_up()
     except BaseException:

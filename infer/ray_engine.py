@@ -36,7 +36,7 @@ from typing import Callable
 from tsinfer.infer.cpus import CpuBudget, cpu_budget
 from tsinfer.infer.labels import BINARY, LabelSet
 from tsinfer.infer.meta import ModelError, ModelMeta
-from tsinfer.infer.models import load_scorer
+from tsinfer.infer.models import ScorerSettings, load_scorer
 from tsinfer.infer.pipeline import (default_chunk_rows, estimate_total, metrics_report, model_names,
                                     prediction_columns, progress_bar, run_classes, write_json)
 from tsinfer.infer.ray_steps import (ChunkScorer, ProgressCounter, bin_columns, count_partials, explode_rejects,
@@ -269,7 +269,8 @@ def _check_job(request: ScoreRequest) -> tuple[list[str], Path, LabelSet]:
         if request.ray.gpus_per_actor:
             metas.append(ModelMeta.read(folder, verify=settings.verify))
         else:
-            scorer = load_scorer(folder, "cpu", settings.precision, 1, settings.verify, backend=settings.backend)
+            scorer = load_scorer(folder, ScorerSettings(provider="cpu", precision=settings.precision, threads=1,
+                                                        verify=settings.verify, backend=settings.backend))
             metas.append(scorer.meta)
             scorer.close()
     classes = run_classes(metas, list(request.models))

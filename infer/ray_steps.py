@@ -10,8 +10,9 @@ import numpy as np
 
 from tsinfer.infer.labels import BINARY, LabelSet
 from tsinfer.infer.metrics import score_bins, streaming_metrics
-from tsinfer.infer.pipeline import (ScorerSettings, close_scorers, load_scorers, model_names, prediction_columns,
-                                    run_classes, score_chunk, written_labels, written_preds, written_scores)
+from tsinfer.infer.models import ScorerSettings
+from tsinfer.infer.pipeline import (close_scorers, load_scorers, model_names, prediction_columns, run_classes,
+                                    score_chunk, written_labels, written_preds, written_scores)
 from tsinfer.infer.reader import DEFAULT_CHUNK_ROWS, parse_chunks
 from tsinfer.infer.textio import TEXT_DECODING
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 
-from tsinfer.infer.pipeline import ScorerSettings
+from tsinfer.infer.models import ScorerSettings
 from tsinfer.infer.rows import Columns, InputError
 
 ENGINES = ("local", "ray")

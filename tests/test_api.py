@@ -11,7 +11,7 @@ from click.testing import CliRunner
 import tsinfer
 from tsinfer.cli import main
 from tsinfer.infer.metrics import format_score_bins, score_bins
-from tsinfer.infer.models import load_scorer
+from tsinfer.infer.models import ScorerSettings, load_scorer
 from tsinfer.infer.reader import read_all
 
 
@@ -52,7 +52,7 @@ def test_a_list_gets_the_cli_s_answers_and_the_scorer_s_own_bits(cli_run):
         assert np.array_equal(model.predict(texts), got.pred)
     assert got.pred.dtype == np.int64 and got.score.dtype == np.float64 and len(got.pred) == len(texts)
     assert [str(p) for p in got.pred] == preds and written(got.score) == scores
-    scorer = load_scorer(folder, "cpu", precision)
+    scorer = load_scorer(folder, ScorerSettings(provider="cpu", precision=precision))
     try:
         own = scorer.score(scorer.prepare(texts))
     finally:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tsinfer.infer.metrics import StreamingMetrics, expected_calibration_error, score_bins
-from tsinfer.infer.models import ModelError, load_scorer, positive_probability
+from tsinfer.infer.models import ModelError, ScorerSettings, load_scorer, positive_probability
 from tsinfer.infer.preprocess import TEXT_NORMALIZATION, normalization_for, normalize_tweet, normalize_tweets
 from tsinfer.train.calibration import calibrate, fit_temperature, nll
 
@@ -99,7 +99,7 @@ def test_training_and_runtime_apply_the_same_normalisation(bert_artifacts, tmp_p
     meta = json.loads((folder / "meta.json").read_text())
     assert meta["text_normalization"] == TEXT_NORMALIZATION  # trained with it, copied to meta.json by export
     raw = ["@Somebody I &lt;3 this &amp; that http://t.co/x", "no change here"]
-    scorer = load_scorer(folder, provider="cpu", precision="fp32", tokenizer_workers=0)
+    scorer = load_scorer(folder, ScorerSettings(provider="cpu", precision="fp32", tokenizer_workers=0))
     try:
         served = scorer.prepare(raw)
         assert np.array_equal(served.ids, scorer.prepare(normalize_tweets(raw)).ids)
@@ -119,12 +119,13 @@ def test_training_and_runtime_apply_the_same_normalisation(bert_artifacts, tmp_p
     shutil.copytree(folder, old)
     meta.pop("text_normalization")
     (old / "meta.json").write_text(json.dumps(meta))
-    plain = load_scorer(old, provider="cpu", precision="fp32", verify=False, tokenizer_workers=0)
+    unverified = ScorerSettings(provider="cpu", precision="fp32", verify=False, tokenizer_workers=0)
+    plain = load_scorer(old, unverified)
     assert not np.array_equal(plain.prepare(raw).ids, served.ids)
     meta["text_normalization"] = "tweet-v9"
     (old / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(ModelError, match="tweet-v9"):
-        load_scorer(old, provider="cpu", precision="fp32", verify=False, tokenizer_workers=0)
+        load_scorer(old, unverified)
 
 
 def test_export_copies_normalisation_and_temperature_to_the_top_of_meta(tmp_path):

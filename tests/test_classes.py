@@ -439,7 +439,7 @@ def test_ray_equals_local_for_three_classes(scored, tmp_path, fmt):
     pytest.importorskip("ray.data")
     import pandas as pd
 
-    from tsinfer.infer.pipeline import ScorerSettings
+    from tsinfer.infer.models import ScorerSettings
     from tsinfer.infer.ray_engine import score_with_ray
     from tsinfer.infer.request import OutputSpec, RayOptions, RunOptions, ScoreRequest
 

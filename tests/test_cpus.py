@@ -99,6 +99,22 @@ def test_lanes_threads_and_tokenizer_processes_follow_the_budget(monkeypatch):
     assert cpu_lanes(threads=3) == (3, 1) and cpu_lanes(lanes=2) == (2, 32)  # --threads and lanes= still decide
 
 
+def test_the_bert_policy_differs_by_provider_and_keeps_what_the_settings_name(monkeypatch):
+    """The per-provider policy is decided before any session exists, so the GPU's is checkable here: whole batches
+    on single-threaded CPU lanes of one row length, and on a GPU mixed lengths, IO binding and tokenizer processes."""
+    from tsinfer.infer.models import BertPolicy, ScorerSettings
+
+    monkeypatch.setenv("TSINFER_CPUS", "4")
+    cpu = BertPolicy.decide("cpu", ScorerSettings())
+    assert (cpu.lanes, cpu.threads, cpu.same_length, cpu.io_binding, cpu.tokenizer_workers) == (4, 1, True, False, 0)
+    cuda = BertPolicy.decide("cuda", ScorerSettings())
+    assert cuda.lanes > 1 and cuda.threads is None and not cuda.same_length and cuda.io_binding
+    assert cuda.tokenizer_workers == 2 and cuda.max_batch > cpu.max_batch
+    assert cpu.batch_tokens is None  # left to the engine's own budget, then the provider's default
+    named = BertPolicy.decide("cuda", ScorerSettings(lanes=3, batch_tokens=500, max_batch=7, tokenizer_workers=0))
+    assert (named.lanes, named.batch_tokens, named.max_batch, named.tokenizer_workers) == (3, 500, 7, 0)
+
+
 def fake_model_folder(tmp_path):
     folder = tmp_path / "svc"
     folder.mkdir()
@@ -119,13 +135,12 @@ def test_info_shows_the_budget_and_a_bad_override_is_one_line(tmp_path, monkeypa
 
 
 def test_the_session_threads_and_metrics_follow_the_budget(svc_artifacts, small_data, tmp_path, monkeypatch):
-    from tsinfer.infer.models import load_scorer
-    from tsinfer.infer.pipeline import ScorerSettings
+    from tsinfer.infer.models import ScorerSettings, load_scorer
     from tsinfer.infer.request import OutputSpec, ScoreRequest
     from tsinfer.infer.score import score_files
 
     monkeypatch.setenv("TSINFER_CPUS", "3")
-    scorer = load_scorer(svc_artifacts / "onnx" / "svc", "cpu")
+    scorer = load_scorer(svc_artifacts / "onnx" / "svc", ScorerSettings(provider="cpu"))
     assert scorer.session.get_session_options().intra_op_num_threads == 3  # not onnxruntime's host count
     score_files(ScoreRequest([small_data / "test.tsv"], [svc_artifacts / "onnx" / "svc"],
                              OutputSpec(tmp_path / "p.tsv", metrics=tmp_path / "m.json"),

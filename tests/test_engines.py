@@ -7,7 +7,7 @@ import pytest
 
 from tsinfer.infer import engines
 from tsinfer.infer.engines import EngineError, choose_backend, cpu_inference_precision
-from tsinfer.infer.models import ModelError, load_scorer
+from tsinfer.infer.models import ModelError, ScorerSettings, load_scorer
 from tsinfer.infer.reader import read_all
 
 OV_FILES = {"int8": "model_int8_ov.xml"}
@@ -48,10 +48,11 @@ def test_openvino_float_precision_follows_the_cpu(flags, expected):
 
 def test_without_the_extra_scoring_falls_back_to_onnxruntime(bert_artifacts, monkeypatch):
     monkeypatch.setattr(engines, "openvino_version", lambda: None)
-    scorer = load_scorer(bert_artifacts / "onnx" / "bert", "cpu", "int8")
+    scorer = load_scorer(bert_artifacts / "onnx" / "bert", ScorerSettings(provider="cpu", precision="int8"))
     assert scorer.backend == "onnxruntime" and scorer.file == "model_int8.onnx"
     with pytest.raises(ModelError, match="openvino"):
-        load_scorer(bert_artifacts / "onnx" / "bert", "cpu", "int8", backend="openvino")
+        load_scorer(bert_artifacts / "onnx" / "bert",
+                    ScorerSettings(provider="cpu", precision="int8", backend="openvino"))
 
 
 def test_export_without_the_extra_writes_no_openvino_file(bert_artifacts, monkeypatch):
@@ -97,10 +98,12 @@ def test_openvino_int8_errs_no_more_than_onnxruntime_int8(all_artifacts, small_d
     test_the_cls_only_conversion_equals_pytorch's.)"""
     texts = read_all(small_data / "test.tsv").texts[:120]
     folder = all_artifacts / "onnx" / "bert"
-    ov = load_scorer(folder, "cpu", "int8", backend="openvino")
+    ov = load_scorer(folder, ScorerSettings(provider="cpu", precision="int8", backend="openvino"))
     assert ov.backend == "openvino" and ov.file == "model_int8_ov.xml"
-    ref = _logits_alone(load_scorer(folder, "cpu", "fp32", backend="onnxruntime"), texts)
-    ort_err = np.abs(_logits_alone(load_scorer(folder, "cpu", "int8", backend="onnxruntime"), texts) - ref).max()
+    ref = _logits_alone(load_scorer(folder, ScorerSettings(provider="cpu", precision="fp32", backend="onnxruntime")),
+                        texts)
+    ort_int8 = load_scorer(folder, ScorerSettings(provider="cpu", precision="int8", backend="onnxruntime"))
+    ort_err = np.abs(_logits_alone(ort_int8, texts) - ref).max()
     ov_err = np.abs(_logits_alone(ov, texts) - ref).max()
     assert ov_err <= 2 * ort_err
 

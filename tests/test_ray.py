@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tsinfer.infer.pipeline import ScorerSettings, default_chunk_rows
+from tsinfer.infer.models import ScorerSettings
+from tsinfer.infer.pipeline import default_chunk_rows
 from tsinfer.infer.request import OutputSpec, RayOptions, RunOptions, ScoreRequest
 
 pytest.importorskip("ray.data")

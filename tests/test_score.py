@@ -8,7 +8,7 @@ from sklearn import metrics as skm
 
 from conftest import CPU_ENGINES
 from tsinfer.cli import main
-from tsinfer.infer.pipeline import ScorerSettings
+from tsinfer.infer.models import ScorerSettings
 from tsinfer.infer.reader import read_all
 from tsinfer.infer.request import OutputSpec, RunOptions, ScoreRequest
 from tsinfer.infer.score import score_files
@@ -96,8 +96,8 @@ def test_lanes_give_the_same_answers_as_one_session(all_artifacts, small_data, p
     texts = read_all(small_data / "test.tsv").texts
     outs = {}
     for lanes in (1, 2):
-        scorer = load_scorer(all_artifacts / "onnx" / "bert", "cpu", precision, threads=lanes, batch_tokens=300,
-                             backend=backend)
+        scorer = load_scorer(all_artifacts / "onnx" / "bert", ScorerSettings(
+            provider="cpu", precision=precision, threads=lanes, batch_tokens=300, backend=backend))
         assert scorer.engine.lanes == lanes and scorer.backend == backend
         outs[lanes] = scorer.score(scorer.prepare(texts))
     assert (outs[1].pred == outs[2].pred).all()
@@ -143,8 +143,8 @@ def test_a_rows_probability_is_the_same_bits_in_any_batch(all_artifacts, small_d
     from tsinfer.infer.models import load_scorer
 
     texts = read_all(small_data / "test.tsv").texts
-    scorer = load_scorer(all_artifacts / "onnx" / "bert", "cpu", precision, threads=1, batch_tokens=100000,
-                         max_batch=1000, backend=backend)
+    scorer = load_scorer(all_artifacts / "onnx" / "bert", ScorerSettings(
+        provider="cpu", precision=precision, threads=1, batch_tokens=100000, max_batch=1000, backend=backend))
     assert scorer.backend == backend
     together = scorer.score(scorer.prepare(texts)).score
     alone = np.concatenate([scorer.score(scorer.prepare([t])).score for t in texts])

@@ -207,7 +207,7 @@ def minilm_parity(minilm: Path, work: Path, data: Path, layouts: list[str]) -> d
     from transformers import AutoModelForSequenceClassification
 
     from tsinfer.export.bert import GPU_LAYOUTS, optimize_variants
-    from tsinfer.infer.pipeline import ScorerSettings
+    from tsinfer.infer.models import ScorerSettings
     from tsinfer.infer.request import OutputSpec, ScoreRequest
     from tsinfer.infer.score import score_files
 
@@ -372,7 +372,7 @@ def tsinfer_sweep(res: Results, folders: dict, data: Path, big: Path, work: Path
     of --configs with the best packed layout; model load is reported apart. Returns the best entry."""
     from tsinfer.infer.batching import (CHUNK_ROWS_BY_PROVIDER, DEFAULT_BATCH_TOKENS, DEFAULT_LANES, DEFAULT_MAX_BATCH,
                                         default_tokenizer_workers)
-    from tsinfer.infer.pipeline import ScorerSettings
+    from tsinfer.infer.models import ScorerSettings
     from tsinfer.infer.request import OutputSpec, RunOptions, ScoreRequest
     from tsinfer.infer.score import score_files
 
