@@ -13,7 +13,9 @@ from typing import Protocol
 
 import numpy as np
 
+from tsinfer.infer.batching import usable_cores
 from tsinfer.infer.cpus import BF16_CPU_FLAGS, read_cpu_flags
+from tsinfer.infer.meta import ModelError
 
 BACKENDS = ("auto", "onnxruntime", "openvino")
 
@@ -30,6 +32,52 @@ class Engine(Protocol):
     batch_tokens: int | None  # the token budget of a batch it runs fastest with; None: the provider's default
 
     def run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray: ...
+
+
+# onnxruntime's own graph optimizer would fuse Add + LayerNormalization back into SkipLayerNormalization, whose CPU
+# kernel measured several times slower than the two standard ops (export/bert.py leaves them unfused for the CPU).
+CPU_DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"]
+
+
+def ort_session(path: Path, provider: str, threads: int | None, cuda_options: dict | None = None):
+    """An onnxruntime session; cuda_options (from meta.json) are added to the CUDA provider's options."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    # never onnxruntime's own default: it counts the host's cores, which a container's CPU quota does not limit
+    opts.intra_op_num_threads = threads or usable_cores()
+    opts.inter_op_num_threads = 1
+    if provider == "cuda":
+        # Shapes vary batch to batch: grow the arena only by what is asked, never by doubling.
+        # SkipLayerNorm strict mode: fp32 statistics in the fp16 kernel (see export/bert.py).
+        # (the strict mode is ignored, and accurate anyway, from onnxruntime 1.28; older releases need it)
+        options = {"arena_extend_strategy": "kSameAsRequested", "enable_skip_layer_norm_strict_mode": "1"}
+        providers = [("CUDAExecutionProvider", dict(options, **(cuda_options or {}))), "CPUExecutionProvider"]
+    elif provider == "tensorrt":
+        cache = str(path.parent / "trt_cache")
+        providers = [("TensorrtExecutionProvider", {"trt_fp16_enable": True, "trt_engine_cache_enable": True,
+                                                    "trt_engine_cache_path": cache, "trt_timing_cache_enable": True}),
+                     ("CUDAExecutionProvider", {"arena_extend_strategy": "kSameAsRequested"}), "CPUExecutionProvider"]
+    else:
+        providers = ["CPUExecutionProvider"]
+    if provider != "cpu" and hasattr(ort, "preload_dlls"):
+        try:  # CUDA/cuDNN from the nvidia-* pip packages (torch's), when the system has none on its library path
+            ort.preload_dlls()
+        except Exception:
+            pass
+    disabled = CPU_DISABLED_OPTIMIZERS if provider == "cpu" else None
+    try:
+        session = ort.InferenceSession(str(path), opts, providers=providers, disabled_optimizers=disabled)
+    except Exception as e:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
+        raise ModelError(f"cannot load {path}: {str(e).splitlines()[0]} (re-run `make export`)") from e
+    if provider != "cpu" and session.get_providers()[0] != providers[0][0]:
+        # onnxruntime falls back to the CPU silently when the CUDA libraries do not load: say so instead
+        raise ModelError(f"the {provider} provider did not start for {path} (onnxruntime fell back to "
+                         f"{session.get_providers()[0]}): check that CUDA 13 and cuDNN 9 libraries are installed "
+                         "(pip install onnxruntime-gpu[cuda,cudnn]), or use --provider cpu")
+    return session
 
 
 class _Lanes:

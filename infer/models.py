@@ -16,7 +16,7 @@ from tsinfer.infer.batching import (DEFAULT_BATCH_TOKENS, DEFAULT_LANES, DEFAULT
                                     default_tokenizer_workers, encode, load_tokenizer, pad_batch, plan_batches,
                                     usable_cores)
 from tsinfer.infer.engines import (Engine, EngineError, OpenVinoEngine, OrtEngine, choose_backend,
-                                   cpu_inference_precision)
+                                   cpu_inference_precision, ort_session)
 from tsinfer.infer.meta import ModelError, ModelMeta
 from tsinfer.infer.preprocess import normalization_for
 
@@ -43,9 +43,6 @@ def resolve_provider(requested: str) -> str:
     return requested
 
 
-# onnxruntime's own graph optimizer would fuse Add + LayerNormalization back into SkipLayerNormalization, whose CPU
-# kernel measured several times slower than the two standard ops (export/bert.py leaves them unfused for the CPU).
-CPU_DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"]
 # Each lane holds its own copy of the weights: on many cores, a few lanes of several threads each.
 MAX_CPU_LANES = 8
 
@@ -104,47 +101,6 @@ class BertPolicy:
                    batch_tokens=settings.batch_tokens, max_batch=settings.max_batch or DEFAULT_MAX_BATCH[provider],
                    tokenizer_workers=default_tokenizer_workers(provider) if workers is None else workers,
                    same_length=provider == "cpu", io_binding=provider in ("cuda", "tensorrt"))
-
-
-def _session(path: Path, provider: str, threads: int | None, cuda_options: dict | None = None):
-    """An onnxruntime session; cuda_options (from meta.json) are added to the CUDA provider's options."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    # never onnxruntime's own default: it counts the host's cores, which a container's CPU quota does not limit
-    opts.intra_op_num_threads = threads or usable_cores()
-    opts.inter_op_num_threads = 1
-    if provider == "cuda":
-        # Shapes vary batch to batch: grow the arena only by what is asked, never by doubling.
-        # SkipLayerNorm strict mode: fp32 statistics in the fp16 kernel (see export/bert.py).
-        # (the strict mode is ignored, and accurate anyway, from onnxruntime 1.28; older releases need it)
-        options = {"arena_extend_strategy": "kSameAsRequested", "enable_skip_layer_norm_strict_mode": "1"}
-        providers = [("CUDAExecutionProvider", dict(options, **(cuda_options or {}))), "CPUExecutionProvider"]
-    elif provider == "tensorrt":
-        cache = str(path.parent / "trt_cache")
-        providers = [("TensorrtExecutionProvider", {"trt_fp16_enable": True, "trt_engine_cache_enable": True,
-                                                    "trt_engine_cache_path": cache, "trt_timing_cache_enable": True}),
-                     ("CUDAExecutionProvider", {"arena_extend_strategy": "kSameAsRequested"}), "CPUExecutionProvider"]
-    else:
-        providers = ["CPUExecutionProvider"]
-    if provider != "cpu" and hasattr(ort, "preload_dlls"):
-        try:  # CUDA/cuDNN from the nvidia-* pip packages (torch's), when the system has none on its library path
-            ort.preload_dlls()
-        except Exception:
-            pass
-    disabled = CPU_DISABLED_OPTIMIZERS if provider == "cpu" else None
-    try:
-        session = ort.InferenceSession(str(path), opts, providers=providers, disabled_optimizers=disabled)
-    except Exception as e:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
-        raise ModelError(f"cannot load {path}: {str(e).splitlines()[0]} (re-run `make export`)") from e
-    if provider != "cpu" and session.get_providers()[0] != providers[0][0]:
-        # onnxruntime falls back to the CPU silently when the CUDA libraries do not load: say so instead
-        raise ModelError(f"the {provider} provider did not start for {path} (onnxruntime fell back to "
-                         f"{session.get_providers()[0]}): check that CUDA 13 and cuDNN 9 libraries are installed "
-                         "(pip install onnxruntime-gpu[cuda,cudnn]), or use --provider cpu")
-    return session
 
 
 def positive_probability(logits: np.ndarray, temperature: float | None = None) -> np.ndarray:
@@ -215,7 +171,7 @@ def _engine(folder: Path, meta: ModelMeta, policy: BertPolicy, *, precision: str
     except EngineError as e:
         raise ModelError(f"{folder}: {e}") from e
     file = meta.files[precision]
-    sessions = [_session(folder / file, policy.provider, policy.threads, meta.cuda_options)
+    sessions = [ort_session(folder / file, policy.provider, policy.threads, meta.cuda_options)
                 for _ in range(policy.lanes)]
     return OrtEngine(sessions, file, io_binding=policy.io_binding)
 
@@ -333,7 +289,7 @@ class SvcScorer:
             raise ModelError(f"{folder / 'meta.json'}: an SVC folder lists its graph as files.fp64 (it lists "
                              f"{', '.join(sorted(meta.files))}): re-run `make export`")
         self.file = meta.files["fp64"]
-        self.session = _session(folder / self.file, "cpu", threads)
+        self.session = ort_session(folder / self.file, "cpu", threads)
         self.batch_rows = batch_rows
         self.n_classes = len(meta.labels)
 

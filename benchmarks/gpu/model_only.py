@@ -30,7 +30,7 @@ def load_batches(path: str) -> list[tuple[np.ndarray, np.ndarray]]:
 def main(model, batches, options, passes, provider):
     import onnxruntime as ort
 
-    from tsinfer.infer.models import _session
+    from tsinfer.infer.engines import ort_session as _session
 
     data = load_batches(batches)
     t = time.perf_counter()
