@@ -1,6 +1,7 @@
 """Shared fixtures: small slices of the seed's data, an SVC and a tiny random BERT, trained and exported once."""
 from __future__ import annotations
 
+import csv
 import os
 import shutil
 from pathlib import Path
@@ -120,3 +121,12 @@ def all_artifacts(tmp_path_factory, svc_artifacts, bert_artifacts) -> Path:
     shutil.copytree(svc_artifacts / "onnx" / "svc", art / "onnx" / "svc")
     shutil.copytree(bert_artifacts / "onnx" / "bert", art / "onnx" / "bert")
     return art
+
+
+def write_csv(path, rows, header=("id", "text", "sentiment")):
+    """Rows as a CSV file with a header (the labelled files the training tests feed tsinfer)."""
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path

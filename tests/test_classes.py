@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 from sklearn import metrics as skm
 
-from conftest import CPU_ENGINES, tiny_bert
+from conftest import CPU_ENGINES, tiny_bert, write_csv
 from tsinfer.infer.formats import Columns, read_chunks
 from tsinfer.infer.labels import BINARY, CollectedLabels, LabelSet
 from tsinfer.infer.meta import ModelError, ModelMeta
@@ -41,14 +41,6 @@ def made_up_rows(n: int, seed: int = 5) -> list[tuple[int, str, str]]:
         rng.shuffle(tokens)
         rows.append((i, " ".join(tokens), rng.choice(SPELLINGS[name])))
     return rows
-
-
-def write_csv(path, rows, header=("id", "text", "sentiment")):
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
 
 
 # label sets

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from sklearn import metrics as skm
 from sklearn.model_selection import train_test_split
 
-from conftest import tiny_bert
+from conftest import tiny_bert, write_csv
 from tsinfer.cli import main
 from tsinfer.infer.reader import read_all
 from tsinfer.train.data import SPLIT_SEED, dev_split, load_training_data
@@ -19,14 +19,6 @@ from tsinfer.export import run as export_run
 from tsinfer.train.errors import DataError, ExportError, ParityError, TrainError
 
 WORDS = {0: ("negative", "NEGATIVE", "Negative"), 1: ("positive", "Positive", "POSITIVE")}
-
-
-def write_csv(path, rows, header=("id", "text", "sentiment")):
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
 
 
 def own_rows(small_data, n=300):
