@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
-                          TrainingArguments)
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, TrainingArguments
 
+from tsinfer.infer.meta import sha256_file
 from tsinfer.infer.metrics import binary_metrics
 from tsinfer.infer.models import positive_probability
 from tsinfer.infer.preprocess import normalization_for
@@ -33,7 +33,8 @@ from tsinfer.train.calibration import calibrate, plot_reliability
 from tsinfer.train.callbacks import AverageLastEpoch, EpochTimer, KeepBestByMcc
 from tsinfer.train.data import SPLIT_SEED, Texts, TrainingData, prepared
 from tsinfer.train.errors import TrainError
-from tsinfer.train.precision import CpuBf16Trainer, Precision, training_precision
+from tsinfer.train.distill import attach_targets, load_targets, trainer_class
+from tsinfer.train.precision import Precision, training_precision
 from tsinfer.train.recipe import PRESETS, BertRecipe
 from tsinfer.train.report import Progress, log_progress, record_training_data, split_figures, write_report
 
@@ -105,7 +106,9 @@ def training_arguments(scratch: str, hp: BertRecipe, *, cuda: bool, precision: s
         num_train_epochs=hp.epochs, max_steps=max_steps, lr_scheduler_type="linear",
         label_smoothing_factor=hp.label_smoothing,
         max_grad_norm=hp.max_grad_norm, bf16=bf16, fp16=fp16, use_cpu=not cuda,
-        dataloader_num_workers=0,
+        # the rows hold the model's inputs and, when distilling, the teacher's logits, which the Trainer's column
+        # filter (the forward's signature) would drop before compute_loss sees them
+        dataloader_num_workers=0, remove_unused_columns=False,
         ddp_backend=("nccl" if cuda else "gloo") if world > 1 else None,
     )
     # transformers 5 (the GPU image's) replaced group_by_length with train_sampling_strategy, and warmup_ratio
@@ -178,11 +181,12 @@ def load_base(base_model: str | None, model=None, tokenizer=None) -> tuple:
 def train_bert(data: TrainingData | str | Path, out_dir: str | Path = "artifacts/bert",
                report_path: str | Path = "artifacts/reports/train_bert.json", *, base_model: str | None = None,
                preset: str | None = None, overrides: dict | None = None, limit: int | None = None,
-               max_steps: int = -1, precision: str = "auto", model=None, tokenizer=None,
-               progress: Progress = log_progress) -> dict:
+               max_steps: int = -1, precision: str = "auto", teacher_targets: str | Path | None = None, model=None,
+               tokenizer=None, progress: Progress = log_progress) -> dict:
     """Fine-tune, keep the best epoch by validation MCC, score the test file once (when there is one), save model +
     tokenizer + data record + report. `data`: load_training_data's result, or a folder with the seed's files.
-    `precision`: auto, fp32, bf16 or fp16 (train/precision.py). `overrides`: BertRecipe fields that replace the
+    `precision`: auto, fp32, bf16 or fp16 (train/precision.py). `teacher_targets`: an npz of
+    `tsinfer train teacher-targets` made from these training rows, to distill from (train/distill.py). `overrides`: BertRecipe fields that replace the
     preset's (None values are ignored; an unknown name is a TrainError).
 
     `model` and `tokenizer` may be passed in (tests use a tiny random BertConfig); otherwise both load from
@@ -191,11 +195,17 @@ def train_bert(data: TrainingData | str | Path, out_dir: str | Path = "artifacts
     cuda = torch.cuda.is_available()
     chosen = training_precision(precision, cuda=cuda, cuda_bf16=cuda and torch.cuda.is_bf16_supported())
     data = prepared(data, limit, progress)
+    teacher, teacher_record = load_targets(teacher_targets, data) if teacher_targets else (None, None)
     model, tokenizer, base_path = load_base(base_model, model, tokenizer)
     preset = preset or default_preset(base_model)
     hp = _recipe(preset, overrides)
     torch.manual_seed(SPLIT_SEED)
     datasets = _tokenized(data, tokenizer, hp.max_length, progress, hp.text_normalization)
+    distillation = _distillation(teacher_targets, teacher_record, hp)
+    if teacher is not None:
+        attach_targets(datasets["train"].rows, teacher)
+        progress(f"bert: distilling from {teacher_targets} (T {hp.distill_temperature:g}, alpha "
+                 f"{hp.distill_alpha:g})")
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     keep_best, timer, averager = KeepBestByMcc(), EpochTimer(cuda), AverageLastEpoch(hp.average_last)
@@ -205,14 +215,15 @@ def train_bert(data: TrainingData | str | Path, out_dir: str | Path = "artifacts
         progress(f"bert: {chosen.warning}")
     trainer, train_seconds, averaged, outputs = _fit(model, tokenizer, datasets, hp, keep_best=keep_best,
                                                      timer=timer, averager=averager, cuda=cuda,
-                                                     precision=chosen.name, world=world, max_steps=max_steps)
+                                                     precision=chosen.name, world=world, max_steps=max_steps,
+                                                     distillation=distillation)
     if not trainer.is_world_process_zero():
         return {}
     model.save_pretrained(out_dir)  # safetensors: the default of transformers 4.x and the only format of 5.x
     tokenizer.save_pretrained(out_dir)
     calibration = _calibration(outputs, Path(report_path))
     record_training_data(out_dir, dict(data.report(), text_normalization=hp.text_normalization,
-                                       temperature=calibration["temperature"],
+                                       temperature=calibration["temperature"], distillation=distillation,
                                        training_run={"device": "cuda" if cuda else "cpu", "precision": chosen.name,
                                                      "precision_source": chosen.source}))
     # With group_by_length the Trainer also length-sorts evaluation rows: pair predictions with its label_ids.
@@ -232,6 +243,7 @@ def train_bert(data: TrainingData | str | Path, out_dir: str | Path = "artifacts
         "n_test": len(data.test.texts) if data.test else 0,
         "preset": preset,
         "hyperparameters": dict(hp.to_dict(), max_steps=max_steps),
+        "distillation": distillation,
         **_run_figures(trainer, timer, keep_best, hp, cuda=cuda, precision=chosen, world=world,
                        n_train=len(data.train.texts), averaged=averaged),
         "curve_png": str(curve),
@@ -252,17 +264,26 @@ def _recipe(preset: str, overrides: dict | None) -> BertRecipe:
     return PRESETS[preset].overridden(overrides)
 
 
+def _distillation(path, record: dict | None, hp: BertRecipe) -> dict | None:
+    """The report's and the model folder's record of the teacher, or None without teacher targets."""
+    if record is None:
+        return None
+    return {"teacher_targets": str(path), "sha256": sha256_file(Path(path)), "command": record.get("command"),
+            "teacher": record.get("teacher"), "temperature": hp.distill_temperature, "alpha": hp.distill_alpha}
+
+
 def _fit(model, tokenizer, datasets: dict, hp: BertRecipe, *, keep_best, timer, averager, cuda: bool, precision: str,
-         world: int, max_steps: int) -> tuple:
+         world: int, max_steps: int, distillation: dict | None) -> tuple:
     """Train; keep the best epoch (or the last epoch's average when it beats them); predict validation and test.
     Returns (trainer, training seconds, the average's figures, {split: predictions})."""
     with tempfile.TemporaryDirectory(prefix="tsinfer-train-") as scratch:
         args = training_arguments(scratch, hp, cuda=cuda, precision=precision, world=world, max_steps=max_steps)
-        trainer_class = CpuBf16Trainer if precision == "bf16" and not cuda else Trainer
-        trainer = trainer_class(model=model, args=args, train_dataset=datasets["train"],
+        chosen_class = trainer_class(cpu_bf16=precision == "bf16" and not cuda, distilling=distillation is not None)
+        soft = dict(temperature=hp.distill_temperature, alpha=hp.distill_alpha) if distillation else {}
+        trainer = chosen_class(model=model, args=args, train_dataset=datasets["train"],
                                 eval_dataset=datasets["val"], data_collator=DataCollatorWithPadding(tokenizer),
                                 compute_metrics=compute_metrics, callbacks=[keep_best, timer, averager],
-                                optimizers=(layerwise_optimizer(model, hp), None))
+                                optimizers=(layerwise_optimizer(model, hp), None), **soft)
         start = time.perf_counter()
         trainer.train()
         train_seconds = time.perf_counter() - start
