@@ -19,7 +19,12 @@ TORCH_SPEC    ?= torch==2.13.0
 ORT_GPU_SPEC  ?= onnxruntime-gpu[cuda,cudnn]>=1.28
 STAMP         := $(VENV)/.installed-$(if $(GPU),gpu,cpu)
 
-BERT_FLAGS := $(if $(BASE_MODEL),--base-model $(BASE_MODEL)) $(if $(EPOCHS),--epochs $(EPOCHS))
+# The shipped soft targets of the base-size teacher (teachers/*.json says how they were made); BERT training distils
+# from them when the file is there. They hold the seed's training rows: with other data, set TEACHER_TARGETS= (empty).
+TEACHER_TARGETS ?= teachers/all-mpnet-base-v2.npz
+
+BERT_FLAGS := $(if $(BASE_MODEL),--base-model $(BASE_MODEL)) $(if $(EPOCHS),--epochs $(EPOCHS)) \
+  $(if $(wildcard $(TEACHER_TARGETS)),--teacher-targets $(TEACHER_TARGETS))
 
 .PHONY: demo setup data base-model train train-svc train-bert export score test bench clean
 

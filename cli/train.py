@@ -156,7 +156,11 @@ def train_bert_command(out_dir, report_path, limit, base_model, preset, max_step
               help="Tokens per row at most (as the teacher was trained).")
 @click.option("--precision", type=click.Choice(("auto", "fp32", "bf16")), default="auto", show_default=True,
               help="Inference precision; auto: bf16 autocast where the CPU or GPU has bf16.")
-def teacher_targets_command(model_dir, out_path, batch_size, max_length, precision, **options):
+@click.option("--teacher-report", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="The teacher's training report: its validation and test figures go into the record, and the "
+                   "test file is not scored again.")
+def teacher_targets_command(model_dir, out_path, batch_size, max_length, precision, teacher_report,
+                            **options):
     """Write a teacher's logits on the training rows (for `tsinfer train bert --teacher-targets`), with its
     validation and test figures, the command and the data's sha256 in a JSON sidecar."""
     from tsinfer.train.teacher import write_teacher_targets
@@ -164,8 +168,10 @@ def teacher_targets_command(model_dir, out_path, batch_size, max_length, precisi
     data = _training_data(**options)
     command = shlex.join(["tsinfer", *sys.argv[1:]])
     r = write_teacher_targets(model_dir, data, out_path, command=command, batch_size=batch_size,
-                              max_length=max_length, precision=precision, progress=progress)
+                              max_length=max_length, precision=precision, teacher_report=teacher_report,
+                              progress=progress)
     t = r["teacher"]
-    test = f", test accuracy {t['test_accuracy']:.4f}" if "test_accuracy" in t else ""
+    test_accuracy = t.get("test_accuracy", (t["training_report"] or {}).get("test_accuracy"))
+    test = f", test accuracy {test_accuracy:.4f}" if test_accuracy is not None else ""
     click.echo(f"teacher-targets: {r['data']['train_rows']:,} rows -> {out_path}; teacher validation accuracy "
                f"{t['val_accuracy']:.4f}{test}", err=True)

@@ -98,6 +98,21 @@ def test_targets_are_the_teachers_logits_in_the_training_rows_order(teacher_dir,
         write_teacher_targets(teacher_dir, small_data, out, command="again")
 
 
+def test_with_the_teachers_training_report_its_figures_are_recorded_and_test_is_not_scored(teacher_dir, small_data,
+                                                                                           tmp_path):
+    report = tmp_path / "train_bert.json"
+    report.write_text(json.dumps({"model": "bert", "val_accuracy": 0.84, "test_accuracy": 0.85, "test_mcc": 0.7,
+                                  "base_model": "/models/mpnet"}))
+    r = write_teacher_targets(teacher_dir, small_data, tmp_path / "t.npz", command="c", teacher_report=report,
+                              precision="fp32")
+    assert "test_accuracy" not in r["teacher"] and "val_accuracy" in r["teacher"]
+    assert r["teacher"]["training_report"]["test_accuracy"] == 0.85 and r["inference"]["seconds"].keys() == {
+        "train", "val"}
+    report.write_text(json.dumps({"model": "svc", "val_accuracy": 0.7}))
+    with pytest.raises(TrainError, match="is not a `tsinfer train bert` report"):
+        write_teacher_targets(teacher_dir, small_data, tmp_path / "t2.npz", command="c", teacher_report=report)
+
+
 def constant_targets(data_dir, path, p_positive: float):
     """A targets file whose teacher gives every training row the same P(positive)."""
     data = seed_data(data_dir)

@@ -63,11 +63,28 @@ def _figures(logits: np.ndarray, labels: list[int]) -> dict:
     return {key: m[key] for key in ("accuracy", "mcc", "roc_auc")}
 
 
+def training_figures(report_path: str | Path | None) -> dict | None:
+    """The teacher's validation and test figures from its training report (fp32, as trained), or None."""
+    if report_path is None:
+        return None
+    try:
+        report = json.loads(Path(report_path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise TrainError(f"cannot read the teacher's training report {report_path} ({e})") from e
+    keys = [f"{split}_{key}" for split in ("val", "test") for key in ("accuracy", "mcc", "roc_auc")]
+    if report.get("model") != "bert" or "val_accuracy" not in report:
+        raise TrainError(f"{report_path} is not a `tsinfer train bert` report")
+    return {"report": str(report_path), **{key: report.get(key) for key in keys},
+            **{key: report.get(key) for key in ("base_model", "preset", "hyperparameters", "precision",
+                                                "train_seconds", "device_name", "best_epoch")}}
+
+
 def write_teacher_targets(model_dir: str | Path, data: TrainingData | str | Path, out_path: str | Path, *,
                           command: str, batch_size: int = 64, max_length: int = 128, precision: str = "auto",
-                          progress: Progress = log_progress) -> dict:
+                          teacher_report: str | Path | None = None, progress: Progress = log_progress) -> dict:
     """Write the npz of the teacher's logits (training rows, validation rows) and its JSON sidecar; returns the
-    sidecar's record. `out_path` and its sidecar must not exist (never overwritten)."""
+    sidecar's record. With `teacher_report` (its training report) the sidecar takes the test figures from there
+    and the test file is not scored again. `out_path` and its sidecar must not exist (never overwritten)."""
     out_path = Path(out_path)
     if out_path.suffix != ".npz":
         raise TrainError(f"{out_path}: the targets file is an .npz (its record goes beside it as .json)")
@@ -75,6 +92,7 @@ def write_teacher_targets(model_dir: str | Path, data: TrainingData | str | Path
         if path.exists():
             raise TrainError(f"{path} already exists: remove it or choose another --out (it is never overwritten)")
     data = prepared(data, None, progress)
+    trained = training_figures(teacher_report)
     model, tokenizer, record = load_teacher(model_dir)
     cuda = torch.cuda.is_available()
     chosen = training_precision(precision, cuda=cuda, cuda_bf16=cuda and torch.cuda.is_bf16_supported())
@@ -83,7 +101,7 @@ def write_teacher_targets(model_dir: str | Path, data: TrainingData | str | Path
     device = "cuda" if cuda else "cpu"
     model.to(device)
     normalize = normalization_for(record) or list
-    splits = {"train": data.train, "val": data.val, "test": data.test}
+    splits = {"train": data.train, "val": data.val, "test": data.test if trained is None else None}
     logits, seconds = {}, {}
     for name, rows in splits.items():
         if rows is None:
@@ -106,7 +124,8 @@ def write_teacher_targets(model_dir: str | Path, data: TrainingData | str | Path
                     "text_normalization": record.get("text_normalization"),
                     "training_run": record.get("training_run"),
                     **{f"{name}_{key}": value for name in ("train", "val", "test") if name in logits
-                       for key, value in _figures(logits[name], splits[name].labels).items()}},
+                       for key, value in _figures(logits[name], splits[name].labels).items()},
+                    "training_report": trained},
         "inference": {"device": device, "precision": chosen.name, "precision_source": chosen.source,
                       "batch_size": batch_size, "max_length": max_length, "seconds": seconds},
         "data": rows_fingerprint(data),
