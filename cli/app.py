@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import click
 
+from tsinfer.cli.base_model import base_model_group
 from tsinfer.cli.errors import CleanGroup
 from tsinfer.cli.export import export_command
 from tsinfer.cli.score import info, predict, score
@@ -19,5 +20,5 @@ def main():
     """Score tweet sentiment with exported ONNX models (BERT or TF-IDF SVC); train and export them."""
 
 
-for command in (score, predict, info, train_group, export_command):
+for command in (score, predict, info, train_group, export_command, base_model_group):
     main.add_command(command)

