@@ -42,7 +42,9 @@ def test_seed_preset_is_the_notebook_recipe():
     assert PRESETS["seed"].to_dict() == {"learning_rate": 2e-5, "epochs": 4, "batch_size": 32, "warmup_ratio": 0.0,
                                          "weight_decay": 0.0, "adam_epsilon": 1e-8, "max_grad_norm": 1.0,
                                          "max_length": 128, "text_normalization": "tweet-v1",
-                                         "label_smoothing": 0.0, "layer_decay": 1.0, "average_last": 0}
+                                         "label_smoothing": 0.0, "layer_decay": 1.0, "average_last": 0,
+                                         # used only with teacher targets (train/distill.py)
+                                         "distill_temperature": 2.0, "distill_alpha": 0.9}
 
 
 def test_training_arguments_keep_the_recipe_and_length_grouping(tmp_path):

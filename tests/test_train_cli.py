@@ -223,7 +223,7 @@ def test_the_bert_command_offers_the_recipes_presets_and_fields():
     assert sorted(params["preset"].type.choices) == sorted(PRESETS)
     offered = dict(offered_fields())
     assert set(offered) == {"learning_rate", "epochs", "batch_size", "max_length", "text_normalization",
-                            "label_smoothing", "layer_decay", "average_last"}
+                            "label_smoothing", "layer_decay", "average_last", "distill_temperature", "distill_alpha"}
     for name, option in offered.items():
         assert params[name].opts == [option.flag] and params[name].default is None
     assert "[seed 2e-05, minilm 8e-05]" in params["learning_rate"].help

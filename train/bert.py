@@ -101,10 +101,10 @@ def training_arguments(scratch: str, hp: BertRecipe, *, cuda: bool, precision: s
     """The Trainer's arguments: the same recipe on CPU and CUDA, with what makes CUDA fast on top.
 
     Fused AdamW on both. On CUDA: the Trainer's bf16 or fp16 (with loss scaling) autocast as `precision` says,
-    TF32 matmuls on Ampere and newer, pinned memory and persistent loader workers, and no NaN/Inf filter on the logged loss
-    (that check reads the loss back to the host after every step). On the CPU the Trainer's own mixed precision
-    stays off (CpuBf16Trainer autocasts there) and the batches are collated in the training process: the rows are
-    tokenized beforehand, so padding a batch is cheap, and loader workers would take cores from the matmuls.
+    TF32 matmuls on Ampere and newer, pinned memory and persistent loader workers, and no NaN/Inf filter on the
+    logged loss (that check reads the loss back to the host after every step). On the CPU the Trainer's own mixed
+    precision stays off (CpuBf16Trainer autocasts there) and the batches are collated in the training process: the
+    rows are tokenized beforehand, so padding a batch is cheap, and loader workers would take cores from the matmuls.
     """
     names = {f.name for f in dataclasses.fields(TrainingArguments)}
     bf16, fp16 = cuda and precision == "bf16", cuda and precision == "fp16"
@@ -168,28 +168,21 @@ def train_bert(data: TrainingData | str | Path, out_dir: str | Path = "artifacts
                tokenizer=None, progress: Progress = log_progress) -> dict:
     """Fine-tune, keep the best epoch by validation MCC, score the test file once (when there is one), save model +
     tokenizer + data record + report. `data`: load_training_data's result, or a folder with the seed's files.
-    `precision`: auto, fp32, bf16 or fp16 (train/precision.py). `teacher_targets`: an npz of
-    `tsinfer train teacher-targets` made from these training rows, to distill from (train/distill.py). `overrides`: BertRecipe fields that replace the
-    preset's (None values are ignored; an unknown name is a TrainError).
-
-    `model` and `tokenizer` may be passed in (tests use a tiny random BertConfig); otherwise both load from
-    `base_model`.
+    `precision`: auto, fp32, bf16 or fp16 (train/precision.py). `teacher_targets`: an npz of `tsinfer train
+    teacher-targets` made from these training rows, to distill from (train/distill.py). `overrides`: BertRecipe
+    fields that replace the preset's (None values are ignored; an unknown name is a TrainError). `model` and
+    `tokenizer` may be passed in (tests use a tiny random BertConfig); otherwise both load from `base_model`.
     """
     cuda = torch.cuda.is_available()
     chosen = training_precision(precision, cuda=cuda, cuda_bf16=cuda and torch.cuda.is_bf16_supported())
     data = prepared(data, limit, progress)
-    teacher, teacher_record = load_targets(teacher_targets, data) if teacher_targets else (None, None)
+    teacher = load_targets(teacher_targets, data) if teacher_targets else None  # refused before any model loads
     model, tokenizer, base_path = load_base(base_model, model, tokenizer, data.labels.names)
     preset = preset or default_preset(base_model)
     hp = _recipe(preset, overrides)
     torch.manual_seed(SPLIT_SEED)
     datasets = _tokenized(data, tokenizer, hp.max_length, progress, hp.text_normalization)
-    distillation = distillation_record(teacher_targets, teacher_record, hp)
-    if teacher is not None:
-        attach_targets(datasets["train"].rows, teacher)
-        progress(f"bert: distilling from {teacher_targets} (T {hp.distill_temperature:g}, alpha "
-                 f"{hp.distill_alpha:g})")
-
+    distillation = _distill_from(teacher_targets, teacher, datasets, hp, progress)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     keep_best, timer, averager = KeepBestByMcc(), EpochTimer(cuda), AverageLastEpoch(hp.average_last)
     progress(f"bert: fine-tuning {base_model or DEFAULT_BASE_MODEL} on {len(data.train.texts):,} rows "
@@ -205,11 +198,9 @@ def train_bert(data: TrainingData | str | Path, out_dir: str | Path = "artifacts
     model.save_pretrained(out_dir)  # safetensors: the default of transformers 4.x and the only format of 5.x
     tokenizer.save_pretrained(out_dir)
     calibration = _calibration(outputs, Path(report_path))
-    record_training_data(out_dir, dict(_data_record(data, hp, calibration["temperature"], cuda=cuda,
-                                                            precision=chosen), distillation=distillation))
+    record_training_data(out_dir, _data_record(data, hp, calibration["temperature"], cuda=cuda, precision=chosen,
+                                               distillation=distillation))
     quality, target = _quality(outputs, calibration, data.labels.names)
-    curve = Path(report_path).with_name("train_bert_curve.png")
-    plot_curves(trainer.state.log_history, curve)
     report = {
         "model": "bert",
         "base_model": base_model or DEFAULT_BASE_MODEL,
@@ -217,13 +208,12 @@ def train_bert(data: TrainingData | str | Path, out_dir: str | Path = "artifacts
         **quality,
         "train_seconds": round(train_seconds, 2),
         "n_train": len(data.train.texts), "n_val": len(data.val.texts),
-        "n_test": len(data.test.texts) if data.test else 0,
-        "preset": preset,
+        "n_test": len(data.test.texts) if data.test else 0, "preset": preset,
         "hyperparameters": dict(hp.to_dict(), max_steps=max_steps),
         "distillation": distillation,
         **_run_figures(trainer, timer, keep_best, hp, cuda=cuda, precision=chosen, world=world,
                        n_train=len(data.train.texts), averaged=averaged),
-        "curve_png": str(curve),
+        "curve_png": str(plot_curves(trainer.state.log_history, Path(report_path).with_name("train_bert_curve.png"))),
         "reliability_png": str(Path(report_path).with_name("train_bert_reliability.png")),
         "target": target,
         "data": data.report(),
@@ -232,10 +222,22 @@ def train_bert(data: TrainingData | str | Path, out_dir: str | Path = "artifacts
     return report
 
 
-def _data_record(data: TrainingData, hp: BertRecipe, temperature: float, *, cuda: bool, precision: Precision) -> dict:
+def _distill_from(path, teacher: tuple | None, datasets: dict, hp: BertRecipe, progress: Progress) -> dict | None:
+    """The teacher's soft targets (load_targets) attached to the training rows; their record, None without."""
+    if teacher is None:
+        return None
+    teacher, record = teacher
+    attach_targets(datasets["train"].rows, teacher)
+    progress(f"bert: distilling from {path} (T {hp.distill_temperature:g}, alpha {hp.distill_alpha:g})")
+    return distillation_record(path, record, hp)
+
+
+def _data_record(data: TrainingData, hp: BertRecipe, temperature: float, *, cuda: bool, precision: Precision,
+                 distillation: dict | None) -> dict:
     """What the model folder records of its training: the data, the text normalisation and temperature the runtime
-    applies, and where and in what precision it was trained."""
+    applies, the teacher it was distilled from, and where and in what precision it was trained."""
     return dict(data.report(), text_normalization=hp.text_normalization, temperature=temperature,
+                distillation=distillation,
                 training_run={"device": "cuda" if cuda else "cpu", "precision": precision.name,
                               "precision_source": precision.source})
 

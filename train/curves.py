@@ -21,7 +21,8 @@ def epoch_history(log_history: list[dict]) -> list[dict]:
     return history
 
 
-def plot_curves(log_history: list[dict], path: Path) -> None:
+def plot_curves(log_history: list[dict], path: Path) -> Path:
+    """The loss and validation curves as a PNG at path; returns path."""
     from matplotlib.figure import Figure  # the object API: no pyplot state, no backend to choose
 
     steps = [e["step"] for e in log_history if "loss" in e]
@@ -41,3 +42,4 @@ def plot_curves(log_history: list[dict], path: Path) -> None:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
+    return path
