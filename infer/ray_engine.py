@@ -44,6 +44,8 @@ from tsinfer.infer.ray_steps import (ChunkScorer, ProgressCounter, bin_columns, 
 from tsinfer.infer.request import RAY_FORMATS, RequestError, ScoreRequest
 from tsinfer.infer.rows import InputError
 
+IO_TASK = {"num_cpus": 0}  # the read and write tasks' Ray resources (see _run_dataset)
+
 
 def require_ray():
     import importlib
@@ -305,7 +307,9 @@ def _run_dataset(request: ScoreRequest, paths: list[str], out: Path, *, settings
     import ray.data
 
     fmt, opts = request.output.fmt, request.ray
-    chunks = ray.data.read_binary_files(paths, include_paths=True).map_batches(
+    # Reading and writing hold no CPU: when a node is lost, Ray restarts its actors on the nodes left, and actors
+    # that hold every CPU there would starve the reads they wait for and the writes that wait for them (a hang).
+    chunks = ray.data.read_binary_files(paths, include_paths=True, **IO_TASK).map_batches(
         parse_shards, fn_kwargs={"chunk_rows": chunk_rows, "labels": classes}, batch_size=1, batch_format="pyarrow")
     scored = chunks.map_batches(
         ChunkScorer, fn_constructor_kwargs={"models": [str(Path(m).resolve()) for m in request.models],
@@ -319,13 +323,14 @@ def _run_dataset(request: ScoreRequest, paths: list[str], out: Path, *, settings
 
 def _write(ds, path: str, fmt: str) -> None:
     if fmt == "parquet":
-        ds.write_parquet(path)
+        ds.write_parquet(path, ray_remote_args=IO_TASK)
     else:
         import pyarrow.csv as pacsv
         from ray.data.datasource import FilenameProvider
 
-        ds.write_csv(path, filename_provider=FilenameProvider(file_format="tsv"), arrow_csv_args_fn=lambda: {
-            "write_options": pacsv.WriteOptions(delimiter="\t", quoting_style="needed")})
+        ds.write_csv(path, filename_provider=FilenameProvider(file_format="tsv"), ray_remote_args=IO_TASK,
+                     arrow_csv_args_fn=lambda: {"write_options": pacsv.WriteOptions(delimiter="\t",
+                                                                                    quoting_style="needed")})
 
 
 def _read(path: str, fmt: str, columns: list[str] | None = None, text_columns: tuple[str, ...] = ()):

@@ -109,7 +109,7 @@ def test_a_node_lost_mid_run_loses_no_row_and_writes_none_twice(shards, svc_arti
     """The worker node is removed as soon as the first chunk is reported scored: Ray restarts its actor on the head,
     retries its chunks and tasks, and every row is written once, as the local engine reads them."""
     import pandas as pd
-    import ray
+    import ray.data
     from ray._private.state import available_resources_per_node  # no public per-node view without the dashboard
 
     from tsinfer.infer.ray_engine import score_with_ray
@@ -128,6 +128,8 @@ def test_a_node_lost_mid_run_loses_no_row_and_writes_none_twice(shards, svc_arti
             removed["rows_done"] = rows
             cluster.remove_node(worker)
 
+    # a run that stops moving (as when actors starved the reads they wait for) fails in minutes, not Ray's half hour
+    ray.data.DataContext.get_current().execution_no_progress_timeout_s = 180
     out = tmp_path / "ray"
     request = ScoreRequest(shards, models, OutputSpec(out, "parquet"), FP32, RunOptions(chunk_rows=100), engine="ray",
                            ray=RayOptions(actors=2, cpus_per_actor=1))
