@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 from sklearn import metrics as skm
 
-from conftest import CPU_ENGINES
+from conftest import CPU_ENGINES, head_lines
 from tsinfer.cli import main
 from tsinfer.infer.models import ScorerSettings
 from tsinfer.infer.reader import read_all
@@ -121,19 +121,21 @@ def test_tokenizer_processes_write_the_same_file_as_one_thread(all_artifacts, sm
 @pytest.mark.parametrize("precision, backend", CPU_ENGINES)
 def test_one_row_one_answer_whatever_the_chunk_and_batch_sizes(all_artifacts, full_data, tmp_path, precision,
                                                                backend):
-    """On the CPU a row's prediction and written score must not depend on its neighbours: all of test.tsv scored
-    with small and large chunks, token budgets and row caps (so every row meets other batch mates) gives the same
-    file, to the byte. int8 included: onnxruntime's activations are quantized per token (export/int8.py), and
+    """On the CPU a row's prediction and written score must not depend on its neighbours: 5,000 rows of test.tsv
+    scored with the smallest and largest chunks, token budgets and row caps (so every row meets other batch mates)
+    give the same file, to the byte. int8 included: onnxruntime's activations are quantized per token (export/int8.py), and
     OpenVINO's with static scales fitted at export (export/openvino.py)."""
+    rows = tmp_path / "test5000.tsv"
+    head_lines(full_data / "test.tsv", rows, 5001)
     files = []
-    for chunk_rows, batch_tokens, max_batch in ((37, 96, 3), (4096, 512, 256), (20000, 4096, 1024)):
+    for chunk_rows, batch_tokens, max_batch in ((37, 96, 3), (20000, 4096, 1024)):
         out = tmp_path / f"{chunk_rows}.tsv"
         settings = ScorerSettings(provider="cpu", precision=precision, batch_tokens=batch_tokens, max_batch=max_batch,
                                   backend=backend)
-        score(full_data / "test.tsv", all_artifacts / "onnx" / "bert", out, settings, chunk_rows=chunk_rows)
+        score(rows, all_artifacts / "onnx" / "bert", out, settings, chunk_rows=chunk_rows)
         files.append(out.read_bytes())
-    assert files[0].count(b"\n") == 15683
-    assert files[0] == files[1] == files[2]
+    assert files[0].count(b"\n") == 5001
+    assert files[0] == files[1]
 
 
 @pytest.mark.parametrize("precision, backend", CPU_ENGINES)
