@@ -24,11 +24,10 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable
 
 from tsinfer.train.errors import TrainError
+from tsinfer.train.report import Progress
 
-Progress = Callable[[str], None]
 COPY_CHUNK = 1 << 20
 MODEL_FILES = ("config.json", "model.safetensors")  # what --base-model needs besides a tokenizer
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")   # either one makes a loadable tokenizer

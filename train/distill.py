@@ -69,9 +69,10 @@ def check_fingerprint(made_from: dict, data: TrainingData, path: Path) -> None:
                          f"..., the training file is {our_file['name']} sha256 {_short(our_file['sha256'])}...: {redo}")
     split = {k: v for k, v in data.split.items() if k != "limit"}
     limited = "limit" in data.split
-    if made_from.get("split") != split or (
-            ours["train_rows"] != made_from.get("train_rows") if not limited
-            else ours["train_rows"] > made_from.get("train_rows", 0)):
+    made_rows = made_from.get("train_rows")
+    # a limited run takes the first rows of the targets' split; a full one, all of them
+    rows_fit = ours["train_rows"] <= (made_rows or 0) if limited else ours["train_rows"] == made_rows
+    if made_from.get("split") != split or not rows_fit:
         raise TrainError(f"{path} holds targets for {made_from.get('train_rows')} rows split {made_from.get('split')}"
                          f", the training split has {ours['train_rows']} rows split {split}: {redo}")
     if not limited and made_from.get("train_texts_sha256") != ours["train_texts_sha256"]:
@@ -146,9 +147,7 @@ def attach_targets(rows: list[dict], logits: np.ndarray) -> None:
         row[TEACHER_KEY] = pair
 
 
-def distillation_record(path, record: dict | None, hp) -> dict | None:
-    """The report's and the model folder's record of the teacher, or None without teacher targets."""
-    if record is None:
-        return None
+def distillation_record(path, record: dict, hp) -> dict:
+    """The report's and the model folder's record of the teacher whose targets (and sidecar `record`) it trains on."""
     return {"teacher_targets": str(path), "sha256": sha256_file(Path(path)), "command": record.get("command"),
             "teacher": record.get("teacher"), "temperature": hp.distill_temperature, "alpha": hp.distill_alpha}
