@@ -4,6 +4,10 @@
   layer computed for the [CLS] token alone (the only row the classifier reads: the same numbers for about a sixth
   less work, as the onnxruntime CPU graphs do in export/bert.py). OpenVINO cannot read onnxruntime's fused contrib
   ops, so it starts from the PyTorch model rather than from model.onnx.
+- A BERT classifier's graph takes input_ids alone, with no attention mask: the CPU runs batches of one row length
+  only (never padded), where the mask adds nothing but its cost, and the engine splits any padded batch it is
+  given into such batches (infer/engines.py). The token-type embedding, always type 0 here, is added to the
+  position embeddings once at export instead of gathered for every token.
 - NNCF quantizes it with its transformer preset (SmoothQuant, static per-tensor activation scales fitted on
   training rows, int8 MatMuls): static scales keep a row's answer independent of the rows batched with it, which
   per-batch dynamic scales would not (see infer/engines.py for the runtime side).
@@ -19,25 +23,34 @@ CALIBRATION_ROWS = 300  # NNCF's default subset size: enough rows for its activa
 
 
 def cls_only_classifier(model):
-    """The classifier with its last layer for token 0 only, or the classifier itself when it is not a BERT
-    sequence classifier (pooler + classifier on BertModel) that the rewrite knows."""
+    """The classifier with its last layer for token 0 only, taking input_ids alone (unpadded rows), or the
+    classifier itself (input_ids and attention_mask) when it is not a BERT sequence classifier (pooler + classifier on
+    BertModel, absolute positions) that the rewrite knows."""
     import torch
     import torch.nn.functional as F
 
     bert = getattr(model, "bert", None)
-    if bert is None or getattr(bert, "pooler", None) is None or not hasattr(model, "classifier"):
+    if (bert is None or getattr(bert, "pooler", None) is None or not hasattr(model, "classifier")
+            or getattr(bert.embeddings, "position_embedding_type", "absolute") != "absolute"):
         return _logits_only(model)
 
     class ClsOnly(torch.nn.Module):
+        input_names = ("input_ids",)
+
         def __init__(self):
             super().__init__()
             self.model = model
+            emb = bert.embeddings
+            # position + type-0 embedding rows, one constant (every row here is a single segment)
+            self.positions = (emb.position_embeddings.weight + emb.token_type_embeddings.weight[0]).detach()
 
-        def forward(self, input_ids, attention_mask):
-            mask = bert.get_extended_attention_mask(attention_mask, input_ids.shape)
-            hidden = bert.embeddings(input_ids=input_ids, token_type_ids=torch.zeros_like(input_ids))
+        def forward(self, input_ids):
+            emb = bert.embeddings
+            s = input_ids.shape[1]
+            hidden = emb.word_embeddings(input_ids) + self.positions[:s]
+            hidden = emb.LayerNorm(hidden)
             for layer in bert.encoder.layer[:-1]:
-                hidden = layer(hidden, attention_mask=mask)[0]
+                hidden = layer(hidden)[0]
             last = bert.encoder.layer[-1]
             att = last.attention.self
             b, s, _ = hidden.shape
@@ -46,7 +59,7 @@ def cls_only_classifier(model):
             q = att.query(hidden[:, :1]).view(b, 1, heads, d).transpose(1, 2)
             k = att.key(hidden).view(b, s, heads, d).transpose(1, 2)
             v = att.value(hidden).view(b, s, heads, d).transpose(1, 2)
-            context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(b, 1, -1)
+            context = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, 1, -1)
             first = last.attention.output(context, hidden[:, :1])
             out = last.output(last.intermediate(first), first)
             return model.classifier(bert.pooler(out))
@@ -58,6 +71,8 @@ def _logits_only(model):
     import torch
 
     class LogitsOnly(torch.nn.Module):
+        input_names = ("input_ids", "attention_mask")
+
         def __init__(self):
             super().__init__()
             self.model = model
@@ -69,17 +84,18 @@ def _logits_only(model):
 
 
 def convert(model_dir: Path):
-    """The fine-tuned folder as an fp32 openvino.Model with inputs input_ids, attention_mask and output logits."""
+    """The fine-tuned folder as an fp32 openvino.Model: inputs input_ids (and attention_mask where the [CLS]-only
+    rewrite does not apply), output logits."""
     import openvino as ov
     import torch
     from transformers import AutoModelForSequenceClassification
 
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
-    example = torch.ones((2, 8), dtype=torch.int64)
+    module = cls_only_classifier(model)
+    example = tuple(torch.ones((2, 8), dtype=torch.int64) for _ in module.input_names)
     with torch.no_grad():
-        ov_model = ov.convert_model(cls_only_classifier(model), example_input=(example, example),
-                                    input=[("input_ids", [-1, -1], ov.Type.i64),
-                                           ("attention_mask", [-1, -1], ov.Type.i64)])
+        ov_model = ov.convert_model(module, example_input=example,
+                                    input=[(name, [-1, -1], ov.Type.i64) for name in module.input_names])
     ov_model.outputs[0].get_tensor().set_names({"logits"})
     return ov_model
 
@@ -91,8 +107,9 @@ def export_openvino_int8(model_dir: str | Path, out_dir: str | Path, calibration
     import openvino as ov
 
     ov_model = convert(Path(model_dir))
-    items = [{"input_ids": ids[None, :], "attention_mask": np.ones((1, len(ids)), dtype=np.int64)}
-             for ids in calibration]
+    takes_mask = any("attention_mask" in i.get_names() for i in ov_model.inputs)
+    items = [{"input_ids": ids[None, :], **({"attention_mask": np.ones((1, len(ids)), dtype=np.int64)}
+                                            if takes_mask else {})} for ids in calibration]
     quantized = nncf.quantize(ov_model, nncf.Dataset(items), model_type=nncf.ModelType.TRANSFORMER,
                               subset_size=len(items))
     out = Path(out_dir) / OPENVINO_FILES["int8"]

@@ -129,7 +129,11 @@ class OrtEngine(_Lanes):
 
 class OpenVinoEngine(_Lanes):
     """An OpenVINO CPU model compiled with one stream per lane, each lane an infer request (infer() releases the
-    interpreter lock, so the scorer's lane threads run side by side as with onnxruntime sessions)."""
+    interpreter lock, so the scorer's lane threads run side by side as with onnxruntime sessions).
+
+    A model exported without an attention mask (export/openvino.py) sees unpadded rows only: a padded batch is run
+    as one batch per row length, each cut to that length, so every row gets the logits it has alone.
+    """
 
     backend = "openvino"
     int_dtype = np.int64
@@ -148,13 +152,34 @@ class OpenVinoEngine(_Lanes):
         except RuntimeError as e:
             raise EngineError(f"OpenVINO cannot load {path}: {str(e).splitlines()[0]} (re-run `tsinfer export`, "
                               "or use --backend onnxruntime)") from e
+        self.takes_mask = any("attention_mask" in port.get_names() for port in compiled.inputs)
         super().__init__([compiled.create_infer_request() for _ in range(lanes)])
 
     def run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        def infer(request) -> np.ndarray:
-            request.infer({"input_ids": ids, "attention_mask": mask}, share_inputs=True)
-            return request.get_output_tensor(0).data.copy()
-        return self._with_lane(infer)
+        if self.takes_mask:
+            return self._with_lane(lambda request: self._infer(request, {"input_ids": ids, "attention_mask": mask}))
+        lengths = mask.sum(axis=1)
+        if (lengths == ids.shape[1]).all():  # the scorer's batches on the CPU: one length, never padded
+            return self._with_lane(lambda request: self._infer(request, {"input_ids": ids}))
+        return self._with_lane(lambda request: self._run_unpadded(request, ids, mask, lengths))
+
+    def _run_unpadded(self, request, ids: np.ndarray, mask: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        if (lengths == 0).any() or (mask != (np.arange(mask.shape[1])[None, :] < lengths[:, None])).any():
+            raise EngineError("OpenVINO's unmasked model takes right-padded batches only (each mask row a run of "
+                              "ones, then zeros), as pad_batch makes them")
+        out = None
+        for length in np.unique(lengths):
+            rows = np.flatnonzero(lengths == length)
+            logits = self._infer(request, {"input_ids": np.ascontiguousarray(ids[rows, :length])})
+            if out is None:
+                out = np.empty((len(ids), logits.shape[1]), dtype=logits.dtype)
+            out[rows] = logits
+        return out
+
+    @staticmethod
+    def _infer(request, feeds: dict) -> np.ndarray:
+        request.infer(feeds, share_inputs=True)
+        return request.get_output_tensor(0).data.copy()
 
 
 def openvino_version() -> str | None:

@@ -110,7 +110,8 @@ def test_openvino_int8_errs_no_more_than_onnxruntime_int8(all_artifacts, small_d
 
 @openvino_only
 def test_the_cls_only_conversion_equals_pytorch(bert_artifacts, small_data):
-    """The converted model computes the last layer for [CLS] alone: the same logits as the PyTorch classifier."""
+    """The converted model computes the last layer for [CLS] alone and takes each row unpadded, without a mask:
+    the same logits as the PyTorch classifier on padded rows with their mask."""
     import openvino as ov
     import torch
     from transformers import AutoModelForSequenceClassification
@@ -120,10 +121,31 @@ def test_the_cls_only_conversion_equals_pytorch(bert_artifacts, small_data):
 
     texts = read_all(small_data / "test.tsv").texts[:64]
     enc = encode(load_tokenizer(bert_artifacts / "onnx" / "bert", 128), texts)
-    ids, mask = pad_batch(enc, np.arange(len(enc)))  # padded rows too: the mask must hold in the rewrite
+    ids, mask = pad_batch(enc, np.arange(len(enc)))  # PyTorch: padded rows with their mask
     compiled = ov.Core().compile_model(convert(bert_artifacts / "bert"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    got = compiled({"input_ids": ids, "attention_mask": mask})[0]
+    assert [sorted(port.get_names()) for port in compiled.inputs] == [["input_ids"]]  # the rewrite: no mask
+    got = np.concatenate([compiled({"input_ids": ids[i:i + 1, :enc.lengths[i]]})[0] for i in range(len(enc))])
     model = AutoModelForSequenceClassification.from_pretrained(bert_artifacts / "bert").eval()
     with torch.inference_mode():
         want = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits.numpy()
     np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+@openvino_only
+def test_a_padded_batch_through_the_unmasked_model_gives_each_row_its_logits_alone(all_artifacts, small_data):
+    """The OpenVINO model takes no mask, so the engine runs a padded batch as one batch per length: the same bits
+    as each row alone. A mask that is not ones-then-zeros is an error, not a silent wrong answer."""
+    from tsinfer.infer.batching import pad_batch
+
+    scorer = load_scorer(all_artifacts / "onnx" / "bert", ScorerSettings(provider="cpu", precision="int8",
+                                                                         backend="openvino", threads=1))
+    assert not scorer.engine.takes_mask
+    enc = scorer.prepare(read_all(small_data / "test.tsv").texts[:40])
+    assert len(set(enc.lengths.tolist())) > 5  # rows of many lengths share the padded batch
+    ids, mask = pad_batch(enc, np.arange(len(enc)))
+    np.testing.assert_array_equal(scorer.run_batch(ids, mask), _logits_alone(scorer, read_all(
+        small_data / "test.tsv").texts[:40]))
+    holed = mask.copy()
+    holed[0, 1] = 0
+    with pytest.raises(EngineError, match="right-padded"):
+        scorer.run_batch(ids, holed)
