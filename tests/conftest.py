@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -121,6 +122,27 @@ def all_artifacts(tmp_path_factory, svc_artifacts, bert_artifacts) -> Path:
     shutil.copytree(svc_artifacts / "onnx" / "svc", art / "onnx" / "svc")
     shutil.copytree(bert_artifacts / "onnx" / "bert", art / "onnx" / "bert")
     return art
+
+
+@pytest.fixture(scope="session")
+def _ray_stopped_at_the_end():
+    yield
+    if "ray" in sys.modules:
+        sys.modules["ray"].shutdown()
+
+
+@pytest.fixture
+def local_ray(_ray_stopped_at_the_end):
+    """A local 2-CPU Ray for the engine to join (score_with_ray runs on a Ray that is running, and leaves it running):
+    started by the first test that needs it and kept for the next, as a start and a stop cost seconds each. A test
+    that needs another Ray stops it first (two_nodes in test_ray.py)."""
+    pytest.importorskip("ray.data")
+    import ray
+
+    from tsinfer.infer.ray_engine import connect
+
+    if not ray.is_initialized():
+        connect(None, num_cpus=2, timeout_s=30)
 
 
 def write_csv(path, rows, header=("id", "text", "sentiment")):

@@ -426,9 +426,8 @@ def test_resume_reloads_three_class_rows(tmp_path):
     assert runs[0].metrics.summary() == want.summary() and runs[1].metrics.rows == 500
 
 
-def test_ray_equals_local_for_three_classes(scored, tmp_path):
+def test_ray_equals_local_for_three_classes(scored, local_ray, tmp_path):
     """TSV shards, whose class names must come back as strings (Parquet's typed columns: tests/test_ray.py)."""
-    pytest.importorskip("ray.data")
     import pandas as pd
 
     from tsinfer.infer.models import ScorerSettings

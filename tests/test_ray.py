@@ -45,7 +45,7 @@ def read_tsv(path: Path) -> list[list[str]]:
         return list(csv.reader(fh, delimiter="\t"))[1:]
 
 
-def test_ray_equals_local(shards, all_artifacts, tmp_path):
+def test_ray_equals_local(shards, all_artifacts, local_ray, tmp_path):
     """The default CPU model file (int8, on the default engine) through both engines, once: precision and engine are
     passed through the same request and ScorerSettings to the same load_scorers, which the local tests cover. The
     SVC through Ray: the node-lost test below and tests/test_classes.py."""
@@ -69,7 +69,6 @@ def test_ray_equals_local(shards, all_artifacts, tmp_path):
     assert (m["rows_read"], m["rows_scored"], m["rows_rejected"]) == \
         (local.rows_read, local.rows_scored, local.rows_rejected)
     assert m["rows_rejected"] == 3 and local.blank_lines_skipped == 1  # part4's blank line is skipped, not a row
-    assert m["cpus"] == {"count": 2, "source": "num_cpus argument"}  # the CPUs the local Ray was given
     # the actors' progress reports add up to every row read and every byte of the shards
     assert progress[-1] == (m["rows_read"], sum(p.stat().st_size for p in shards))
     # every prediction identical, in the same row order once sorted by shard and line
@@ -97,6 +96,7 @@ def two_nodes():
     import ray
     from ray.cluster_utils import Cluster
 
+    ray.shutdown()  # the local Ray other tests share (conftest.local_ray), if it runs
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
     worker = cluster.add_node(num_cpus=2)
     try:
@@ -189,3 +189,20 @@ def test_an_unreachable_cluster_is_one_line_within_the_timeout(svc_artifacts, sm
                                        "--address", f"127.0.0.1:{port}", "--connect-timeout", "2"])
     assert result.exit_code == 2 and "cannot reach the Ray cluster at 127.0.0.1:" in result.stderr, result.output
     assert "Traceback" not in result.output and time.perf_counter() - start < 30
+
+
+def test_a_local_ray_gets_the_cpus_asked_for_else_those_this_process_may_use(monkeypatch):
+    """What connect() gives ray.init and reports for the metrics' "cpus" (the engine tests join a Ray that is
+    already running, so they do not see it)."""
+    import ray
+
+    from tsinfer.infer.cpus import cpu_budget
+    from tsinfer.infer.ray_engine import connect
+
+    seen = {}
+    monkeypatch.setattr(ray, "init", lambda **kwargs: seen.update(kwargs))
+    assert connect(None, num_cpus=3, timeout_s=1).as_dict() == {"count": 3, "source": "num_cpus argument"}
+    assert (seen["address"], seen["num_cpus"]) == ("local", 3)
+    assert connect(None, num_cpus=None, timeout_s=1).as_dict() == cpu_budget().as_dict()
+    assert seen["num_cpus"] == cpu_budget().count  # never Ray's own count of the host's cores
+    assert connect("auto", num_cpus=None, timeout_s=1) is None and seen["num_cpus"] is None  # a cluster's own CPUs
