@@ -17,8 +17,11 @@ from tsinfer.infer.cpus import cpu_budget
 DEFAULT_BATCH_TOKENS = {"cpu": 512, "cuda": 262144, "tensorrt": 65536}
 DEFAULT_MAX_BATCH = {"cpu": 256, "cuda": 8192, "tensorrt": 2048}
 # Rows read, tokenized and length-sorted together: on a GPU larger chunks sort better, but the first one delays
-# the start and a coarser hand-over between the reader thread and the GPU overlaps worse.
-CHUNK_ROWS_BY_PROVIDER = {"cpu": 4096, "cuda": 16384, "tensorrt": 16384}
+# the start and a coarser hand-over between the reader thread and the GPU overlaps worse. On the CPU each chunk's
+# batches are of one row length, and every (rows, length) shape OpenVINO has not run yet costs it milliseconds to
+# prepare: a chunk's last batch of each length is a new shape almost every chunk, so larger chunks pay that less
+# often per row (measured in long streams: README, CPU engine).
+CHUNK_ROWS_BY_PROVIDER = {"cpu": 16384, "cuda": 16384, "tensorrt": 16384}
 # Sessions running batches side by side on a GPU (on the CPU: one per core; see infer/models.py BertScorer).
 DEFAULT_LANES = {"cuda": 2, "tensorrt": 1}
 # Tokenizer processes beside a GPU (see TokenizerPool); on the CPU the cores run the model and the reader thread's
