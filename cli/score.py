@@ -48,7 +48,7 @@ from tsinfer.infer.rows import Columns
 @click.option("--tokenizer-workers", type=click.IntRange(min=0), default=None,
               help="Processes tokenizing beside the model, 0 for none [cuda: one per two cores, at most 8; cpu: 0].")
 @click.option("--chunk-rows", type=click.IntRange(min=1), default=None,
-              help="Rows read, prepared and sorted together [cpu 4096, cuda/tensorrt 16384].")
+              help="Rows read, prepared and sorted together [16384 on every provider].")
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr [when stderr is a terminal].")
 @click.option("--verify/--no-verify", default=True, show_default=True, help="Check model files against meta.json.")
 @click.option("--strict", is_flag=True, help="Stop with exit code 3 at the first row that cannot be read.")
