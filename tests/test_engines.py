@@ -149,3 +149,32 @@ def test_a_padded_batch_through_the_unmasked_model_gives_each_row_its_logits_alo
     holed[0, 1] = 0
     with pytest.raises(EngineError, match="right-padded"):
         scorer.run_batch(ids, holed)
+
+
+@openvino_only
+def test_a_model_the_cls_only_rewrite_does_not_know_keeps_its_mask(tmp_path):
+    """An MPNet classifier (no BERT pooler): converted whole, with input_ids and attention_mask, and the engine
+    feeds it the mask, so a padded batch gives PyTorch's logits."""
+    import openvino as ov
+    import torch
+    from transformers import MPNetConfig, MPNetForSequenceClassification
+
+    from conftest import tiny_bert
+    from tsinfer.export.openvino import convert
+    from tsinfer.infer.engines import OpenVinoEngine
+
+    _, tokenizer = tiny_bert()
+    config = MPNetConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=130, num_labels=2)
+    torch.manual_seed(0)
+    model = MPNetForSequenceClassification(config).eval()
+    model.save_pretrained(tmp_path / "mpnet")
+    ov.save_model(convert(tmp_path / "mpnet"), str(tmp_path / "m.xml"))
+    engine = OpenVinoEngine(tmp_path / "m.xml", "m.xml", lanes=1, threads=1, inference_precision="f32")
+    assert engine.takes_mask
+    enc = tokenizer(["so happy today", "worst day ever, again and again"], padding=True, return_tensors="np")
+    ids, mask = enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)
+    assert not mask.all()  # one row padded
+    with torch.no_grad():
+        want = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits.numpy()
+    np.testing.assert_allclose(engine.run(ids, mask), want, atol=1e-4)
