@@ -111,36 +111,6 @@ def test_tsinfer_streaming(benchmark, artifacts, bench_tsv, tmp_path, precision,
            tokens=r.models[0].tokens)
 
 
-@pytest.mark.parametrize("chunk_rows", [4096, None], ids=["chunk-4096", "chunk-default"])
-def test_long_stream_chunk_size(benchmark, artifacts, tmp_path, chunk_rows):
-    """A longer stream on the default CPU path: test.tsv then dev.tsv. OpenVINO prepares each new (rows, length)
-    batch shape once, and a chunk's last batch of each length is a new shape almost every chunk, so the default
-    chunk pays that less often per row than 4,096 rows (the CPU default before)."""
-    from benchmarks.conftest import DATA
-    from tsinfer.infer.pipeline import default_chunk_rows
-    from tsinfer.infer.reader import read_all, write_rows
-    from tsinfer.infer.request import OutputSpec, RunOptions, ScoreRequest
-    from tsinfer.infer.score import score_files
-
-    stream = tmp_path / "stream.tsv"
-    parts = [read_all(DATA / name) for name in ("test.tsv", "dev.tsv")]
-    write_rows(stream, [i for p in parts for i in p.ids], [lab for p in parts for lab in p.labels],
-               [t for p in parts for t in p.texts])
-    out = {}
-
-    def run():
-        out["r"] = score_files(ScoreRequest([str(stream)], [str(artifacts / "onnx" / "bert")],
-                                            OutputSpec(str(tmp_path / "p.tsv")), ScorerSettings(provider="cpu"),
-                                            RunOptions(chunk_rows=chunk_rows)))
-
-    timed(benchmark, run, rounds=BERT_ROUNDS)
-    r = out["r"]
-    rows = chunk_rows or default_chunk_rows("cpu")
-    record(benchmark, "stream", f"tsinfer score, default CPU path, test.tsv + dev.tsv, chunks of {rows:,} rows"
-           f"{'' if chunk_rows else ' (the default)'}", r.rows_scored, r.wall_s - r.load_s,
-           backend=r.summaries["bert"]["backend"])
-
-
 # ---- the strongest peers a user would write: length-sorted token-budget batches, tokenization included ----------
 
 PEER_BUDGET = 4096  # tokens per padded batch for the peers: PyTorch bf16 measured fastest there on 2 cores

@@ -106,8 +106,10 @@ def export_openvino_int8(model_dir: str | Path, out_dir: str | Path, calibration
     import nncf
     import openvino as ov
 
+    from tsinfer.infer.engines import takes_attention_mask
+
     ov_model = convert(Path(model_dir))
-    takes_mask = any("attention_mask" in i.get_names() for i in ov_model.inputs)
+    takes_mask = takes_attention_mask(ov_model.inputs)
     items = [{"input_ids": ids[None, :], **({"attention_mask": np.ones((1, len(ids)), dtype=np.int64)}
                                             if takes_mask else {})} for ids in calibration]
     quantized = nncf.quantize(ov_model, nncf.Dataset(items), model_type=nncf.ModelType.TRANSFORMER,

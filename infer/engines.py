@@ -127,6 +127,12 @@ class OrtEngine(_Lanes):
         return binding.copy_outputs_to_cpu()[0]
 
 
+def takes_attention_mask(ports) -> bool:
+    """Whether an OpenVINO model's inputs (ports) include attention_mask: export/openvino.py writes BERT without
+    one, other classifiers with it."""
+    return any("attention_mask" in port.get_names() for port in ports)
+
+
 class OpenVinoEngine(_Lanes):
     """An OpenVINO CPU model compiled with one stream per lane, each lane an infer request (infer() releases the
     interpreter lock, so the scorer's lane threads run side by side as with onnxruntime sessions).
@@ -152,7 +158,7 @@ class OpenVinoEngine(_Lanes):
         except RuntimeError as e:
             raise EngineError(f"OpenVINO cannot load {path}: {str(e).splitlines()[0]} (re-run `tsinfer export`, "
                               "or use --backend onnxruntime)") from e
-        self.takes_mask = any("attention_mask" in port.get_names() for port in compiled.inputs)
+        self.takes_mask = takes_attention_mask(compiled.inputs)
         super().__init__([compiled.create_infer_request() for _ in range(lanes)])
 
     def run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -83,6 +83,22 @@ def tiny_bert(num_labels: int = 2):
     return BertForSequenceClassification(config), tokenizer
 
 
+def tiny_mpnet(folder: Path):
+    """A 2-layer, 32-wide random MPNet classifier (no BERT pooler, relative position bias) with the MiniLM
+    tokenizer, saved to folder: (model, tokenizer)."""
+    import torch
+    from transformers import MPNetConfig, MPNetForSequenceClassification
+
+    _, tokenizer = tiny_bert()
+    config = MPNetConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=130, num_labels=2)
+    torch.manual_seed(0)
+    model = MPNetForSequenceClassification(config).eval()
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return model, tokenizer
+
+
 @pytest.fixture(scope="session")
 def bert_artifacts(tmp_path_factory, small_data) -> Path:
     """artifacts/ with a tiny BERT trained for a few steps and exported to all three ONNX variants."""

@@ -160,18 +160,11 @@ def test_an_mpnet_graph_exports_its_cpu_files_without_the_packed_fp16_one(tmp_pa
     import numpy as np
     import onnxruntime as ort
     import torch
-    from transformers import MPNetConfig, MPNetForSequenceClassification
 
-    from conftest import tiny_bert
+    from conftest import tiny_mpnet
     from tsinfer.export.bert import export_bert_onnx
 
-    _, tokenizer = tiny_bert()
-    config = MPNetConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=130, num_labels=2)
-    torch.manual_seed(0)
-    model = MPNetForSequenceClassification(config).eval()
-    model.save_pretrained(tmp_path / "mpnet")
-    tokenizer.save_pretrained(tmp_path / "mpnet")
+    model, tokenizer = tiny_mpnet(tmp_path / "mpnet")
     files = export_bert_onnx(tmp_path / "mpnet", tmp_path / "onnx")
     assert set(files) == {"fp32", "int8"} and not (tmp_path / "onnx" / "model_fp16.onnx").exists()
     enc = tokenizer(["so happy today", "worst day ever, again and again"], padding=True, return_tensors="np")

@@ -140,11 +140,11 @@ def test_a_padded_batch_through_the_unmasked_model_gives_each_row_its_logits_alo
     scorer = load_scorer(all_artifacts / "onnx" / "bert", ScorerSettings(provider="cpu", precision="int8",
                                                                          backend="openvino", threads=1))
     assert not scorer.engine.takes_mask
-    enc = scorer.prepare(read_all(small_data / "test.tsv").texts[:40])
+    texts = read_all(small_data / "test.tsv").texts[:40]
+    enc = scorer.prepare(texts)
     assert len(set(enc.lengths.tolist())) > 5  # rows of many lengths share the padded batch
     ids, mask = pad_batch(enc, np.arange(len(enc)))
-    np.testing.assert_array_equal(scorer.run_batch(ids, mask), _logits_alone(scorer, read_all(
-        small_data / "test.tsv").texts[:40]))
+    np.testing.assert_array_equal(scorer.run_batch(ids, mask), _logits_alone(scorer, texts))
     holed = mask.copy()
     holed[0, 1] = 0
     with pytest.raises(EngineError, match="right-padded"):
@@ -157,18 +157,12 @@ def test_a_model_the_cls_only_rewrite_does_not_know_keeps_its_mask(tmp_path):
     feeds it the mask, so a padded batch gives PyTorch's logits."""
     import openvino as ov
     import torch
-    from transformers import MPNetConfig, MPNetForSequenceClassification
 
-    from conftest import tiny_bert
+    from conftest import tiny_mpnet
     from tsinfer.export.openvino import convert
     from tsinfer.infer.engines import OpenVinoEngine
 
-    _, tokenizer = tiny_bert()
-    config = MPNetConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=130, num_labels=2)
-    torch.manual_seed(0)
-    model = MPNetForSequenceClassification(config).eval()
-    model.save_pretrained(tmp_path / "mpnet")
+    model, tokenizer = tiny_mpnet(tmp_path / "mpnet")
     ov.save_model(convert(tmp_path / "mpnet"), str(tmp_path / "m.xml"))
     engine = OpenVinoEngine(tmp_path / "m.xml", "m.xml", lanes=1, threads=1, inference_precision="f32")
     assert engine.takes_mask
