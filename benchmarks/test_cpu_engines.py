@@ -44,6 +44,9 @@ def openvino_models(artifacts, tokenizer):
     from tsinfer.infer.reader import read_all
     from benchmarks.conftest import DATA
 
+    from tsinfer.export.openvino import silence_openvino_telemetry
+
+    silence_openvino_telemetry()  # as tsinfer's export: no forked telemetry sender left behind at exit
     model = AutoModelForSequenceClassification.from_pretrained(artifacts / "bert").eval()
     example = {"input_ids": torch.ones((2, 8), dtype=torch.int64), "attention_mask": torch.ones((2, 8), dtype=torch.int64)}
     fp32 = ov.convert_model(model, example_input=example)

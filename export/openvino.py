@@ -83,6 +83,18 @@ def _logits_only(model):
     return LogitsOnly().eval()
 
 
+def silence_openvino_telemetry() -> None:
+    """OpenVINO's model converter (and NNCF outside its own tests) send usage telemetry unless the user has opted out
+    in their home folder: each event forks a process for an HTTP request, and offline such a fork from this threaded
+    process once deadlocked in getaddrinfo and kept the process from exiting. tsinfer sends nothing: the library's
+    sender is a no-op in this process (the user's own opt-in file is left as it is)."""
+    try:
+        from openvino_telemetry.utils.sender import TelemetrySender
+    except ImportError:  # the telemetry package is optional for both libraries
+        return
+    TelemetrySender.send = lambda self, backend, message: None
+
+
 def convert(model_dir: Path):
     """The fine-tuned folder as an fp32 openvino.Model: inputs input_ids (and attention_mask where the [CLS]-only
     rewrite does not apply), output logits."""
@@ -90,6 +102,7 @@ def convert(model_dir: Path):
     import torch
     from transformers import AutoModelForSequenceClassification
 
+    silence_openvino_telemetry()
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
     module = cls_only_classifier(model)
     example = tuple(torch.ones((2, 8), dtype=torch.int64) for _ in module.input_names)

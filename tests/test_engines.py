@@ -11,6 +11,12 @@ from tsinfer.infer.models import ModelError, ScorerSettings, load_scorer
 from tsinfer.infer.reader import read_all
 
 OV_FILES = {"int8": "model_int8_ov.xml"}
+try:  # the telemetry sender as the library ships it, read before any export of this test run silences it
+    from openvino_telemetry.utils.sender import TelemetrySender as _Sender
+
+    _ORIGINAL_SEND = _Sender.send
+except ImportError:
+    _ORIGINAL_SEND = None
 
 
 @pytest.mark.parametrize("requested, provider, precision, files, installed, expected", [
@@ -172,3 +178,27 @@ def test_a_model_the_cls_only_rewrite_does_not_know_keeps_its_mask(tmp_path):
     with torch.no_grad():
         want = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits.numpy()
     np.testing.assert_allclose(engine.run(ids, mask), want, atol=1e-4)
+
+
+@openvino_only
+def test_the_openvino_export_sends_no_telemetry(bert_artifacts, monkeypatch):
+    """OpenVINO's converter sends usage events through a forked process unless the user opted out; after tsinfer's
+    conversion no event reaches a backend (offline, such a fork once hung a process's exit)."""
+    if _ORIGINAL_SEND is None:
+        pytest.skip("openvino_telemetry is not installed")
+    from openvino_telemetry.utils.sender import TelemetrySender
+
+    from tsinfer.export.openvino import convert
+
+    monkeypatch.setattr(TelemetrySender, "send", _ORIGINAL_SEND)  # as before any export of this test run
+    convert(bert_artifacts / "bert")
+    sent = []
+
+    class Backend:
+        def send(self, message):
+            sent.append(message)
+
+    sender = TelemetrySender()
+    sender.send(Backend(), "an event")
+    sender.executor.shutdown(wait=True)
+    assert sent == []
