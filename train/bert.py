@@ -8,7 +8,9 @@ linear schedule, gradient clipping, bf16/fp16 autocast on CUDA, per-epoch evalua
 DDP under torchrun. Two things it does not do as wanted are done here: the best epoch (by validation MCC) is kept
 in memory instead of through checkpoints (Trainer checkpoints hold pickled optimizer and argument files), and the
 model is saved once, with save_pretrained (safetensors) plus the tokenizer. On the CPU, bf16 autocast of the
-training steps (where the CPU has bf16 units) is train/precision.py's.
+training steps (where the CPU has bf16 units) is train/precision.py's, and the dropout masks are drawn by numpy
+(train/dropout.py: torch's CPU draws took a fifth of a bf16 step), with eager attention so that the attention
+probabilities' dropout is one of them.
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ from tsinfer.train.curves import epoch_history, plot_curves
 from tsinfer.train.data import SPLIT_SEED, Texts, TrainingData, prepared
 from tsinfer.train.errors import TrainError
 from tsinfer.train.distill import attach_targets, distillation_record, load_targets, trainer_class
+from tsinfer.train.dropout import attention_for_cpu, use_fast_dropout
 from tsinfer.train.precision import Precision, training_precision
 from tsinfer.train.recipe import PRESETS, BertRecipe
 from tsinfer.train.report import Progress, log_progress, record_training_data, split_figures, write_report
@@ -139,10 +142,11 @@ def training_arguments(scratch: str, hp: BertRecipe, *, cuda: bool, precision: s
     return TrainingArguments(**kwargs)
 
 
-def load_base(base_model: str | None, model=None, tokenizer=None, labels: tuple[str, ...] = BINARY.names) -> tuple:
+def load_base(base_model: str | None, model=None, tokenizer=None, labels: tuple[str, ...] = BINARY.names, *,
+              loading: dict | None = None) -> tuple:
     """(model, tokenizer, path) from `base_model`, with one output per class of `labels` (a base checkpoint that
     is itself a classifier for other classes gets a new head), or the ones given (tests pass a tiny random BERT,
-    which must have that many outputs)."""
+    which must have that many outputs). `loading`: more from_pretrained keywords (the attention to train with)."""
     base_path = resolve_base_model(base_model)
     try:
         if tokenizer is None:
@@ -150,7 +154,8 @@ def load_base(base_model: str | None, model=None, tokenizer=None, labels: tuple[
         if model is None:
             model = AutoModelForSequenceClassification.from_pretrained(
                 base_path, num_labels=len(labels), id2label=dict(enumerate(labels)),
-                label2id={label: i for i, label in enumerate(labels)}, ignore_mismatched_sizes=True)
+                label2id={label: i for i, label in enumerate(labels)}, ignore_mismatched_sizes=True,
+                **(loading or {}))
     except OSError as e:  # transformers' "cannot find model" on a hub name without network
         raise TrainError(f"cannot load base model {base_model!r}: {str(e).splitlines()[0]}. Offline, use the default "
                          "model or a local folder (--base-model DIR)") from e
@@ -177,7 +182,7 @@ def train_bert(data: TrainingData | str | Path, out_dir: str | Path = "artifacts
     chosen = training_precision(precision, cuda=cuda, cuda_bf16=cuda and torch.cuda.is_bf16_supported())
     data = prepared(data, limit, progress)
     teacher = load_targets(teacher_targets, data) if teacher_targets else None  # refused before any model loads
-    model, tokenizer, base_path = load_base(base_model, model, tokenizer, data.labels.names)
+    model, tokenizer, base_path = _model_to_train(base_model, model, tokenizer, data.labels.names, cuda=cuda)
     preset = preset or default_preset(base_model)
     hp = _recipe(preset, overrides)
     torch.manual_seed(SPLIT_SEED)
@@ -220,6 +225,16 @@ def train_bert(data: TrainingData | str | Path, out_dir: str | Path = "artifacts
     }
     write_report(report_path, report)
     return report
+
+
+def _model_to_train(base_model: str | None, model, tokenizer, labels: tuple[str, ...], *, cuda: bool) -> tuple:
+    """load_base's (model, tokenizer, path); on the CPU with eager attention and numpy-drawn dropout masks (torch's
+    CPU draws cost a fifth of a bf16 step: train/dropout.py), each process of a torchrun its own mask stream."""
+    model, tokenizer, base_path = load_base(base_model, model, tokenizer, labels,
+                                            loading=None if cuda else attention_for_cpu())
+    if not cuda:
+        use_fast_dropout(model, seed=SPLIT_SEED + int(os.environ.get("RANK", "0")))
+    return model, tokenizer, base_path
 
 
 def _distill_from(path, teacher: tuple | None, datasets: dict, hp: BertRecipe, progress: Progress) -> dict | None:
