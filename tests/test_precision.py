@@ -83,5 +83,6 @@ def test_a_tiny_bert_trains_in_bf16_on_the_cpu_evaluates_in_fp32_and_saves_fp32(
         dtypes = {f.get_slice(name).get_dtype() for name in f.keys()}
     assert dtypes == {"F32"}
     record = json.loads((folder / "bert" / "training_data.json").read_text())
-    assert record["training_run"] == {"device": "cpu", "precision": "bf16", "precision_source": "--precision"}
+    assert record["training_run"] == {"device": "cpu", "precision": "bf16", "precision_source": "--precision",
+                                      "dropout_masks": "numpy (train/dropout.py)"}
     assert r["history"] and 0.0 <= r["val_accuracy"] <= 1.0 and r["train_tweets_per_s"] > 0

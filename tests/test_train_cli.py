@@ -108,7 +108,8 @@ def test_exported_meta_carries_the_label_mapping_and_training_data(own_run):
     # trained with --precision bf16: the report and meta.json say so
     assert (report["precision"], report["precision_source"]) == ("bf16", "--precision")
     assert bert["training_data"]["training_run"] == {"device": "cpu", "precision": "bf16",
-                                                     "precision_source": "--precision"}
+                                                     "precision_source": "--precision",
+                                                     "dropout_masks": "numpy (train/dropout.py)"}
     parity = json.loads((art / "reports" / "parity.json").read_text())
     assert parity["data"] == str(src) and parity["models"]["svc"]["variants"][0]["rows"] == 300
 

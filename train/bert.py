@@ -254,7 +254,8 @@ def _data_record(data: TrainingData, hp: BertRecipe, temperature: float, *, cuda
     return dict(data.report(), text_normalization=hp.text_normalization, temperature=temperature,
                 distillation=distillation,
                 training_run={"device": "cuda" if cuda else "cpu", "precision": precision.name,
-                              "precision_source": precision.source})
+                              "precision_source": precision.source,
+                              "dropout_masks": "torch" if cuda else "numpy (train/dropout.py)"})
 
 
 def _quality(outputs: dict, calibration: dict, names: tuple[str, ...]) -> tuple[dict, dict | None]:
