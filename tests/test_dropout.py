@@ -23,6 +23,11 @@ def test_eval_mode_and_zero_p_are_the_identity():
     assert FastDropout(0.0, np.random.default_rng(0)).train()(x) is x
 
 
+def test_p_one_drops_everything_as_torch_does():
+    x = torch.randn(5, 3)
+    assert torch.equal(FastDropout(1.0, np.random.default_rng(0)).train()(x), torch.nn.functional.dropout(x, 1.0))
+
+
 def test_gradient_flows_through_the_kept_elements_only():
     drop = FastDropout(0.3, np.random.default_rng(1)).train()
     x = torch.ones(1000, requires_grad=True)

@@ -30,6 +30,8 @@ class FastDropout(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.threshold == 0:
             return x
+        if self.p >= 1.0:  # everything dropped, as torch's dropout at p = 1
+            return x * 0.0
         draws = self.generator.integers(0, DRAW_LEVELS, x.numel(), dtype=np.uint16)
         keep = torch.from_numpy(draws >= self.threshold).view(x.shape)
         return x * keep.to(x.dtype) * (1.0 / (1.0 - self.p))
