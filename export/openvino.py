@@ -2,8 +2,9 @@
 
 - The PyTorch classifier is converted by `openvino.convert_model` with dynamic batch and length, its last encoder
   layer computed for the [CLS] token alone (the only row the classifier reads: the same numbers for about a sixth
-  less work, as the onnxruntime CPU graphs do in export/bert.py). OpenVINO cannot read onnxruntime's fused contrib
-  ops, so it starts from the PyTorch model rather than from model.onnx.
+  less work, as the onnxruntime CPU graphs do in export/bert.py). There, the keys and values of every token are
+  folded into the [CLS] query (last_layer_attention): the last layer then costs no per-token projection at all.
+  OpenVINO cannot read onnxruntime's fused contrib ops, so it starts from the PyTorch model, not model.onnx.
 - A BERT classifier's graph takes input_ids alone, with no attention mask: the CPU runs batches of one row length
   only (never padded), where the mask adds nothing but its cost, and the engine splits any padded batch it is
   given into such batches (infer/engines.py). The token-type embedding, always type 0 here, is added to the
@@ -27,7 +28,6 @@ def cls_only_classifier(model):
     classifier itself (input_ids and attention_mask) when it is not a BERT sequence classifier (pooler + classifier on
     BertModel, absolute positions) that the rewrite knows."""
     import torch
-    import torch.nn.functional as F
 
     bert = getattr(model, "bert", None)
     if (bert is None or getattr(bert, "pooler", None) is None or not hasattr(model, "classifier")
@@ -43,6 +43,7 @@ def cls_only_classifier(model):
             emb = bert.embeddings
             # position + type-0 embedding rows, one constant (every row here is a single segment)
             self.positions = (emb.position_embeddings.weight + emb.token_type_embeddings.weight[0]).detach()
+            self.attention = last_layer_attention(bert.encoder.layer[-1].attention.self)
 
         def forward(self, input_ids):
             emb = bert.embeddings
@@ -52,19 +53,47 @@ def cls_only_classifier(model):
             for layer in bert.encoder.layer[:-1]:
                 hidden = layer(hidden)[0]
             last = bert.encoder.layer[-1]
-            att = last.attention.self
-            b, s, _ = hidden.shape
-            heads, d = att.num_attention_heads, att.attention_head_size
-            # queries for token 0; keys and values of every token
-            q = att.query(hidden[:, :1]).view(b, 1, heads, d).transpose(1, 2)
-            k = att.key(hidden).view(b, s, heads, d).transpose(1, 2)
-            v = att.value(hidden).view(b, s, heads, d).transpose(1, 2)
-            context = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, 1, -1)
-            first = last.attention.output(context, hidden[:, :1])
+            first = last.attention.output(self.attention(hidden), hidden[:, :1])
             out = last.output(last.intermediate(first), first)
             return model.classifier(bert.pooler(out))
 
     return ClsOnly().eval()
+
+
+def last_layer_attention(att):
+    """The last layer's self-attention for the [CLS] query alone, written so that no projection runs per token.
+
+    With q the [CLS] query of head h, its scores are x_t . (W_k,h^T q) / sqrt(d) (the key bias adds the same
+    number to every score, which softmax ignores) and its context is (sum_t p_t x_t) W_v,h^T + b_v,h (the weights
+    sum to one). So each row projects one query and one pooled vector per head instead of a key and a value per
+    token: the same numbers up to float rounding, for a fraction of the last layer's work."""
+    import torch
+
+    heads, d = att.num_attention_heads, att.attention_head_size
+    width = att.key.weight.shape[1]
+
+    class ClsAttention(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.query = att.query
+            # [heads, d, width]: each head's key weights, the score scale folded in
+            self.key = torch.nn.Parameter(att.key.weight.detach().view(heads, d, width) * d ** -0.5,
+                                          requires_grad=False)
+            # [heads, width, d]: each head's value weights, transposed for the pooled rows
+            self.value = torch.nn.Parameter(att.value.weight.detach().view(heads, d, width).transpose(1, 2)
+                                            .contiguous(), requires_grad=False)
+            self.value_bias = torch.nn.Parameter(att.value.bias.detach().view(1, heads, d), requires_grad=False)
+
+        def forward(self, hidden):
+            b = hidden.shape[0]
+            q = self.query(hidden[:, 0]).view(b, heads, d)
+            keyed = torch.matmul(q.transpose(0, 1), self.key).transpose(0, 1)       # [b, heads, width]
+            weights = torch.softmax(torch.matmul(keyed, hidden.transpose(1, 2)), dim=-1)  # [b, heads, tokens]
+            pooled = torch.matmul(weights, hidden)                                    # [b, heads, width]
+            context = torch.matmul(pooled.transpose(0, 1), self.value).transpose(0, 1) + self.value_bias
+            return context.reshape(b, 1, heads * d)
+
+    return ClsAttention().eval()
 
 
 def _logits_only(model):

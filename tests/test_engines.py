@@ -157,6 +157,27 @@ def test_a_padded_batch_through_the_unmasked_model_gives_each_row_its_logits_alo
         scorer.run_batch(ids, holed)
 
 
+def test_the_folded_last_attention_equals_bert_attention_at_cls():
+    """The last layer's attention folded into the [CLS] query (export/openvino.py) gives BERT's own attention
+    output at token 0, with every weight and bias random (zero biases would hide a dropped bias term)."""
+    import torch
+    from transformers import BertConfig
+    from transformers.models.bert.modeling_bert import BertSelfAttention
+
+    from tsinfer.export.openvino import last_layer_attention
+
+    torch.manual_seed(0)
+    att = BertSelfAttention(BertConfig(hidden_size=48, num_attention_heads=4, attn_implementation="eager")).eval()
+    with torch.no_grad():
+        for p in att.parameters():
+            p.normal_(0.0, 0.3)
+    hidden = torch.randn(3, 9, 48)
+    with torch.no_grad():
+        want = att(hidden)[0][:, :1]
+        got = last_layer_attention(att)(hidden)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-5)
+
+
 @openvino_only
 def test_a_model_the_cls_only_rewrite_does_not_know_keeps_its_mask(tmp_path):
     """An MPNet classifier (no BERT pooler): converted whole, with input_ids and attention_mask, and the engine
