@@ -2,8 +2,8 @@
 
 - The PyTorch classifier is converted by `openvino.convert_model` with dynamic batch and length, its last encoder
   layer computed for the [CLS] token alone (the only row the classifier reads: the same numbers for about a sixth
-  less work, as the onnxruntime CPU graphs do in export/bert.py). There, the keys and values of every token are
-  folded into the [CLS] query (last_layer_attention): the last layer then costs no per-token projection at all.
+  less work, as the onnxruntime CPU graphs do in export/bert.py). Unlike those, this graph also folds that layer's
+  keys and values into the [CLS] query (last_layer_attention), so the last layer projects nothing per token.
   OpenVINO cannot read onnxruntime's fused contrib ops, so it starts from the PyTorch model, not model.onnx.
 - A BERT classifier's graph takes input_ids alone, with no attention mask: the CPU runs batches of one row length
   only (never padded), where the mask adds nothing but its cost, and the engine splits any padded batch it is
