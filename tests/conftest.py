@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import os
+import random
 import shutil
 import sys
 from pathlib import Path
@@ -168,3 +169,29 @@ def write_csv(path, rows, header=("id", "text", "sentiment")):
         writer.writerow(header)
         writer.writerows(rows)
     return path
+
+
+# made-up tweets of three classes with word labels (tests/test_classes*.py)
+
+NAMES = ("negative", "neutral", "positive")
+WORDS = {"negative": ["awful", "hate", "worst", "sad", "broken", "terrible"],
+         "neutral": ["meeting", "tuesday", "report", "train", "weather", "update"],
+         "positive": ["love", "great", "happy", "best", "lovely", "wonderful"]}
+FILLER = ["the", "a", "today", "my", "with", "and", "this", "so", "just", "really"]
+SPELLINGS = {"negative": ["negative", "Negative", "NEGATIVE"], "neutral": ["neutral", " Neutral"],
+             "positive": ["positive", "POSITIVE"]}
+
+
+def made_up_rows(n: int, seed: int = 5) -> list[tuple[int, str, str]]:
+    """Tweets of three classes: two words of their class, sometimes one of another (so the task is not trivial),
+    among filler; labels as words in mixed case and spacing."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        name = rng.choice(NAMES)
+        tokens = rng.sample(FILLER, 4) + rng.sample(WORDS[name], 2)
+        if rng.random() < 0.5:
+            tokens.append(rng.choice(WORDS[rng.choice(NAMES)]))
+        rng.shuffle(tokens)
+        rows.append((i, " ".join(tokens), rng.choice(SPELLINGS[name])))
+    return rows
