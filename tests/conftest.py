@@ -171,6 +171,24 @@ def write_csv(path, rows, header=("id", "text", "sentiment")):
     return path
 
 
+def full_disk_at_write(monkeypatch, call: int) -> None:
+    """The predictions writer's `call`-th write raises ENOSPC, as a disk filling up mid-run would; monkeypatch.undo()
+    gives the space back."""
+    import errno
+
+    from tsinfer.infer import writers
+
+    real_write, calls = writers.PredictionWriter.write, []
+
+    def write_until_full(self, chunk, results):
+        calls.append(1)
+        if len(calls) == call:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.tmp))
+        real_write(self, chunk, results)
+
+    monkeypatch.setattr(writers.PredictionWriter, "write", write_until_full)
+
+
 # made-up tweets of three classes with word labels (tests/test_classes*.py)
 
 NAMES = ("negative", "neutral", "positive")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from conftest import CPU_ENGINES, NAMES, made_up_rows, tiny_bert, write_csv
+from conftest import CPU_ENGINES, NAMES, full_disk_at_write, made_up_rows, tiny_bert, write_csv
 from tsinfer.infer.meta import ModelMeta
 from tsinfer.train.data import load_training_data
 
@@ -249,26 +249,14 @@ def test_two_classes_of_other_names_keep_the_binary_format(tmp_path):
 
 
 def test_a_three_class_run_cut_short_resumes_to_the_same_file_and_figures(three_class, tmp_path, monkeypatch):
-    import errno
-
-    from tsinfer.infer import writers
-
     d, train, test, art, _ = three_class
     common = [test, "--model", art / "onnx" / "bert", "--model", art / "onnx" / "svc", "--chunk-rows", 8,
               "--provider", "cpu"]
     assert run_cli("score", *common, "-o", tmp_path / "whole.tsv", "--metrics", tmp_path / "whole.json").exit_code == 0
-    real_write, calls = writers.PredictionWriter.write, []
-
-    def write_until_full(self, chunk, results):
-        calls.append(1)
-        if len(calls) == 4:
-            raise OSError(errno.ENOSPC, "No space left on device", str(self.tmp))
-        real_write(self, chunk, results)
-
-    monkeypatch.setattr(writers.PredictionWriter, "write", write_until_full)
+    full_disk_at_write(monkeypatch, 4)
     out = tmp_path / "p.tsv"
     assert run_cli("score", *common, "-o", out).exit_code == 1
-    monkeypatch.setattr(writers.PredictionWriter, "write", real_write)
+    monkeypatch.undo()
     r = run_cli("score", *common, "-o", out, "--resume", "--metrics", tmp_path / "resumed.json")
     assert r.exit_code == 0, r.output
     assert out.read_bytes() == (tmp_path / "whole.tsv").read_bytes()

@@ -10,6 +10,7 @@ import zipfile
 import pytest
 from click.testing import CliRunner
 
+from conftest import full_disk_at_write
 from tsinfer.cli import main
 from tsinfer.infer.reader import InputError, read_all
 
@@ -204,26 +205,16 @@ def test_cr_only_line_ends_give_no_phantom_rows(tmp_path):
 
 def test_a_full_disk_mid_run_keeps_a_partial_that_resume_completes(svc_artifacts, small_data, tmp_path,
                                                                     monkeypatch):
-    import errno
-
     from tsinfer.infer import writers
 
     model = ["--model", str(svc_artifacts / "onnx" / "svc"), "--chunk-rows", "64"]
     assert _score([str(small_data / "test.tsv"), *model, "-o", str(tmp_path / "whole.tsv")]).exit_code == 0
-    real_write, calls = writers.PredictionWriter.write, []
-
-    def write_until_full(self, chunk, results):
-        calls.append(1)
-        if len(calls) == 3:
-            raise OSError(errno.ENOSPC, "No space left on device", str(self.tmp))
-        real_write(self, chunk, results)
-
-    monkeypatch.setattr(writers.PredictionWriter, "write", write_until_full)
+    full_disk_at_write(monkeypatch, 3)
     out = tmp_path / "p.tsv"
     result = _score([str(small_data / "test.tsv"), *model, "-o", str(out)])
     assert result.exit_code == 1 and "No space left on device" in result.stderr and "Traceback" not in result.output
     assert not out.exists() and writers.sidecar(str(out), "partial").exists()
-    monkeypatch.setattr(writers.PredictionWriter, "write", real_write)
+    monkeypatch.undo()
     result = _score([str(small_data / "test.tsv"), *model, "-o", str(out), "--resume"])
     assert result.exit_code == 0, result.output
     assert out.read_bytes() == (tmp_path / "whole.tsv").read_bytes()
