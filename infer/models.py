@@ -147,6 +147,7 @@ class Scorer(Protocol):
     backend: str      # the engine that runs it: onnxruntime or openvino (infer/engines.py)
     precision: str    # the model file's precision
     file: str         # the ONNX file in the model folder
+    lanes: int        # batches it runs side by side (sessions or OpenVINO infer requests)
 
     def prepare(self, texts: list[str]) -> Any: ...
 
@@ -187,6 +188,7 @@ class BertScorer:
         self.policy = policy = BertPolicy.decide(provider, settings)
         self.engine = _engine(folder, meta, policy, precision=self.precision, backend=settings.backend)
         self.file, self.int_dtype, self.backend = self.engine.file, self.engine.int_dtype, self.engine.backend
+        self.lanes = self.engine.lanes
         self._pool = (ThreadPoolExecutor(policy.lanes, thread_name_prefix="tsinfer-lane")
                       if policy.lanes > 1 else None)
         try:
@@ -290,7 +292,7 @@ class SvcScorer:
                              f"{', '.join(sorted(meta.files))}): re-run `make export`")
         self.file = meta.files["fp64"]
         self.session = ort_session(folder / self.file, "cpu", threads)
-        self.batch_rows = batch_rows
+        self.batch_rows, self.lanes = batch_rows, 1
         self.n_classes = len(meta.labels)
 
     def prepare(self, texts: list[str]) -> list[str]:

@@ -39,9 +39,8 @@ class ModelRun:
                "backend": self.scorer.backend}
         # the run-time choices made for this machine, so that a figure can be traced to its settings
         out["settings"] = {k: getattr(self.scorer, k) for k in ("batch_tokens", "max_batch", "batch_rows",
-                                                                "tokenizer_workers")
+                                                                "tokenizer_workers", "lanes")
                            if hasattr(self.scorer, k)}
-        out["settings"]["lanes"] = len(getattr(self.scorer, "sessions", [None]))
         out.update(self.metrics.summary())
         busy = self.prepare_s + self.infer_s
         out.update({

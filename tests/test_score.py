@@ -118,6 +118,16 @@ def test_tokenizer_processes_write_the_same_file_as_one_thread(all_artifacts, sm
     assert files[0] == files[3] and files[0].count(b"\n") > 37
 
 
+def test_the_metrics_record_the_lanes_that_ran(all_artifacts, small_data, tmp_path):
+    """The metrics JSON's settings name the lanes the BERT engine really ran (one for the SVC's single session)."""
+    for lanes in (1, 2):
+        r = score(small_data / "test.tsv", all_artifacts / "onnx" / "bert", tmp_path / f"{lanes}.tsv",
+                  ScorerSettings(provider="cpu", precision="fp32", lanes=lanes))
+        assert r.summaries["bert"]["settings"]["lanes"] == lanes
+    r = score(small_data / "test.tsv", all_artifacts / "onnx" / "svc", tmp_path / "svc.tsv")
+    assert r.summaries["svc"]["settings"]["lanes"] == 1
+
+
 @pytest.mark.parametrize("precision, backend", CPU_ENGINES)
 def test_one_row_one_answer_whatever_the_chunk_and_batch_sizes(all_artifacts, full_data, tmp_path, precision,
                                                                backend):
