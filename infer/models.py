@@ -294,14 +294,17 @@ class SvcScorer:
         self.session = ort_session(folder / self.file, "cpu", threads)
         self.batch_rows, self.lanes = batch_rows, 1
         self.n_classes = len(meta.labels)
+        # the spaCy step runs in this thread, chunk after chunk, so that the reader can hand a chunk to the models
+        # scored before this one as soon as their own preparation is done (BERT waits for its tokens alone)
+        self._prep = ThreadPoolExecutor(1, thread_name_prefix="tsinfer-svc-prepare")
 
     def prepare(self, texts: list[str]) -> list[str]:
         from tsinfer.infer.preprocess import preprocess
 
         return preprocess(texts)
 
-    def prepare_async(self, texts: list[str]):
-        return done(self.prepare(texts))
+    def prepare_async(self, texts: list[str]) -> Future:
+        return self._prep.submit(self.prepare, texts)
 
     def score(self, docs: list[str], sort: bool = True, on_batch=None) -> Scored:
         """Labels, decision values and probabilities from the graph (export/svc.py): P(positive) for two classes,
@@ -324,10 +327,11 @@ class SvcScorer:
         return Scored(np.concatenate(preds), None, decision=np.concatenate(decisions), proba=prob)
 
     def warm_up(self) -> None:
-        self.score(["warm up"])
+        """The spaCy pipeline loads here, with the model, rather than inside the first chunk's preparation."""
+        self.score(self.prepare(["warm up"]))
 
     def close(self) -> None:
-        pass
+        self._prep.shutdown(wait=True, cancel_futures=True)
 
 
 def done(value) -> Future:
