@@ -294,9 +294,6 @@ class SvcScorer:
         self.session = ort_session(folder / self.file, "cpu", threads)
         self.batch_rows, self.lanes = batch_rows, 1
         self.n_classes = len(meta.labels)
-        # the spaCy step runs in this thread, chunk after chunk, so that the reader can hand a chunk to the models
-        # scored before this one as soon as their own preparation is done (BERT waits for its tokens alone)
-        self._prep = ThreadPoolExecutor(1, thread_name_prefix="tsinfer-svc-prepare")
 
     def prepare(self, texts: list[str]) -> list[str]:
         from tsinfer.infer.preprocess import preprocess
@@ -304,7 +301,9 @@ class SvcScorer:
         return preprocess(texts)
 
     def prepare_async(self, texts: list[str]) -> Future:
-        return self._prep.submit(self.prepare, texts)
+        # in the calling (reader) thread: a thread of its own beside a BERT scored in the same run was measured no
+        # faster in all on 2 cores (the spaCy step holds the interpreter lock that the BERT lanes need between batches)
+        return done(self.prepare(texts))
 
     def score(self, docs: list[str], sort: bool = True, on_batch=None) -> Scored:
         """Labels, decision values and probabilities from the graph (export/svc.py): P(positive) for two classes,
@@ -331,7 +330,7 @@ class SvcScorer:
         self.score(self.prepare(["warm up"]))
 
     def close(self) -> None:
-        self._prep.shutdown(wait=True, cancel_futures=True)
+        pass
 
 
 def done(value) -> Future:
