@@ -1,4 +1,5 @@
-"""Shared fixtures: small slices of the seed's data, an SVC and a tiny random BERT, trained and exported once."""
+"""Shared fixtures and helpers: small slices of the seed's data, an SVC and a tiny random BERT trained and exported
+once, made-up three-class rows, and a disk that fills up mid-run."""
 from __future__ import annotations
 
 import csv
