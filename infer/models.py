@@ -188,7 +188,6 @@ class BertScorer:
         self.policy = policy = BertPolicy.decide(provider, settings)
         self.engine = _engine(folder, meta, policy, precision=self.precision, backend=settings.backend)
         self.file, self.int_dtype, self.backend = self.engine.file, self.engine.int_dtype, self.engine.backend
-        self.lanes = self.engine.lanes
         self._pool = (ThreadPoolExecutor(policy.lanes, thread_name_prefix="tsinfer-lane")
                       if policy.lanes > 1 else None)
         try:
@@ -206,6 +205,10 @@ class BertScorer:
         self.n_classes = len(meta.labels)
         self._tokenizers = (TokenizerPool(folder, meta.max_length, self.tokenizer_workers)
                             if self.tokenizer_workers else None)
+
+    @property
+    def lanes(self) -> int:
+        return self.engine.lanes
 
     def prepare(self, texts: list[str]) -> Encoded:
         """CPU-side work for a chunk, in this thread."""
