@@ -1,6 +1,11 @@
-"""A longer stream than the 4,000 rows of test_cpu.py, on tsinfer's default CPU path: what the CPU's default chunk
-size was chosen by (the summary's "long stream" line in conftest.py)."""
+"""tsinfer's whole runs beyond test_cpu.py's: a longer stream than its 4,000 rows, on the default CPU path (what
+the CPU's default chunk size was chosen by: the summary's "long stream" line in conftest.py), and `tsinfer score`
+as one process, start to exit (what a user of the command waits for: imports and model load included)."""
 from __future__ import annotations
+
+import json
+import subprocess
+import sys
 
 import pytest
 
@@ -36,3 +41,17 @@ def test_long_stream_chunk_size(benchmark, artifacts, tmp_path, chunk_rows):
     record(benchmark, "stream", f"tsinfer score, default CPU path, test.tsv + dev.tsv, chunks of {rows:,} rows"
            f"{'' if chunk_rows else ' (the default)'}", r.rows_scored, r.wall_s - r.load_s,
            backend=r.summaries["bert"]["backend"])
+
+
+@pytest.mark.parametrize("backend", ["auto", "onnxruntime"])
+def test_whole_process(benchmark, artifacts, bench_tsv, tmp_path, backend):
+    """`tsinfer score` on the 4,000 rows as a user runs it: a new Python process each round, its interpreter start,
+    imports, model load, scoring, predictions and metrics written, exit."""
+    cmd = [sys.executable, "-m", "tsinfer.cli", "score", str(bench_tsv), "--model", str(artifacts / "onnx" / "bert"),
+           "--provider", "cpu", "--backend", backend, "--no-progress", "-o", str(tmp_path / "p.tsv"),
+           "--metrics", str(tmp_path / "m.json")]
+    seconds = timed(benchmark, lambda: subprocess.run(cmd, capture_output=True, check=True), rounds=BERT_ROUNDS)
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    record(benchmark, "process", f"`tsinfer score` as one process (start to exit), --backend {backend}: "
+           f"{metrics['backend']} {metrics['precision_mode']}", metrics["rows_scored"], seconds,
+           load_s=metrics["load_s"])

@@ -45,6 +45,7 @@ def resolve_provider(requested: str) -> str:
 
 # Each lane holds its own copy of the weights: on many cores, a few lanes of several threads each.
 MAX_CPU_LANES = 8
+CPU_WARM_UP_TOKENS = 8  # the warm-up batch's width on the CPU: one short row (BertScorer.warm_up)
 
 
 def cpu_lanes(threads: int | None = None, lanes: int | None = None) -> tuple[int, int]:
@@ -263,9 +264,14 @@ class BertScorer:
                       truncated=enc.truncated, proba=None if binary else prob)
 
     def warm_up(self) -> None:
-        """One run per lane at the largest batch shape, so the first real batches pay for no allocation."""
+        """One run per lane, so that the engine's one-time start-up is not paid inside the first chunk: at the
+        largest batch shape on a GPU (its memory arena grows once); on the CPU at a small one, because both CPU
+        engines prepare every new batch shape anyway, so running the largest shape there only cost the load its
+        compute (benchmarks/results/cpu.md, whole-process group)."""
         width = max(1, min(self.meta.max_length, self.batch_tokens))
         rows = max(1, min(self.max_batch, self.batch_tokens // width))
+        if self.provider == "cpu":
+            rows, width = 1, min(width, CPU_WARM_UP_TOKENS)
         ones = np.ones((rows, width), dtype=self.int_dtype)
         if self._tokenizers is not None:
             self._tokenizers.warm_up()
