@@ -28,7 +28,8 @@ def load(model_dir: str | Path, *, provider: str = "auto", precision: str = "aut
     provider: "auto" (cuda where onnxruntime has it, else cpu), "cpu", "cuda" or "tensorrt".
     precision: "auto" (what meta.json names for the provider: int8 on the CPU, fp16 on a GPU), "fp32", "fp16",
     "int8". backend: the BERT engine on the CPU, "auto", "onnxruntime" or "openvino". threads: CPU lanes (default:
-    the CPUs this process may use). verify: check every file against meta.json's sha256 first.
+    the CPUs this process may use). verify: check the files the model reads (its graph for this provider,
+    precision and backend, the tokenizer and config) against meta.json's sha256 first.
 
     Raises ModelError when the folder cannot be used (the message names the file and the fix).
 

@@ -50,7 +50,8 @@ from tsinfer.infer.rows import Columns
 @click.option("--chunk-rows", type=click.IntRange(min=1), default=None,
               help="Rows read, prepared and sorted together [16384 on every provider].")
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr [when stderr is a terminal].")
-@click.option("--verify/--no-verify", default=True, show_default=True, help="Check model files against meta.json.")
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="Check the model files the run reads against meta.json's sha256.")
 @click.option("--strict", is_flag=True, help="Stop with exit code 3 at the first row that cannot be read.")
 @click.option("--resume", is_flag=True,
               help="Continue an interrupted run from its last completed chunk (same command, --output FILE).")

@@ -161,18 +161,25 @@ class Scorer(Protocol):
     def close(self) -> None: ...
 
 
-def _engine(folder: Path, meta: ModelMeta, policy: BertPolicy, *, precision: str, backend: str) -> Engine:
-    """The engine for a BERT folder: OpenVINO or onnxruntime (choose_backend), with the policy's lanes."""
+def _engine_file(folder: Path, meta: ModelMeta, policy: BertPolicy, *, precision: str, backend: str
+                 ) -> tuple[str, str]:
+    """(backend, model file) for a BERT folder: OpenVINO's file or onnxruntime's (choose_backend)."""
     try:
         chosen = choose_backend(backend, provider=policy.provider, precision=precision,
                                 openvino_files=meta.openvino_files)
-        if chosen == "openvino":
-            file = meta.openvino_files[precision]
-            return OpenVinoEngine(folder / file, file, lanes=policy.lanes, threads=policy.threads or 1,
-                                  inference_precision=cpu_inference_precision())
     except EngineError as e:
         raise ModelError(f"{folder}: {e}") from e
-    file = meta.files[precision]
+    return chosen, (meta.openvino_files if chosen == "openvino" else meta.files)[precision]
+
+
+def _engine(folder: Path, meta: ModelMeta, policy: BertPolicy, *, backend: str, file: str) -> Engine:
+    """The engine that runs one model file, with the policy's lanes."""
+    if backend == "openvino":
+        try:
+            return OpenVinoEngine(folder / file, file, lanes=policy.lanes, threads=policy.threads or 1,
+                                  inference_precision=cpu_inference_precision())
+        except EngineError as e:
+            raise ModelError(f"{folder}: {e}") from e
     sessions = [ort_session(folder / file, policy.provider, policy.threads, meta.cuda_options)
                 for _ in range(policy.lanes)]
     return OrtEngine(sessions, file, io_binding=policy.io_binding)
@@ -187,7 +194,10 @@ class BertScorer:
         self.folder, self.meta, self.provider = folder, meta, provider
         self.precision = choose_precision(meta, provider, settings.precision, folder)
         self.policy = policy = BertPolicy.decide(provider, settings)
-        self.engine = _engine(folder, meta, policy, precision=self.precision, backend=settings.backend)
+        backend, file = _engine_file(folder, meta, policy, precision=self.precision, backend=settings.backend)
+        if settings.verify:  # before the engine opens it: the one graph this run reads, and the tokenizer files
+            meta.verify(folder, reads=meta.graph_files(file))
+        self.engine = _engine(folder, meta, policy, backend=backend, file=file)
         self.file, self.int_dtype, self.backend = self.engine.file, self.engine.int_dtype, self.engine.backend
         self._pool = (ThreadPoolExecutor(policy.lanes, thread_name_prefix="tsinfer-lane")
                       if policy.lanes > 1 else None)
@@ -366,8 +376,10 @@ def load_scorer(folder: str | Path, settings: ScorerSettings = ScorerSettings())
     """The scorer for a model folder. The SVC runs its string ops on the CPU provider in fixed batches, so the
     provider and batching settings are BERT's alone."""
     folder = Path(folder)
-    meta = ModelMeta.read(folder, verify=settings.verify)
+    meta = ModelMeta.read(folder, verify=False)  # verified by the scorer, once it knows which graph it reads
     settings = replace(settings, provider=resolve_provider(settings.provider))
     if meta.kind != "bert":
+        if settings.verify:
+            meta.verify(folder)
         return SvcScorer(folder, meta, settings.threads)
     return BertScorer(folder, meta, settings)

@@ -23,30 +23,45 @@ def run_score(model, data, *extra):
                                      *extra])
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda d: (d / "meta.json").unlink(), "meta.json is missing"),
-    (lambda d: (d / "meta.json").write_text("{not json"), "meta.json is not valid JSON"),
-    (lambda d: (d / "model_int8.onnx").unlink(), "model_int8.onnx is missing"),
-    (lambda d: (d / "model_int8.onnx").write_bytes((d / "model_int8.onnx").read_bytes()[:1000]),
-     "does not match its sha256"),
-    (lambda d: (d / "tokenizer.json").write_text("garbage"), "tokenizer.json does not match its sha256"),
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[:1000])
+
+
+NEEDS_OPENVINO = pytest.mark.skipif(openvino_version() is None, reason="the openvino extra is not installed")
+
+
+@pytest.mark.parametrize("damage, backend, message", [
+    (lambda d: (d / "meta.json").unlink(), "auto", "meta.json is missing"),
+    (lambda d: (d / "meta.json").write_text("{not json"), "auto", "meta.json is not valid JSON"),
+    (lambda d: (d / "model_int8.onnx").unlink(), "onnxruntime", "model_int8.onnx is missing"),
+    (lambda d: _truncate(d / "model_int8.onnx"), "onnxruntime", "model_int8.onnx does not match its sha256"),
+    pytest.param(lambda d: _truncate(d / "model_int8_ov.bin"), "openvino",
+                 "model_int8_ov.bin does not match its sha256", marks=NEEDS_OPENVINO),
+    (lambda d: (d / "tokenizer.json").write_text("garbage"), "auto", "tokenizer.json does not match its sha256"),
 ])
-def test_damaged_folder_is_a_clean_error(bert_copy, small_data, damage, message):
+def test_damaged_folder_is_a_clean_error(bert_copy, small_data, damage, backend, message):
     damage(bert_copy)
-    r = run_score(bert_copy, small_data)
+    r = run_score(bert_copy, small_data, "--backend", backend)
     assert r.exit_code == 2, r.output
     assert message in r.stderr and "Traceback" not in r.output
 
 
+def test_a_run_hashes_the_graph_it_reads_not_the_folders_other_graphs(bert_copy, small_data):
+    """The int8 run reads one graph: a damaged fp32 graph beside it is no reason to refuse it, and is refused
+    by the run that reads it."""
+    _truncate(bert_copy / "model.onnx")
+    assert run_score(bert_copy, small_data, "--provider", "cpu").exit_code == 0
+    r = run_score(bert_copy, small_data, "--provider", "cpu", "--precision", "fp32")
+    assert r.exit_code == 2 and "model.onnx does not match its sha256" in r.stderr, r.output
+
+
 @pytest.mark.parametrize("backend, damaged, named", [
     ("onnxruntime", "model_int8.onnx", "model_int8.onnx"),
-    pytest.param("openvino", "model_int8_ov.bin", "model_int8_ov.xml",
-                 marks=pytest.mark.skipif(openvino_version() is None, reason="the openvino extra is not installed")),
+    pytest.param("openvino", "model_int8_ov.bin", "model_int8_ov.xml", marks=NEEDS_OPENVINO),
 ])
 def test_no_verify_loads_past_the_hash_but_still_refuses_a_truncated_graph(bert_copy, small_data, backend, damaged,
                                                                            named):
-    path = bert_copy / damaged
-    path.write_bytes(path.read_bytes()[:1000])
+    _truncate(bert_copy / damaged)
     r = run_score(bert_copy, small_data, "--no-verify", "--backend", backend)
     assert r.exit_code == 2 and "cannot load" in r.stderr and named in r.stderr, r.output
     assert "Traceback" not in r.output
