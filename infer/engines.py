@@ -7,7 +7,10 @@ from what the machine has and the model folder holds (choose_backend), and recor
 """
 from __future__ import annotations
 
+import hashlib
+import os
 import queue
+import shutil
 from pathlib import Path
 from typing import Protocol
 
@@ -18,6 +21,8 @@ from tsinfer.infer.cpus import BF16_CPU_FLAGS, read_cpu_flags
 from tsinfer.infer.meta import ModelError
 
 BACKENDS = ("auto", "onnxruntime", "openvino")
+CACHE_ENV = "TSINFER_CACHE_DIR"  # where compiled OpenVINO models are kept between processes; set empty: nowhere
+CACHED_MODELS = 3  # compiled models kept there (each about its weights' size), the least recently used removed
 
 
 class EngineError(Exception):
@@ -147,12 +152,16 @@ class OpenVinoEngine(_Lanes):
     # bigger batch shares out (benchmarks/results/cpu.md, token budget group)
     batch_tokens = 4096
 
-    def __init__(self, path: Path, file: str, *, lanes: int, threads: int, inference_precision: str):
+    def __init__(self, path: Path, file: str, *, lanes: int, threads: int, inference_precision: str,
+                 cache: Path | None = None):
         import openvino as ov
 
         self.file = file
+        core = ov.Core()
+        if cache is not None:  # OpenVINO's model cache: a later process imports the compiled model, not recompiles
+            core.set_property({"CACHE_DIR": str(cache)})
         try:
-            compiled = ov.Core().compile_model(str(path), "CPU", {
+            compiled = core.compile_model(str(path), "CPU", {
                 "NUM_STREAMS": lanes, "INFERENCE_NUM_THREADS": lanes * threads,
                 "INFERENCE_PRECISION_HINT": inference_precision, "ENABLE_HYPER_THREADING": False})
         except RuntimeError as e:
@@ -186,6 +195,31 @@ class OpenVinoEngine(_Lanes):
     def _infer(request, feeds: dict) -> np.ndarray:
         request.infer(feeds, share_inputs=True)
         return request.get_output_tensor(0).data.copy()
+
+
+def openvino_cache(graph_sha256: list[str]) -> Path | None:
+    """The folder where OpenVINO keeps one verified model's compiled form between processes (compiling costs each
+    process a few tenths of a second), or None: TSINFER_CACHE_DIR set empty, or the folder cannot be written.
+    Only verified files may reuse a compiled form (graph_sha256: their checked hashes), so a changed file never
+    meets a stale one; the key also holds OpenVINO's version and this CPU's flags. Default: the user's cache
+    folder (XDG_CACHE_HOME or ~/.cache)/tsinfer/openvino; beyond CACHED_MODELS the least recently used go."""
+    root = os.environ.get(CACHE_ENV)
+    if root == "":
+        return None
+    base = (Path(root) if root else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tsinfer") \
+        / "openvino"
+    key = "|".join([*graph_sha256, openvino_version() or "", " ".join(sorted(read_cpu_flags() or ()))])
+    folder = base / hashlib.sha256(key.encode()).hexdigest()[:32]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        os.utime(folder)  # used now: pruning keeps the most recently used
+        kept = sorted((p for p in base.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
+    except OSError:
+        return None
+    for old in kept[CACHED_MODELS:]:
+        if old != folder:  # a process still reading a removed one recompiles (OpenVINO falls back on a bad blob)
+            shutil.rmtree(old, ignore_errors=True)
+    return folder
 
 
 def openvino_version() -> str | None:

@@ -16,7 +16,7 @@ from tsinfer.infer.batching import (DEFAULT_BATCH_TOKENS, DEFAULT_LANES, DEFAULT
                                     default_tokenizer_workers, encode, load_tokenizer, pad_batch, plan_batches,
                                     usable_cores)
 from tsinfer.infer.engines import (Engine, EngineError, OpenVinoEngine, OrtEngine, choose_backend,
-                                   cpu_inference_precision, ort_session)
+                                   cpu_inference_precision, openvino_cache, ort_session)
 from tsinfer.infer.meta import ModelError, ModelMeta
 from tsinfer.infer.preprocess import normalization_for
 
@@ -172,12 +172,14 @@ def _engine_file(folder: Path, meta: ModelMeta, policy: BertPolicy, *, precision
     return chosen, (meta.openvino_files if chosen == "openvino" else meta.files)[precision]
 
 
-def _engine(folder: Path, meta: ModelMeta, policy: BertPolicy, *, backend: str, file: str) -> Engine:
+def _engine(folder: Path, meta: ModelMeta, policy: BertPolicy, *, backend: str, file: str, verified: bool
+            ) -> Engine:
     """The engine that runs one model file, with the policy's lanes."""
     if backend == "openvino":
+        cache = openvino_cache([meta.sha256[name] for name in meta.graph_files(file)]) if verified else None
         try:
             return OpenVinoEngine(folder / file, file, lanes=policy.lanes, threads=policy.threads or 1,
-                                  inference_precision=cpu_inference_precision())
+                                  inference_precision=cpu_inference_precision(), cache=cache)
         except EngineError as e:
             raise ModelError(f"{folder}: {e}") from e
     sessions = [ort_session(folder / file, policy.provider, policy.threads, meta.cuda_options)
@@ -197,7 +199,7 @@ class BertScorer:
         backend, file = _engine_file(folder, meta, policy, precision=self.precision, backend=settings.backend)
         if settings.verify:  # before the engine opens it: the one graph this run reads, and the tokenizer files
             meta.verify(folder, reads=meta.graph_files(file))
-        self.engine = _engine(folder, meta, policy, backend=backend, file=file)
+        self.engine = _engine(folder, meta, policy, backend=backend, file=file, verified=settings.verify)
         self.file, self.int_dtype, self.backend = self.engine.file, self.engine.int_dtype, self.engine.backend
         self._pool = (ThreadPoolExecutor(policy.lanes, thread_name_prefix="tsinfer-lane")
                       if policy.lanes > 1 else None)

@@ -28,6 +28,20 @@ CPU_ENGINES = [pytest.param("fp32", "onnxruntime", id="fp32-onnxruntime"),
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _openvino_cache_in_tmp(tmp_path_factory):
+    """Compiled OpenVINO models go to a folder of this run, never to the user's cache (subprocesses inherit it)."""
+    from tsinfer.infer.engines import CACHE_ENV
+
+    before = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("openvino-cache"))
+    yield
+    if before is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = before
+
+
 def seed_data_dir() -> Path:
     for candidate in (ROOT.parent / "shared" / "data", ROOT / "data"):
         if (candidate / "dev.tsv").exists() and (candidate / "test.tsv").exists():

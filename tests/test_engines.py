@@ -1,5 +1,7 @@
 """The CPU engine choice (onnxruntime or OpenVINO) and the OpenVINO int8 model that `tsinfer export` writes."""
 import json
+import os
+import shutil
 import sys
 
 import numpy as np
@@ -223,3 +225,46 @@ def test_the_openvino_export_sends_no_telemetry(bert_artifacts, monkeypatch):
     sender.send(Backend(), "an event")
     sender.executor.shutdown(wait=True)
     assert sent == []
+
+
+@openvino_only
+def test_a_compiled_model_is_kept_between_loads_and_scores_the_same_bits(all_artifacts, small_data, tmp_path,
+                                                                         monkeypatch):
+    """The first load compiles and leaves the compiled form in the cache folder; the next imports it and gives every
+    row the same logits to the bit. Unverified files compile every time; an empty TSINFER_CACHE_DIR turns it off."""
+    texts = read_all(small_data / "test.tsv").texts[:40]
+    folder = all_artifacts / "onnx" / "bert"
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(engines.CACHE_ENV, str(cache))
+
+    def logits(**settings):
+        scorer = load_scorer(folder, ScorerSettings(provider="cpu", backend="openvino", **settings))
+        try:
+            return _logits_alone(scorer, texts)
+        finally:
+            scorer.close()
+
+    first = logits()
+    blobs = list(cache.rglob("*.blob"))
+    assert len(blobs) == 1
+    stamp = blobs[0].stat().st_mtime_ns
+    assert np.array_equal(logits(), first)
+    assert [b.stat().st_mtime_ns for b in cache.rglob("*.blob")] == [stamp]  # imported, not written again
+    shutil.rmtree(cache)
+    assert np.array_equal(logits(verify=False), first) and not cache.exists()
+    monkeypatch.setenv(engines.CACHE_ENV, "")
+    assert np.array_equal(logits(), first) and not cache.exists()
+
+
+def test_the_cache_keeps_the_most_recently_used_models(tmp_path, monkeypatch):
+    monkeypatch.setenv(engines.CACHE_ENV, str(tmp_path))
+    folders = []
+    for k in range(engines.CACHED_MODELS + 2):
+        folders.append(engines.openvino_cache([f"{k:064x}"]))
+        os.utime(folders[-1], (k + 1, k + 1))  # used in this order, whatever the file system's clock resolution
+    kept = sorted(p for p in (tmp_path / "openvino").iterdir())
+    assert kept == sorted(folders[-engines.CACHED_MODELS:])
+    assert engines.openvino_cache([f"{0:064x}"]) == folders[0]  # a removed one comes back when used again
+    (tmp_path / "blocked").write_text("a file where the cache folder should be")
+    monkeypatch.setenv(engines.CACHE_ENV, str(tmp_path / "blocked"))
+    assert engines.openvino_cache(["0" * 64]) is None
