@@ -206,8 +206,11 @@ def openvino_cache(graph_sha256: list[str]) -> Path | None:
     root = os.environ.get(CACHE_ENV)
     if root == "":
         return None
-    base = (Path(root) if root else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tsinfer") \
-        / "openvino"
+    try:
+        base = (Path(root) if root else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+                / "tsinfer") / "openvino"
+    except RuntimeError:  # no home folder to be found (Path.home): no cache
+        return None
     key = "|".join([*graph_sha256, openvino_version() or "", " ".join(sorted(read_cpu_flags() or ()))])
     folder = base / hashlib.sha256(key.encode()).hexdigest()[:32]
     try:

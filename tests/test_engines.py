@@ -268,3 +268,14 @@ def test_the_cache_keeps_the_most_recently_used_models(tmp_path, monkeypatch):
     (tmp_path / "blocked").write_text("a file where the cache folder should be")
     monkeypatch.setenv(engines.CACHE_ENV, str(tmp_path / "blocked"))
     assert engines.openvino_cache(["0" * 64]) is None
+
+
+def test_no_home_folder_means_no_cache_not_an_error(monkeypatch):
+    monkeypatch.delenv(engines.CACHE_ENV, raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(engines.Path, "home", staticmethod(no_home))
+    assert engines.openvino_cache(["0" * 64]) is None
