@@ -14,7 +14,7 @@ import tsinfer
 from tsinfer.cli.errors import CleanCommand, on_sigterm
 from tsinfer.cli.options import DEFAULT_MODEL, column_options, engine_options
 from tsinfer.infer.cpus import cpu_budget
-from tsinfer.infer.engines import default_cpu_backend, openvino_version
+from tsinfer.infer.engines import CACHE_ENV, default_cpu_backend, openvino_cache_folder, openvino_version
 from tsinfer.infer.meta import ModelMeta
 from tsinfer.infer.models import available_providers
 from tsinfer.infer.models import ScorerSettings
@@ -163,4 +163,18 @@ def info(model_dir):
     for precision, name in meta.openvino_files.items():
         click.echo(f"  {precision:5s} {name:20s} OpenVINO (the CPU engine): "
                    f"{openvino_version() or 'not installed here, so the CPU runs onnxruntime'}")
+        _cache_line(meta, name)
     click.echo(f"CPU engine by default (--backend auto): {default_cpu_backend(meta.to_dict())}")
+
+
+def _cache_line(meta: ModelMeta, name: str) -> None:
+    """Where the OpenVINO file's compiled form is kept between runs (infer/engines.openvino_cache), and its size."""
+    hashes = [meta.sha256.get(part) for part in meta.graph_files(name)]
+    folder = openvino_cache_folder(hashes) if openvino_version() and all(hashes) else None
+    if folder is None:
+        click.echo("        compiled-model cache: off (TSINFER_CACHE_DIR empty, unhashed files or no OpenVINO)")
+        return
+    blobs = list(folder.glob("*.blob")) if folder.is_dir() else []
+    size = sum(b.stat().st_size for b in blobs) / 1e6
+    click.echo(f"        compiled-model cache: {folder} ({len(blobs)} compiled form(s), {size:.0f} MB; "
+               f"{CACHE_ENV}= turns it off)")

@@ -197,12 +197,11 @@ class OpenVinoEngine(_Lanes):
         return request.get_output_tensor(0).data.copy()
 
 
-def openvino_cache(graph_sha256: list[str]) -> Path | None:
-    """The folder where OpenVINO keeps one verified model's compiled form between processes (compiling costs each
-    process a few tenths of a second), or None: TSINFER_CACHE_DIR set empty, or the folder cannot be written.
-    Only verified files may reuse a compiled form (graph_sha256: their checked hashes), so a changed file never
-    meets a stale one; the key also holds OpenVINO's version and this CPU's flags. Default: the user's cache
-    folder (XDG_CACHE_HOME or ~/.cache)/tsinfer/openvino; beyond CACHED_MODELS the least recently used go."""
+def openvino_cache_folder(graph_sha256: list[str]) -> Path | None:
+    """Where one verified model's compiled OpenVINO form is kept between processes (openvino_cache), without making
+    it: None when TSINFER_CACHE_DIR is set empty or there is no home folder. Default: the user's cache folder
+    (XDG_CACHE_HOME or ~/.cache)/tsinfer/openvino; the key holds the graph's checked hashes, so a changed file never
+    meets a stale compiled form, with OpenVINO's version and this CPU's flags."""
     root = os.environ.get(CACHE_ENV)
     if root == "":
         return None
@@ -212,11 +211,21 @@ def openvino_cache(graph_sha256: list[str]) -> Path | None:
     except RuntimeError:  # no home folder to be found (Path.home): no cache
         return None
     key = "|".join([*graph_sha256, openvino_version() or "", " ".join(sorted(read_cpu_flags() or ()))])
-    folder = base / hashlib.sha256(key.encode()).hexdigest()[:32]
+    return base / hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def openvino_cache(graph_sha256: list[str]) -> Path | None:
+    """openvino_cache_folder, made and marked as used now, for OpenVINO's CACHE_DIR (compiling costs each process a
+    few tenths of a second); None where it cannot be written. Only verified files may reuse a compiled form
+    (graph_sha256: their checked hashes). Beyond CACHED_MODELS the least recently used folders go."""
+    folder = openvino_cache_folder(graph_sha256)
+    if folder is None:
+        return None
     try:
         folder.mkdir(parents=True, exist_ok=True)
         os.utime(folder)  # used now: pruning keeps the most recently used
-        kept = sorted((p for p in base.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
+        kept = sorted((p for p in folder.parent.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime,
+                      reverse=True)
     except OSError:
         return None
     for old in kept[CACHED_MODELS:]:

@@ -6,7 +6,9 @@ import sys
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
+from tsinfer.cli import main
 from tsinfer.infer import engines
 from tsinfer.infer.engines import EngineError, choose_backend, cpu_inference_precision
 from tsinfer.infer.models import ModelError, ScorerSettings, load_scorer
@@ -247,6 +249,8 @@ def test_a_compiled_model_is_kept_between_loads_and_scores_the_same_bits(all_art
     first = logits()
     blobs = list(cache.rglob("*.blob"))
     assert len(blobs) == 1
+    shown = CliRunner().invoke(main, ["info", str(folder)])  # `tsinfer info` names it, without making or pruning
+    assert shown.exit_code == 0 and f"compiled-model cache: {blobs[0].parent} (1 compiled form(s)" in shown.stdout
     stamp = blobs[0].stat().st_mtime_ns
     assert np.array_equal(logits(), first)
     assert [b.stat().st_mtime_ns for b in cache.rglob("*.blob")] == [stamp]  # imported, not written again
