@@ -121,7 +121,12 @@ def bert_artifacts(tmp_path_factory, small_data) -> Path:
     from tsinfer.export.run import run_export
     from tsinfer.train.bert import train_bert
 
+    import torch
+
     art = tmp_path_factory.mktemp("artifacts")
+    # the same random model every run: otherwise the tests that ran before draw its weights, and a rare draw breaks
+    # bounds that hold for typical ones (test_engines.py's int8 error against onnxruntime's)
+    torch.manual_seed(0)
     model, tokenizer = tiny_bert()
     train_bert(small_data, art / "bert", art / "reports" / "train_bert.json", model=model, tokenizer=tokenizer,
                overrides={"epochs": 1}, max_steps=4)
