@@ -110,10 +110,10 @@ def test_openvino_int8_fresh_model(benchmark, artifacts, openvino_models, tokeni
     inside the timed part. For the record beside the warm figure above, which the targets use."""
     import openvino as ov
 
-    texts = _model_texts(artifacts, test_rows.texts[:ROWS])
-    pred = np.zeros(len(texts), dtype=np.int64)
     from tsinfer.infer.models import CPU_WARM_UP_TOKENS
 
+    texts = _model_texts(artifacts, test_rows.texts[:ROWS])
+    pred = np.zeros(len(texts), dtype=np.int64)
     short = np.ones((1, CPU_WARM_UP_TOKENS), dtype=np.int64)
     state = {}
 

@@ -14,7 +14,8 @@ import tsinfer
 from tsinfer.cli.errors import CleanCommand, on_sigterm
 from tsinfer.cli.options import DEFAULT_MODEL, column_options, engine_options
 from tsinfer.infer.cpus import cpu_budget
-from tsinfer.infer.engines import CACHE_ENV, default_cpu_backend, openvino_cache_folder, openvino_version
+from tsinfer.infer.engines import (CACHE_ENV, default_cpu_backend, graph_sha256, openvino_cache_folder,
+                                   openvino_version)
 from tsinfer.infer.meta import ModelMeta
 from tsinfer.infer.models import available_providers
 from tsinfer.infer.models import ScorerSettings
@@ -169,8 +170,8 @@ def info(model_dir):
 
 def _cache_line(meta: ModelMeta, name: str) -> None:
     """Where the OpenVINO file's compiled form is kept between runs (infer/engines.openvino_cache), and its size."""
-    hashes = [meta.sha256.get(part) for part in meta.graph_files(name)]
-    folder = openvino_cache_folder(hashes) if openvino_version() and all(hashes) else None
+    hashes = graph_sha256(meta, name)
+    folder = openvino_cache_folder(hashes) if openvino_version() and hashes else None
     if folder is None:
         click.echo("        compiled-model cache: off (TSINFER_CACHE_DIR empty, unhashed files or no OpenVINO)")
         return

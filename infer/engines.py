@@ -18,7 +18,7 @@ import numpy as np
 
 from tsinfer.infer.batching import usable_cores
 from tsinfer.infer.cpus import BF16_CPU_FLAGS, read_cpu_flags
-from tsinfer.infer.meta import ModelError
+from tsinfer.infer.meta import ModelError, ModelMeta
 
 BACKENDS = ("auto", "onnxruntime", "openvino")
 CACHE_ENV = "TSINFER_CACHE_DIR"  # where compiled OpenVINO models are kept between processes; set empty: nowhere
@@ -195,6 +195,13 @@ class OpenVinoEngine(_Lanes):
     def _infer(request, feeds: dict) -> np.ndarray:
         request.infer(feeds, share_inputs=True)
         return request.get_output_tensor(0).data.copy()
+
+
+def graph_sha256(meta: ModelMeta, name: str) -> list[str] | None:
+    """The sha256 meta.json gives each file of one model graph (its .xml and .bin), or None when one has none: what
+    keys the graph's compiled form in the cache below."""
+    hashes = [meta.sha256.get(part) for part in meta.graph_files(name)]
+    return hashes if all(hashes) else None
 
 
 def openvino_cache_folder(graph_sha256: list[str]) -> Path | None:

@@ -16,7 +16,8 @@ from tsinfer.infer.batching import (DEFAULT_BATCH_TOKENS, DEFAULT_LANES, DEFAULT
                                     default_tokenizer_workers, encode, load_tokenizer, pad_batch, plan_batches,
                                     usable_cores)
 from tsinfer.infer.engines import (Engine, EngineError, OpenVinoEngine, OrtEngine, choose_backend,
-                                   cpu_inference_precision, openvino_cache, ort_session)
+                                   cpu_inference_precision, graph_sha256, openvino_cache,
+                                   ort_session)
 from tsinfer.infer.meta import ModelError, ModelMeta
 from tsinfer.infer.preprocess import normalization_for
 
@@ -176,7 +177,7 @@ def _engine(folder: Path, meta: ModelMeta, policy: BertPolicy, *, backend: str, 
             ) -> Engine:
     """The engine that runs one model file, with the policy's lanes."""
     if backend == "openvino":
-        cache = openvino_cache([meta.sha256[name] for name in meta.graph_files(file)]) if verified else None
+        cache = openvino_cache(graph_sha256(meta, file)) if verified else None  # verified: every part hashed
         try:
             return OpenVinoEngine(folder / file, file, lanes=policy.lanes, threads=policy.threads or 1,
                                   inference_precision=cpu_inference_precision(), cache=cache)
