@@ -32,6 +32,8 @@ def available_providers() -> list[str]:
 
 
 def resolve_provider(requested: str) -> str:
+    if requested == "cpu":  # every onnxruntime build has it: no import of onnxruntime for a run that may not use it
+        return "cpu"
     available = available_providers()
     if requested == "auto":
         # CUDA over TensorRT: TensorRT builds engines per shape profile for minutes before the first row.

@@ -2,6 +2,7 @@
 import json
 import os
 import shutil
+import subprocess
 import sys
 
 import numpy as np
@@ -63,6 +64,18 @@ def test_without_the_extra_scoring_falls_back_to_onnxruntime(bert_artifacts, mon
     with pytest.raises(ModelError, match="openvino"):
         load_scorer(bert_artifacts / "onnx" / "bert",
                     ScorerSettings(provider="cpu", precision="int8", backend="openvino"))
+
+
+def test_a_cpu_run_on_openvino_never_imports_onnxruntime(bert_artifacts):
+    """--provider cpu on the OpenVINO engine does not need onnxruntime, whose import is a tenth of a second of a
+    user's `tsinfer score` process."""
+    pytest.importorskip("openvino")
+    folder = str(bert_artifacts / "onnx" / "bert")
+    code = ("import sys\nfrom tsinfer.infer.models import ScorerSettings, load_scorer\n"
+            f"s = load_scorer({folder!r}, ScorerSettings(provider='cpu', precision='int8'))\n"
+            "s.score(s.prepare(['a fine day']))\nprint(s.backend, 'onnxruntime' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["openvino", "False"]
 
 
 def test_export_without_the_extra_writes_no_openvino_file(bert_artifacts, monkeypatch):
