@@ -182,8 +182,8 @@ def peer_lines() -> list[str]:
         peak = peak_gops(kind)
         if peak:
             out.append(f"- share of peak: tsinfer's default path does {gops:,.0f} effective GOPS (the whole model's "
-                       f"MatMul shapes on the real tokens; its [CLS]-only last layer does less) against the {kind} peak "
-                       f"of {peak[0]:,.0f} GOPS ({peak[1]}, {cores_text()}): {100 * gops / peak[0]:.1f}%")
+                       f"MatMul shapes on the real tokens; its [CLS]-only last layer does less) against the {kind} "
+                       f"peak of {peak[0]:,.0f} GOPS ({peak[1]}, {cores_text()}): {100 * gops / peak[0]:.1f}%")
     return out
 
 

@@ -18,7 +18,8 @@ CPU = ScorerSettings(provider="cpu")
 CORES = usable_cores()  # affinity, container quota or TSINFER_CPUS, as tsinfer itself counts
 
 
-BERT_ROUNDS = 3  # every BERT contender, tsinfer too: the best of the same number of rounds (this machine's noise is +-15%)
+# every BERT contender, tsinfer too: the best of the same number of rounds (this machine's noise is +-15%)
+BERT_ROUNDS = 3
 
 
 def timed(benchmark, fn, rounds=1):

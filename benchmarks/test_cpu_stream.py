@@ -28,6 +28,7 @@ def test_long_stream_chunk_size(benchmark, artifacts, tmp_path, chunk_rows):
     parts = [read_all(DATA / name) for name in ("test.tsv", "dev.tsv")]
     write_rows(stream, [i for p in parts for i in p.ids], [lab for p in parts for lab in p.labels],
                [t for p in parts for t in p.texts])
+
     def run():
         return score_files(ScoreRequest([str(stream)], [str(artifacts / "onnx" / "bert")],
                                         OutputSpec(str(tmp_path / "p.tsv")), ScorerSettings(provider="cpu"),
