@@ -30,10 +30,17 @@ def timed(benchmark, fn, rounds=1):
 
 def best_scoring_run(benchmark, score, rounds=BERT_ROUNDS):
     """tsinfer's runs under pytest-benchmark (score: a call returning score_files' result): the round with the
-    shortest scoring time (wall minus model load), as every contender reports its best round."""
-    results = []
-    benchmark.pedantic(lambda: results.append(score()), rounds=rounds, iterations=1, warmup_rounds=0)
-    return min(results, key=lambda r: r.wall_s - r.load_s)
+    shortest scoring time (wall minus model load), as every contender reports its best round. pytest-benchmark's
+    own statistics for these tests time whole rounds, model load included; the summary uses this round's figure."""
+    best = []
+
+    def one_round():
+        r = score()
+        if not best or r.wall_s - r.load_s < best[0].wall_s - best[0].load_s:
+            best[:] = [r]  # only the best kept: each result holds its round's scorer, compiled model and all
+
+    benchmark.pedantic(one_round, rounds=rounds, iterations=1, warmup_rounds=0)
+    return best[0]
 
 
 # ---- BERT contenders -------------------------------------------------------------------------------------------
@@ -117,7 +124,7 @@ def test_tsinfer_streaming(benchmark, artifacts, bench_tsv, tmp_path, precision,
             else f"tsinfer score, {precision} {backend}")
     record(benchmark, "bert", f"{name} (file in, file out)", r.rows_scored, r.wall_s - r.load_s,
            padding_efficiency=r.metrics["padding_efficiency"], accuracy=r.metrics["accuracy"], load_s=r.load_s,
-           tokens=r.models[0].tokens)
+           tokens=r.models[0].tokens, precision=summary["precision_mode"])
 
 
 # ---- the strongest peers a user would write: length-sorted token-budget batches, tokenization included ----------

@@ -74,7 +74,8 @@ def test_a_cpu_run_on_openvino_never_imports_onnxruntime(bert_artifacts):
     code = ("import sys\nfrom tsinfer.infer.models import ScorerSettings, load_scorer\n"
             f"s = load_scorer({folder!r}, ScorerSettings(provider='cpu', precision='int8'))\n"
             "s.score(s.prepare(['a fine day']))\nprint(s.backend, 'onnxruntime' in sys.modules)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["openvino", "False"]
 
 
