@@ -119,10 +119,10 @@ def peak_gops(kind: str) -> tuple[float, str] | None:
     """(GOPS, the instructions assumed) for this machine's cores at the clock /proc/cpuinfo reports (a virtual
     machine reports its nominal clock; a core that boosts above it can pass this figure)."""
     info = cpuinfo()
-    mhz = float(info.get("cpu MHz") or 0)
+    mhz, flags = float(info.get("cpu MHz") or 0), set(info.get("flags", "").split())
     half = (info.get("vendor_id"), info.get("cpu family")) in HALF_RATE_512
     for flag, per_cycle in PEAK_OPS_PER_CYCLE[kind]:
-        if mhz and cpu_has(flag):
+        if mhz and flag in flags:
             if half and flag in AVX512_FLAGS:
                 return usable_cores() * mhz / 1e3 * per_cycle / 2, f"{flag} at half rate (Zen 4)"
             return usable_cores() * mhz / 1e3 * per_cycle, flag
