@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tsinfer.infer.batching import usable_cores
+from tsinfer.infer.cpus import read_cpuinfo
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = Path(os.environ.get("TSINFER_ARTIFACTS", ROOT / "artifacts"))
@@ -71,16 +72,7 @@ ISA_FLAGS = ("avx2", "avx512f", "avx_vnni", "avx512_vnni", "avx512_bf16", "amx_b
 
 def cpuinfo() -> dict:
     """Model name, flags and clock of the first processor in /proc/cpuinfo (empty where there is none)."""
-    info: dict = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip()
-            if key in ("vendor_id", "model name", "flags", "cpu MHz", "cpu family", "model") and key not in info:
-                info[key] = value.strip()
-    except OSError:
-        pass
-    return info
+    return read_cpuinfo()
 
 
 def cpu_has(*flags: str) -> bool:

@@ -133,15 +133,24 @@ def _v1_quota(folder: Path) -> int | None:
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo's names of the x86 bf16 units
 
 
-def read_cpu_flags(path: str | Path = "/proc/cpuinfo") -> set[str] | None:
-    """The x86 feature flags Linux lists for the CPU; None where there is no such list (other systems, ARM)."""
+def read_cpuinfo(path: str | Path = "/proc/cpuinfo") -> dict[str, str]:
+    """The fields Linux lists for the first processor (vendor_id, model name, cpu family, model, cpu MHz, flags,
+    ...); empty where there is no such list (other systems, an unreadable file)."""
     try:
         text = Path(path).read_text(errors="replace")
     except OSError:
-        return None
-    flags = set()
+        return {}
+    info: dict[str, str] = {}
     for line in text.splitlines():
+        if not line.strip():  # the first processor's block ends at its blank line
+            if info:
+                break
+            continue
         key, _, value = line.partition(":")
-        if key.strip() == "flags":
-            flags.update(value.split())
-    return flags or None
+        info.setdefault(key.strip(), value.strip())
+    return info
+
+
+def read_cpu_flags(path: str | Path = "/proc/cpuinfo") -> set[str] | None:
+    """The x86 feature flags Linux lists for the CPU; None where there is no such list (other systems, ARM)."""
+    return set(read_cpuinfo(path).get("flags", "").split()) or None

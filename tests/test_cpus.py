@@ -6,7 +6,7 @@ from click.testing import CliRunner
 
 from tsinfer.infer.batching import default_tokenizer_workers, usable_cores
 from tsinfer.cli import main
-from tsinfer.infer.cpus import CpuBudget, CpuBudgetError, cpu_budget
+from tsinfer.infer.cpus import CpuBudget, CpuBudgetError, cpu_budget, read_cpu_flags, read_cpuinfo
 from tsinfer.infer.models import MAX_CPU_LANES, cpu_lanes
 
 HOST = 64  # the affinity count the tests pretend to see
@@ -146,3 +146,13 @@ def test_the_session_threads_and_metrics_follow_the_budget(svc_artifacts, small_
                              OutputSpec(tmp_path / "p.tsv", metrics=tmp_path / "m.json"),
                              ScorerSettings(provider="cpu")))
     assert json.loads((tmp_path / "m.json").read_text())["cpus"] == {"count": 3, "source": "TSINFER_CPUS"}
+
+
+def test_cpuinfo_gives_the_first_processors_fields(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel name\t: AMD EPYC\n"
+                       "flags\t\t: fpu avx512_vnni\n\nprocessor\t: 1\nvendor_id\t: Other\nflags\t\t: fpu sse\n")
+    info = read_cpuinfo(cpuinfo)
+    assert (info["vendor_id"], info["cpu family"], info["model name"]) == ("AuthenticAMD", "25", "AMD EPYC")
+    assert read_cpu_flags(cpuinfo) == {"fpu", "avx512_vnni"}  # the first processor's, not the second's
+    assert read_cpuinfo(tmp_path / "absent") == {} and read_cpuinfo(tmp_path) == {}
