@@ -96,3 +96,28 @@ class Sink:
         error, self.error = self.error, None
         if error is not None:
             raise error
+
+
+class Later:
+    """A preparation that the producer starts after handing its item over: result() waits for it to be started,
+    then for the started one's own result(); an error raised while starting it is raised there instead."""
+
+    def __init__(self):
+        self._started = threading.Event()
+        self._pending = None
+        self._error: BaseException | None = None
+
+    def start(self, begin) -> None:
+        """Run begin() (returning an object with result()) and let result() go on."""
+        try:
+            self._pending = begin()
+        except BaseException as e:  # raised in the consumer, which waits on this item
+            self._error = e
+        finally:
+            self._started.set()
+
+    def result(self):
+        self._started.wait()
+        if self._error is not None:
+            raise self._error
+        return self._pending.result()

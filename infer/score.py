@@ -18,7 +18,7 @@ from tsinfer.infer.checkpoint import RunFiles, run_key
 from tsinfer.infer.pipeline import (ChunkScores, close_scorers, default_chunk_rows, estimate_total,
                                     load_scorers, metrics_report, model_names, progress_bar, run_classes, score_chunk,
                                     write_json)
-from tsinfer.infer.pipes import Pipe, Sink
+from tsinfer.infer.pipes import Later, Pipe, Sink
 from tsinfer.infer.report import ModelRun, ScoreResult, plot_roc, run_head
 from tsinfer.infer.request import ScoreRequest
 from tsinfer.infer.rows import Chunk, InputError
@@ -72,7 +72,8 @@ def score_files(request: ScoreRequest) -> ScoreResult:
 
 @dataclass
 class Prepared:
-    """A chunk read by the reader thread, its preparation started for every model."""
+    """A chunk read by the reader thread, its preparation started for the first model (for the others it starts
+    once the chunk is handed over: pipes.Later)."""
 
     source: str
     chunk: Chunk
@@ -132,10 +133,17 @@ class LocalRun:
                 if seen <= self.counts.chunks_done:  # done before the interruption: parsed again, not prepared
                     continue
                 t = time.perf_counter()
-                prepared = [run.scorer.prepare_async(chunk.texts) for run in self.runs] if len(chunk) else []
+                # the first model's preparation before the hand-over, the others' after it: the first model scores
+                # while they are made (a BERT's lanes need not wait for the spaCy step of an SVC scored after it)
+                later = [Later() for _ in self.runs[1:]] if len(chunk) else []
+                prepared = [self.runs[0].scorer.prepare_async(chunk.texts), *later] if len(chunk) else []
                 self.timings["read_prepare_s"] += time.perf_counter() - t
                 if not emit(Prepared(source, chunk, prepared)):
                     return
+                t = time.perf_counter()
+                for run, pending in zip(self.runs[1:], later):
+                    pending.start(lambda scorer=run.scorer: scorer.prepare_async(chunk.texts))
+                self.timings["read_prepare_s"] += time.perf_counter() - t
 
     def _score(self, item: Prepared) -> list[ChunkScores]:
         if not len(item.chunk):

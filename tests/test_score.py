@@ -87,6 +87,39 @@ def test_length_bucketing_gives_the_same_predictions_as_unbucketed(all_artifacts
     assert runs[True][0].metrics["padding_efficiency"] == runs[False][0].metrics["padding_efficiency"] == 1.0
 
 
+def test_the_first_model_scores_while_the_others_are_prepared(all_artifacts, small_data, tmp_path, monkeypatch):
+    """A run of BERT then SVC: BERT's batches start before the SVC's spaCy step is done (with one chunk, they used
+    to wait for it), and the file is the same as when the steps run one after the other."""
+    import threading
+
+    from tsinfer.infer.models import BertScorer, SvcScorer
+
+    bert_scoring = threading.Event()
+    seen = []
+    score_bert, prepare_svc = BertScorer.score, SvcScorer.prepare
+
+    def bert(self, *args, **kwargs):
+        bert_scoring.set()
+        return score_bert(self, *args, **kwargs)
+
+    def svc(self, texts):
+        if texts != ["warm up"]:  # the chunk's step, not the load's warm-up
+            seen.append(bert_scoring.wait(timeout=20))  # True: BERT began scoring this chunk meanwhile
+        return prepare_svc(self, texts)
+
+    models = [str(all_artifacts / "onnx" / name) for name in ("bert", "svc")]
+    serial = tmp_path / "serial.tsv"
+    score_files(ScoreRequest([str(small_data / "test.tsv")], models, OutputSpec(str(serial)), CPU,
+                             RunOptions(progress=False)))
+    monkeypatch.setattr(BertScorer, "score", bert)
+    monkeypatch.setattr(SvcScorer, "prepare", svc)
+    out = tmp_path / "p.tsv"
+    r = score_files(ScoreRequest([str(small_data / "test.tsv")], models, OutputSpec(str(out)), CPU,
+                                 RunOptions(progress=False)))
+    assert seen == [True] and r.rows_scored == len(read_all(small_data / "test.tsv").texts)
+    assert out.read_bytes() == serial.read_bytes()
+
+
 @pytest.mark.parametrize("precision, backend", CPU_ENGINES)
 def test_lanes_give_the_same_answers_as_one_session(all_artifacts, small_data, precision, backend):
     """Batches run on parallel single-threaded sessions: which lane ran a batch must not change any row."""
