@@ -315,8 +315,12 @@ class SvcScorer:
             raise ModelError(f"{folder / 'meta.json'}: an SVC folder lists its graph as files.fp64 (it lists "
                              f"{', '.join(sorted(meta.files))}): re-run `make export`")
         self.file = meta.files["fp64"]
-        self.session = ort_session(folder / self.file, "cpu", threads)
-        self.batch_rows, self.lanes = batch_rows, 1
+        # lanes as for BERT on the CPU: the graph's string ops and kernel sum run on one thread whatever its thread
+        # count, so batches run side by side, each on one thread of the one session (its run() is thread-safe)
+        self.lanes = cpu_lanes(threads)[0]
+        self.session = ort_session(folder / self.file, "cpu", 1 if self.lanes > 1 else threads)
+        self._pool = ThreadPoolExecutor(self.lanes, thread_name_prefix="tsinfer-svc") if self.lanes > 1 else None
+        self.batch_rows = batch_rows
         self.n_classes = len(meta.labels)
 
     def prepare(self, texts: list[str]) -> list[str]:
@@ -336,14 +340,18 @@ class SvcScorer:
         pairs = k * (k - 1) // 2
         empty = (np.zeros(0), np.zeros(0)) if k == 2 else (np.zeros((0, pairs)), np.zeros((0, k)))
         preds, decisions, probs = [np.zeros(0, dtype=np.int64)], [empty[0]], [empty[1]]
-        for i in range(0, len(docs), self.batch_rows):
-            text = np.array(docs[i:i + self.batch_rows], dtype=object).reshape(-1, 1)
-            label, decision, prob = self.session.run(["label", "decision", "probability"], {"text": text})
+
+        def one(start: int):  # the same batches of batch_rows rows whatever the lanes: the same bits per row
+            text = np.array(docs[start:start + self.batch_rows], dtype=object).reshape(-1, 1)
+            out = self.session.run(["label", "decision", "probability"], {"text": text})
+            if on_batch:
+                on_batch(len(text))
+            return out
+        starts = range(0, len(docs), self.batch_rows)
+        for label, decision, prob in (map(one, starts) if self._pool is None else self._pool.map(one, starts)):
             preds.append(label)
             decisions.append(decision)
             probs.append(prob.astype(np.float64))
-            if on_batch:
-                on_batch(len(text))
         prob = np.concatenate(probs)
         if k == 2:
             return Scored(np.concatenate(preds), prob, decision=np.concatenate(decisions))
@@ -354,7 +362,8 @@ class SvcScorer:
         self.score(self.prepare(["warm up"]))
 
     def close(self) -> None:
-        pass
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
 
 
 def done(value) -> Future:

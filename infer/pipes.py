@@ -1,5 +1,5 @@
 """The local engine's threads: a producer feeding the main thread (Pipe), and a consumer fed by it (Sink), each
-handing its error to the main thread."""
+handing its error to the main thread; and a preparation started after its hand-over (Later)."""
 from __future__ import annotations
 
 import queue

@@ -141,7 +141,8 @@ def test_the_session_threads_and_metrics_follow_the_budget(svc_artifacts, small_
 
     monkeypatch.setenv("TSINFER_CPUS", "3")
     scorer = load_scorer(svc_artifacts / "onnx" / "svc", ScorerSettings(provider="cpu"))
-    assert scorer.session.get_session_options().intra_op_num_threads == 3  # not onnxruntime's host count
+    # the budget, not onnxruntime's host count: one single-threaded lane per CPU
+    assert (scorer.lanes, scorer.session.get_session_options().intra_op_num_threads) == (3, 1)
     score_files(ScoreRequest([small_data / "test.tsv"], [svc_artifacts / "onnx" / "svc"],
                              OutputSpec(tmp_path / "p.tsv", metrics=tmp_path / "m.json"),
                              ScorerSettings(provider="cpu")))

@@ -152,13 +152,16 @@ def test_tokenizer_processes_write_the_same_file_as_one_thread(all_artifacts, sm
 
 
 def test_the_metrics_record_the_lanes_that_ran(all_artifacts, small_data, tmp_path):
-    """The metrics JSON's settings name the lanes the BERT engine really ran (one for the SVC's single session)."""
+    """The metrics JSON's settings name the lanes each engine really ran; the SVC's batches on one lane or two
+    (one per thread) give the same file."""
     for lanes in (1, 2):
         r = score(small_data / "test.tsv", all_artifacts / "onnx" / "bert", tmp_path / f"{lanes}.tsv",
                   ScorerSettings(provider="cpu", precision="fp32", lanes=lanes))
         assert r.summaries["bert"]["settings"]["lanes"] == lanes
-    r = score(small_data / "test.tsv", all_artifacts / "onnx" / "svc", tmp_path / "svc.tsv")
-    assert r.summaries["svc"]["settings"]["lanes"] == 1
+        r = score(small_data / "test.tsv", all_artifacts / "onnx" / "svc", tmp_path / f"svc{lanes}.tsv",
+                  ScorerSettings(provider="cpu", threads=lanes))
+        assert r.summaries["svc"]["settings"]["lanes"] == lanes
+    assert (tmp_path / "svc1.tsv").read_bytes() == (tmp_path / "svc2.tsv").read_bytes()
 
 
 @pytest.mark.parametrize("precision, backend", CPU_ENGINES)
@@ -288,3 +291,4 @@ def test_after_the_writer_fails_no_later_chunk_is_written():
     sink.put("put after the error was reported")
     sink.close()
     assert written == []
+
