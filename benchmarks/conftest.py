@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tsinfer.infer.batching import usable_cores
-from tsinfer.infer.cpus import read_cpuinfo
+from tsinfer.infer.cpus import read_cpu_flags, read_cpuinfo
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = Path(os.environ.get("TSINFER_ARTIFACTS", ROOT / "artifacts"))
@@ -70,21 +70,16 @@ def bench_tsv(tmp_path_factory, test_rows) -> Path:
 ISA_FLAGS = ("avx2", "avx512f", "avx_vnni", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
 
-def cpuinfo() -> dict:
-    """Model name, flags and clock of the first processor in /proc/cpuinfo (empty where there is none)."""
-    return read_cpuinfo()
-
-
 def cpu_has(*flags: str) -> bool:
-    return bool(set(cpuinfo().get("flags", "").split()) & set(flags))
+    return bool((read_cpu_flags() or set()) & set(flags))
 
 
 def machine() -> str:
-    info = cpuinfo()
+    info = read_cpuinfo()
     cpu = info.get("model name") or platform.processor() or platform.machine()
     if info.get("cpu family"):  # virtual machines often hide the model name: family and model still tell the core
         cpu += f" (family {info['cpu family']}, model {info.get('model', '?')})"
-    flags = [f for f in ISA_FLAGS if cpu_has(f)]
+    flags = [f for f in ISA_FLAGS if f in info.get("flags", "").split()]
     versions = []
     for module in ("onnxruntime", "torch"):
         try:
@@ -110,7 +105,7 @@ AVX512_FLAGS = ("avx512_vnni", "avx512_bf16")
 def peak_gops(kind: str) -> tuple[float, str] | None:
     """(GOPS, the instructions assumed) for this machine's cores at the clock /proc/cpuinfo reports (a virtual
     machine reports its nominal clock; a core that boosts above it can pass this figure)."""
-    info = cpuinfo()
+    info = read_cpuinfo()
     mhz, flags = float(info.get("cpu MHz") or 0), set(info.get("flags", "").split())
     half = (info.get("vendor_id"), info.get("cpu family")) in HALF_RATE_512
     for flag, per_cycle in PEAK_OPS_PER_CYCLE[kind]:
@@ -186,7 +181,7 @@ def peer_lines() -> list[str]:
 
 
 def cores_text() -> str:
-    return f"{usable_cores()} cores at {float(cpuinfo().get('cpu MHz') or 0):,.0f} MHz"
+    return f"{usable_cores()} cores at {float(read_cpuinfo().get('cpu MHz') or 0):,.0f} MHz"
 
 
 def target_lines() -> list[str]:

@@ -291,4 +291,3 @@ def test_after_the_writer_fails_no_later_chunk_is_written():
     sink.put("put after the error was reported")
     sink.close()
     assert written == []
-
