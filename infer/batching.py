@@ -189,6 +189,14 @@ def plan_batches(lengths: np.ndarray, batch_tokens: int = DEFAULT_BATCH_TOKENS["
     return batches
 
 
+def largest_first(plan: list[np.ndarray], lengths: np.ndarray) -> list[np.ndarray]:
+    """The plan's batches, the most padded tokens first (ties in plan order). Lanes take batches from one queue,
+    so the last to start are the smallest and the lanes finish together (longest-processing-time-first
+    scheduling); each batch's rows and so each row's answer stay as planned."""
+    work = [len(rows) * int(lengths[rows].max()) if len(rows) else 0 for rows in plan]
+    return [plan[k] for k in sorted(range(len(plan)), key=lambda k: -work[k])]
+
+
 def pad_batch(enc: Encoded, rows: np.ndarray, dtype=np.int64, pad_to: int | None = None
               ) -> tuple[np.ndarray, np.ndarray]:
     """input_ids and attention_mask for the given rows, padded (with id 0) to the longest row or to pad_to."""

@@ -13,8 +13,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from tsinfer.infer.batching import (DEFAULT_BATCH_TOKENS, DEFAULT_LANES, DEFAULT_MAX_BATCH, Encoded, TokenizerPool,
-                                    default_tokenizer_workers, encode, load_tokenizer, pad_batch, plan_batches,
-                                    usable_cores)
+                                    default_tokenizer_workers, encode, largest_first, load_tokenizer, pad_batch,
+                                    plan_batches, usable_cores)
 from tsinfer.infer.engines import (Engine, EngineError, OpenVinoEngine, OrtEngine, choose_backend,
                                    cpu_inference_precision, graph_sha256, openvino_cache,
                                    ort_session)
@@ -252,6 +252,8 @@ class BertScorer:
         prob = np.zeros(n if binary else (n, self.n_classes), dtype=np.float64)
         plan = plan_batches(enc.lengths, self.batch_tokens, self.max_batch, sort=sort,
                             same_length=self.same_length)
+        if sort:
+            plan = largest_first(plan, enc.lengths)
 
         def one(rows: np.ndarray) -> int:
             ids, mask = pad_batch(enc, rows, self.int_dtype)

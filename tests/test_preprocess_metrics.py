@@ -106,3 +106,16 @@ def test_batch_plan_is_the_greedy_row_by_row_plan(seed):
             assert [b.tolist() for b in got] == [b.tolist() for b in want]
             if len(lengths):
                 assert np.array_equal(np.sort(np.concatenate(got)), np.arange(len(lengths)))
+
+
+def test_largest_first_keeps_the_batches_and_orders_them_by_padded_tokens():
+    from tsinfer.infer.batching import largest_first, plan_batches
+
+    lengths = np.random.default_rng(0).integers(1, 80, 3000)
+    plan = plan_batches(lengths, 4096, 256, same_length=True)
+    ordered = largest_first(plan, lengths)
+    work = [len(rows) * int(lengths[rows].max()) for rows in ordered]
+    assert work == sorted(work, reverse=True) and work[0] > work[-1]
+    assert sorted(b.tolist() for b in ordered) == sorted(b.tolist() for b in plan)  # the same batches, reordered
+    ties = [b.tolist() for b in ordered if len(b) * int(lengths[b].max()) == work[0]]
+    assert ties == [b.tolist() for b in plan if len(b) * int(lengths[b].max()) == work[0]]  # ties keep plan order
