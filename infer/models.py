@@ -250,10 +250,8 @@ class BertScorer:
         binary = self.n_classes == 2
         pred = np.zeros(n, dtype=np.int64)
         prob = np.zeros(n if binary else (n, self.n_classes), dtype=np.float64)
-        plan = plan_batches(enc.lengths, self.batch_tokens, self.max_batch, sort=sort,
-                            same_length=self.same_length)
-        if sort:
-            plan = largest_first(plan, enc.lengths)
+        plan = plan_batches(enc.lengths, self.batch_tokens, self.max_batch, sort=sort, same_length=self.same_length)
+        plan = largest_first(plan, enc.lengths) if sort else plan
 
         def one(rows: np.ndarray) -> int:
             ids, mask = pad_batch(enc, rows, self.int_dtype)

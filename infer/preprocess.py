@@ -56,7 +56,6 @@ def preprocess(texts: Iterable[str]) -> list[str]:
 TEXT_NORMALIZATION = "tweet-v1"
 _MENTION = re.compile(r"@\w+")
 _URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
-_SPACES = re.compile(r"\s+")
 
 
 def normalize_tweet(text: str) -> str:
@@ -66,7 +65,8 @@ def normalize_tweet(text: str) -> str:
         text = html.unescape(html.unescape(text))
     if "@" in text:
         text = _MENTION.sub("@user", text)
-    return _SPACES.sub(" ", _URL.sub("http", text)).strip()
+    # str.split() splits on exactly the characters regex \s matches (str.isspace), in about half the time
+    return " ".join(_URL.sub("http", text).split())
 
 
 def normalize_tweets(texts: Iterable[str]) -> list[str]:

@@ -19,6 +19,9 @@ from tsinfer.train.calibration import calibrate, fit_temperature, nll
     ("  spaced \t out\n text  ", "spaced out text"),
     ("mail me@example.com", "mail me@user.com"),  # a mention pattern inside an address: replaced alike
     ("plain text, no changes", "plain text, no changes"),
+    # every character regex \s matches is a separator, as tweet-v1 was defined: no-break, ideographic and
+    # em spaces, the C0 separators, NEL; the zero-width space is not one
+    ("a\u00a0b\u3000c\u2003d\x1ce\x85f", "a b c d e f"), ("zero\u200bwidth", "zero\u200bwidth"),
 ])
 def test_normalize_tweet_known_inputs(text, expected):
     assert normalize_tweet(text) == expected
