@@ -11,7 +11,8 @@
   position embeddings once at export instead of gathered for every token.
 - NNCF quantizes it with its transformer preset (SmoothQuant, static per-tensor activation scales fitted on
   training rows, int8 MatMuls): static scales keep a row's answer independent of the rows batched with it, which
-  per-batch dynamic scales would not (see infer/engines.py for the runtime side).
+  per-batch dynamic scales would not (see infer/engines.py for the runtime side). The word-embedding table it
+  packs to int8 is then stored as bf16 (bf16_word_embeddings): the same logits where OpenVINO runs in bf16.
 """
 from __future__ import annotations
 
@@ -156,9 +157,46 @@ def export_openvino_int8(model_dir: str | Path, out_dir: str | Path, calibration
                                             if takes_mask else {})} for ids in calibration]
     quantized = nncf.quantize(ov_model, nncf.Dataset(items), model_type=nncf.ModelType.TRANSFORMER,
                               subset_size=len(items))
+    bf16_word_embeddings(quantized)
     out = Path(out_dir) / OPENVINO_FILES["int8"]
     ov.save_model(quantized, str(out), compress_to_fp16=False)
     return dict(OPENVINO_FILES)
+
+
+def bf16_word_embeddings(model) -> bool:
+    """Store the word-embedding table (NNCF leaves it int8 with a scale per row, which OpenVINO unpacks to float32
+    at load) as bfloat16 values. Where OpenVINO runs in bf16 it rounds the gathered rows to bf16 before their first
+    addition anyway, so the logits are the same bits, and the Gather copies half the bytes with no conversion after
+    it; on a CPU without bf16 the rows are those values widened. Returns whether the table was found."""
+    import openvino as ov
+    import torch
+
+    gathers = [node for node in model.get_ops()
+               if node.get_type_name() == "Gather" and "word_embeddings" in node.get_friendly_name()]
+    table = _constant_value(gathers[0].input_value(0).get_node()) if len(gathers) == 1 else None
+    if table is None:
+        return False
+    rounded = torch.from_numpy(table).to(torch.bfloat16).view(torch.int16).numpy()  # round to nearest even
+    packed = ov.Tensor(ov.Type.bf16, list(table.shape))
+    packed.data.view(np.int16)[...] = rounded
+    widened = ov.opset13.convert(ov.op.Constant(packed), "f32")
+    gathers[0].input(0).replace_source_output(widened.output(0))
+    model.validate_nodes_and_infer_types()
+    return True
+
+
+def _constant_value(node) -> np.ndarray | None:
+    """A float32 Constant's values, or those of NNCF's packed weights: Multiply(Convert(int8 Constant), scale)."""
+    kind = node.get_type_name()
+    if kind == "Constant":
+        return node.get_data().astype(np.float32)
+    if kind == "Multiply":
+        packed, scale = (node.input_value(i).get_node() for i in (0, 1))
+        if packed.get_type_name() == "Convert" and scale.get_type_name() == "Constant":
+            ints = packed.input_value(0).get_node()
+            if ints.get_type_name() == "Constant":
+                return ints.get_data().astype(np.float32) * scale.get_data().astype(np.float32)
+    return None
 
 
 def calibration_ids(out_dir: Path, texts: list[str], *, max_length: int, normalize=None,

@@ -107,6 +107,45 @@ def test_export_writes_the_openvino_int8_model_and_its_parity(bert_artifacts):
     assert entry["measured"] and entry["backend"] == "openvino" and entry["rows"] == 300
 
 
+@openvino_only
+def test_the_word_embedding_table_is_stored_as_bf16(bert_artifacts):
+    import openvino as ov
+
+    model = ov.Core().read_model(bert_artifacts / "onnx" / "bert" / "model_int8_ov.xml")
+    gathers = [n for n in model.get_ops()
+               if n.get_type_name() == "Gather" and "word_embeddings" in n.get_friendly_name()]
+    widen = gathers[0].input_value(0).get_node()
+    assert widen.get_type_name() == "Convert" and widen.input_value(0).get_element_type() == ov.Type.bf16
+
+
+@openvino_only
+def test_the_bf16_table_gives_the_same_logits_where_openvino_runs_bf16(bert_artifacts, small_data, tmp_path,
+                                                                         monkeypatch):
+    """The tiny BERT's NNCF model with its packed int8 table and with the bf16 one: the same logits bits where
+    OpenVINO computes in bf16 (it rounds the gathered rows to bf16 itself, to nearest even as torch does); on a CPU
+    without bf16, logits as close as the rows' rounding allows."""
+    import openvino as ov
+
+    from tsinfer.export import openvino as export_ov
+    from tsinfer.infer.batching import encode, load_tokenizer
+
+    enc = encode(load_tokenizer(bert_artifacts / "onnx" / "bert", 128), read_all(small_data / "test.tsv").texts[:40])
+    rows = [enc.ids[enc.offsets[i]:enc.offsets[i + 1]] for i in range(len(enc))]
+    monkeypatch.setattr(export_ov, "bf16_word_embeddings", lambda model: False)  # the model as NNCF leaves it
+    export_ov.export_openvino_int8(bert_artifacts / "bert", tmp_path, rows[:20])
+    packed = ov.Core().read_model(tmp_path / "model_int8_ov.xml")
+    monkeypatch.undo()
+    rewritten = ov.Core().read_model(tmp_path / "model_int8_ov.xml")
+    assert export_ov.bf16_word_embeddings(rewritten)
+    precision = cpu_inference_precision()
+    compiled = [ov.Core().compile_model(m, "CPU", {"INFERENCE_PRECISION_HINT": precision}) for m in (packed, rewritten)]
+    got = [np.concatenate([c({"input_ids": r[None, :]})[0] for r in rows]) for c in compiled]
+    if precision == "bf16":
+        assert np.array_equal(got[0], got[1])
+    else:
+        np.testing.assert_allclose(got[0], got[1], atol=1e-2)
+
+
 def _logits_alone(scorer, texts) -> np.ndarray:
     from tsinfer.infer.batching import pad_batch
 
