@@ -168,21 +168,26 @@ class StreamingMetrics:
     def rows(self) -> int:
         return int(self.cm.sum())
 
+    def _written(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The written scores that occur (bins, lowest first) and their negatives and positives: the figures below
+        read these few thousand bins, not all 1,000,001 (empty bins add nothing to any of them)."""
+        seen = np.flatnonzero(self.hist[0] + self.hist[1])
+        return seen, self.hist[0][seen], self.hist[1][seen]
+
     def roc_auc(self) -> float | None:
-        return auc_from_counts(*self.hist)
+        return auc_from_counts(*self._written()[1:])
 
     def roc_curve(self) -> tuple[np.ndarray, np.ndarray]:
         """False and true positive rates at every written score that occurs, from the highest down."""
-        neg, pos = self.hist
-        seen = np.flatnonzero(neg + pos)[::-1]
-        tpr = np.cumsum(pos[seen]) / max(int(pos.sum()), 1)
-        fpr = np.cumsum(neg[seen]) / max(int(neg.sum()), 1)
+        _, neg, pos = self._written()
+        tpr = np.cumsum(pos[::-1]) / max(int(pos.sum()), 1)
+        fpr = np.cumsum(neg[::-1]) / max(int(neg.sum()), 1)
         return np.r_[0.0, fpr], np.r_[0.0, tpr]
 
     def ece(self, n_bins: int = ECE_BINS) -> float | None:
         """expected_calibration_error of the written scores: exact, as each histogram bin is one written score."""
-        scores = np.arange(SCORE_BINS + 1, dtype=np.float64) / SCORE_BINS
-        return ece_from_bins(*calibration_bins(scores, self.hist[0], self.hist[1], n_bins))
+        seen, neg, pos = self._written()
+        return ece_from_bins(*calibration_bins(seen.astype(np.float64) / SCORE_BINS, neg, pos, n_bins))
 
     def result(self) -> dict:
         out = metrics_from_confusion(self.cm, self.names)
@@ -233,8 +238,9 @@ def multiclass_from_confusion(cm: np.ndarray, names: tuple[str, ...]) -> dict:
 
 def ovr_auc_from_counts(pos: np.ndarray, neg: np.ndarray) -> list[float | None]:
     """One-vs-rest ROC-AUC per class from (N, bins) counts of that class's rows and of the others' at each value of
-    its own score."""
-    return [auc_from_counts(neg[c], pos[c]) for c in range(len(pos))]
+    its own score. Only the values that occur are read (an empty bin adds nothing)."""
+    seen = [np.flatnonzero(pos[c] + neg[c]) for c in range(len(pos))]
+    return [auc_from_counts(neg[c][seen[c]], pos[c][seen[c]]) for c in range(len(pos))]
 
 
 def macro(values: list[float | None]) -> float | None:
