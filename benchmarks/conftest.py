@@ -79,7 +79,8 @@ def machine() -> str:
     cpu = info.get("model name") or platform.processor() or platform.machine()
     if info.get("cpu family"):  # virtual machines often hide the model name: family and model still tell the core
         cpu += f" (family {info['cpu family']}, model {info.get('model', '?')})"
-    flags = [f for f in ISA_FLAGS if f in info.get("flags", "").split()]
+    present = set(info.get("flags", "").split())
+    flags = [f for f in ISA_FLAGS if f in present]
     versions = []
     for module in ("onnxruntime", "torch"):
         try:

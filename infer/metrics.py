@@ -22,8 +22,11 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
 def auc_from_counts(neg: np.ndarray, pos: np.ndarray) -> float | None:
     """ROC-AUC from the count of negatives and positives at each distinct score, lowest score first: for each
     positive, the negatives scored below it plus half those tied with it (Mann-Whitney U). Counted in integers
-    (twice U), so exact; None with one class."""
+    (twice U), so exact; None with one class. Only the scores that occur are read: an empty bin adds nothing, and a
+    streaming histogram has 1,000,001 bins of which a run fills a few thousand."""
     neg, pos = np.asarray(neg, dtype=np.int64), np.asarray(pos, dtype=np.int64)
+    seen = np.flatnonzero(neg + pos)
+    neg, pos = neg[seen], pos[seen]
     n_pos, n_neg = int(pos.sum()), int(neg.sum())
     if not n_pos or not n_neg:
         return None
@@ -169,13 +172,13 @@ class StreamingMetrics:
         return int(self.cm.sum())
 
     def _written(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The written scores that occur (bins, lowest first) and their negatives and positives: the figures below
-        read these few thousand bins, not all 1,000,001 (empty bins add nothing to any of them)."""
+        """The written scores that occur (bins, lowest first) and their negatives and positives: the ROC curve and
+        the ECE read these few thousand bins, not all 1,000,001 (empty bins add nothing to either)."""
         seen = np.flatnonzero(self.hist[0] + self.hist[1])
         return seen, self.hist[0][seen], self.hist[1][seen]
 
     def roc_auc(self) -> float | None:
-        return auc_from_counts(*self._written()[1:])
+        return auc_from_counts(*self.hist)
 
     def roc_curve(self) -> tuple[np.ndarray, np.ndarray]:
         """False and true positive rates at every written score that occurs, from the highest down."""
@@ -238,9 +241,8 @@ def multiclass_from_confusion(cm: np.ndarray, names: tuple[str, ...]) -> dict:
 
 def ovr_auc_from_counts(pos: np.ndarray, neg: np.ndarray) -> list[float | None]:
     """One-vs-rest ROC-AUC per class from (N, bins) counts of that class's rows and of the others' at each value of
-    its own score. Only the values that occur are read (an empty bin adds nothing)."""
-    seen = [np.flatnonzero(pos[c] + neg[c]) for c in range(len(pos))]
-    return [auc_from_counts(neg[c][seen[c]], pos[c][seen[c]]) for c in range(len(pos))]
+    its own score."""
+    return [auc_from_counts(neg[c], pos[c]) for c in range(len(pos))]
 
 
 def macro(values: list[float | None]) -> float | None:
